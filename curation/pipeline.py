@@ -1,0 +1,94 @@
+"""The curation pipeline: each stage reads the tables before it and appends its own.
+
+Every stage works only on keys missing from its output table, so a killed run re-run with the
+same command finishes the work with no duplicates and no losses.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+import pyarrow as pa
+
+from curation.config import CurateConfig
+from curation.runner import PartSink, run_stage
+from curation.stages.filter import FilterSummary, run_filter
+from curation.stages.ingest import DuplicateMarker, IngestStage, list_inputs
+from curation.stages.shard import ShardJob, ShardWriter, clean_orphans, pending_groups
+from curation.stages.split import SplitStage
+from manifests.db import connect
+from manifests.store import Table
+
+log = logging.getLogger("reelsift")
+
+
+def ingest(cfg: CurateConfig, root: Path, input_spec: str | Path, ray_address: str | None = None) -> PartSink:
+    paths = list_inputs(input_spec, cfg.ingest)
+    table = Table(root, "videos")
+    table.clean_temp()
+    done = table.keys()
+    todo = [p for p in paths if p not in done]
+    log.info("ingest: %d input files, %d already ingested, %d to probe",
+             len(paths), len(paths) - len(todo), len(todo))
+    ok = table.read(["video_id", "path", "status"]).to_pylist()
+    seen = {r["video_id"]: r["path"] for r in ok if r["status"] == "ok"}
+    sink = PartSink(table, rows=64, transform=DuplicateMarker(seen))
+    items = pa.table({"path": pa.array(todo, pa.string())})
+    return run_stage("ingest", IngestStage, cfg.ingest, cfg.ingest.resources, items, sink,
+                     ray_address=ray_address, ray_cfg=cfg.ray)
+
+
+def split(cfg: CurateConfig, root: Path, ray_address: str | None = None) -> PartSink:
+    clips = Table(root, "clips")
+    clips.clean_temp()
+    con = connect(root)
+    items = con.sql("""
+        SELECT video_id, path, fps, n_frames, display_width, display_height FROM videos
+        WHERE status = 'ok' AND video_id NOT IN (SELECT DISTINCT video_id FROM clips)
+        ORDER BY video_id
+    """).to_arrow_table()
+    log.info("split: %d videos to split", items.num_rows)
+    sink = PartSink(clips, rows=256)
+    return run_stage("split", SplitStage, cfg.split, cfg.split.resources, items, sink,
+                     ray_address=ray_address, ray_cfg=cfg.ray)
+
+
+def filter_(cfg: CurateConfig, root: Path, dry_run: bool = False) -> FilterSummary:
+    Table(root, "decisions").clean_temp()
+    summary = run_filter(root, cfg.filter, dry_run=dry_run)
+    log.info("filter: %d clips decided, kept per tier %s, %d rejected",
+             summary.decided, summary.kept_per_tier, summary.rejected)
+    return summary
+
+
+def shard(cfg: CurateConfig, root: Path, ray_address: str | None = None) -> PartSink:
+    table = Table(root, "shards")
+    table.clean_temp()
+    removed = clean_orphans(root)
+    if removed:
+        log.info("shard: removed %d unindexed tar(s) left by an interrupted run", removed)
+    groups = pending_groups(root, cfg.filter, cfg.shard)
+    log.info("shard: %d clips to write in %d task(s)",
+             sum(groups.column("n_clips").to_pylist()), groups.num_rows)
+    sink = PartSink(table, rows=1)  # index each finished tar at once
+    job = ShardJob(cfg=cfg.shard, root=str(root))
+    return run_stage("shard", ShardWriter, job, cfg.shard.resources, groups.drop(["n_clips"]),
+                     sink, ray_address=ray_address, ray_cfg=cfg.ray)
+
+
+def stages(cfg: CurateConfig, root: Path, input_spec: str | Path | None,
+           ray_address: str | None) -> list[tuple[str, Callable[[], object]]]:
+    """The whole pipeline as a flat, ordered list of (name, step)."""
+    return [
+        ("ingest", lambda: ingest(cfg, root, input_spec, ray_address)),
+        ("split", lambda: split(cfg, root, ray_address)),
+        ("filter", lambda: filter_(cfg, root)),
+        ("shard", lambda: shard(cfg, root, ray_address)),
+    ]
+
+
+def run_all(cfg: CurateConfig, root: Path, input_spec: str | Path, ray_address: str | None = None) -> None:
+    for _name, step in stages(cfg, root, input_spec, ray_address):
+        step()

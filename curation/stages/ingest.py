@@ -1,0 +1,128 @@
+"""ingest: list input files, hash and probe each one -> `videos` table.
+
+Every input file gets exactly one row, keyed by its absolute path: `ok` with stream facts,
+`error` with a readable reason (empty, truncated, not a video, audio only, ...), or `rejected`
+when its bytes duplicate a file already ingested.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from curation.config import IngestConfig
+from curation.video import VideoDecodeError, file_hash, probe
+from manifests.schemas import VIDEOS
+from manifests.store import rows_to_table
+
+_GLOB_CHARS = set("*?[")
+
+
+class InputError(ValueError):
+    """The --input argument names nothing usable."""
+
+
+def list_inputs(spec: str | Path, cfg: IngestConfig) -> list[str]:
+    """Absolute paths of the videos named by `spec`: a folder, a glob, a list file, or a file.
+
+    Folders are walked following symlinks, each real folder once (a symlink loop can't hang
+    the walk). A list file (.txt/.lst) holds one path per line; '#' starts a comment.
+    """
+    spec = str(spec)
+    exts = tuple(e.lower() for e in cfg.extensions)
+    if any(c in spec for c in _GLOB_CHARS) and not os.path.exists(spec):
+        found = [p for p in glob.glob(spec, recursive=True) if os.path.isfile(p)]
+        if not found:
+            raise InputError(f"--input {spec!r}: the pattern matches no file")
+        return sorted(os.path.abspath(p) for p in found)
+    path = Path(spec)
+    if path.is_dir():
+        return _walk(path, exts, cfg.recursive)
+    if path.is_file() and path.suffix.lower() in (".txt", ".lst"):
+        base = path.parent
+        out = []
+        for line in path.read_text().splitlines():
+            line = line.split("#", 1)[0].strip()
+            if line:
+                p = Path(line)
+                out.append(os.path.abspath(p if p.is_absolute() else base / p))
+        return sorted(set(out))
+    if path.is_file():
+        return [os.path.abspath(path)]
+    raise InputError(f"--input {spec!r}: no such folder, file or glob")
+
+
+def _walk(top: Path, exts: tuple[str, ...], recursive: bool) -> list[str]:
+    seen: set[str] = set()
+    out: list[str] = []
+    for dirpath, dirnames, filenames in os.walk(top, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen:
+            dirnames[:] = []  # already walked through another link: a loop or a second path
+            continue
+        seen.add(real)
+        dirnames.sort()
+        if not recursive:
+            dirnames[:] = []
+        for name in sorted(filenames):
+            full = os.path.join(dirpath, name)
+            if name.lower().endswith(exts) and os.path.isfile(full):
+                out.append(os.path.abspath(full))
+    return out
+
+
+class IngestStage:
+    """Batch of {'path'} -> one `videos` row per path."""
+
+    def __init__(self, cfg: IngestConfig):
+        self.cfg = cfg
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
+        return rows_to_table([self.one(str(p)) for p in batch["path"]], VIDEOS)
+
+    def one(self, path: str) -> dict:
+        row: dict = {"path": path, "video_id": "", "status": "error"}
+        try:
+            row["size_bytes"] = os.path.getsize(path)
+            row["video_id"] = file_hash(path)
+            info = probe(path, self.cfg.probe_frames)
+        except VideoDecodeError as exc:
+            row["error"] = exc.reason
+            return row
+        except OSError as exc:
+            row["error"] = f"cannot read file: {exc.strerror or exc}"
+            return row
+        dw, dh = info.display_size
+        row.update(
+            status="ok", duration_s=info.duration_s, fps=info.fps, vfr=info.vfr,
+            n_frames=info.n_frames, width=info.width, height=info.height,
+            rotation=info.rotation, display_width=dw, display_height=dh, codec=info.codec,
+            pix_fmt=info.pix_fmt, has_audio=info.has_audio, bitrate=info.bitrate,
+        )
+        return row
+
+
+class DuplicateMarker:
+    """Driver-side: a file whose bytes equal an earlier file's becomes `rejected`.
+
+    `seen` maps video_id -> path for every ok row already in the table, so the check also
+    holds across runs.
+    """
+
+    def __init__(self, seen: dict[str, str]):
+        self.seen = dict(seen)
+
+    def __call__(self, table: pa.Table) -> pa.Table:
+        rows = table.to_pylist()
+        for row in rows:
+            if row["status"] != "ok":
+                continue
+            first = self.seen.setdefault(row["video_id"], row["path"])
+            if first != row["path"]:
+                row["status"] = "rejected"
+                row["reasons"] = [f"duplicate_of={first}"]
+        return pa.Table.from_pylist(rows, schema=VIDEOS)

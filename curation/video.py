@@ -1,0 +1,251 @@
+"""Video I/O through PyAV: probing, frame-accurate range decoding, in-memory H.264 encoding.
+
+Frames are `np.ndarray` uint8 RGB of shape (H, W, 3), upright (display rotation applied).
+Frame indices count frames of the video stream from its start, at the stream's average rate.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import math
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import av
+import numpy as np
+
+
+class VideoDecodeError(RuntimeError):
+    """A file can't be read as a video; the message says why in plain words."""
+
+    def __init__(self, path: str | Path, reason: str):
+        super().__init__(f"{reason}: {path}")
+        self.path = str(path)
+        self.reason = reason
+
+
+class DecodeTimeout(TimeoutError):
+    """Decoding one video ran past its time limit."""
+
+
+def file_hash(path: str | Path, chunk: int = 1 << 20) -> str:
+    """blake2b-128 of the file's bytes, hex (the video_id)."""
+    h = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def key_hash(*parts: object) -> str:
+    """Short deterministic id from parts (clip ids, shard names)."""
+    text = "\x1f".join(str(p) for p in parts)
+    return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
+
+
+@dataclass(frozen=True)
+class Probe:
+    duration_s: float
+    fps: float
+    vfr: bool
+    n_frames: int
+    width: int
+    height: int
+    rotation: int
+    codec: str
+    pix_fmt: str
+    has_audio: bool
+    bitrate: int
+
+    @property
+    def display_size(self) -> tuple[int, int]:
+        if self.rotation % 180 == 90:
+            return self.height, self.width
+        return self.width, self.height
+
+
+def _explain(exc: Exception) -> str:
+    """Turn FFmpeg's terse errors into something a user can act on."""
+    text = str(exc)
+    low = text.lower()
+    if "moov atom not found" in low:
+        return "moov atom not found: file is truncated or not fully written"
+    if isinstance(exc, av.error.InvalidDataError) or "invalid data" in low:
+        return f"not a decodable video (invalid data found when processing input): {text}"
+    if isinstance(exc, av.error.EOFError):
+        return f"file ends before any frame could be decoded: {text}"
+    return f"{type(exc).__name__}: {text}"
+
+
+def open_video(path: str | Path) -> av.container.InputContainer:
+    """Open a file for reading, with readable errors for empty and broken files."""
+    path = str(path)
+    try:
+        size = os.path.getsize(path)
+    except OSError as exc:
+        raise VideoDecodeError(path, f"cannot read file ({exc.strerror})") from exc
+    if size == 0:
+        raise VideoDecodeError(path, "empty file (0 bytes)")
+    try:
+        container = av.open(path, mode="r", metadata_errors="ignore")
+    except av.error.FFmpegError as exc:
+        raise VideoDecodeError(path, _explain(exc)) from exc
+    if not container.streams.video:
+        kinds = sorted({s.type for s in container.streams}) or ["none"]
+        container.close()
+        raise VideoDecodeError(path, f"no video stream (streams found: {', '.join(kinds)})")
+    return container
+
+
+def _rotation(stream, first_frame) -> int:
+    rot = 0
+    if first_frame is not None and getattr(first_frame, "rotation", None) is not None:
+        rot = int(first_frame.rotation)
+    elif "rotate" in stream.metadata:
+        rot = -int(stream.metadata["rotate"])
+    return (-rot) % 360  # PyAV reports counter-clockwise degrees; store clockwise
+
+
+def probe(path: str | Path, decode_frames: int = 1) -> Probe:
+    """Read stream facts and decode `decode_frames` frames to prove the stream is decodable."""
+    with open_video(path) as container:
+        stream = container.streams.video[0]
+        ctx = stream.codec_context
+        avg = stream.average_rate or stream.guessed_rate or stream.base_rate
+        if not avg or float(avg) <= 0:
+            raise VideoDecodeError(path, "no usable frame rate in the video stream")
+        fps = float(avg)
+        if stream.duration is not None and stream.time_base is not None:
+            duration = float(stream.duration * stream.time_base)
+        elif container.duration is not None:
+            duration = container.duration / av.time_base
+        else:
+            duration = 0.0
+        n_frames = int(stream.frames) if stream.frames else int(round(duration * fps))
+        first = None
+        if decode_frames:
+            try:
+                for i, frame in enumerate(container.decode(stream)):
+                    first = first or frame
+                    if i + 1 >= decode_frames:
+                        break
+            except av.error.FFmpegError as exc:
+                raise VideoDecodeError(path, _explain(exc)) from exc
+            if first is None:
+                raise VideoDecodeError(path, "the video stream holds no decodable frame")
+        # A container whose average rate disagrees with its nominal rate has uneven timestamps.
+        base = float(stream.base_rate or avg)
+        vfr = bool(base > 0 and abs(base - fps) / base > 0.01)
+        width = ctx.width or (first.width if first is not None else 0)
+        height = ctx.height or (first.height if first is not None else 0)
+        if width <= 0 or height <= 0:
+            raise VideoDecodeError(path, "video stream has no frame size")
+        return Probe(
+            duration_s=duration,
+            fps=fps,
+            vfr=vfr,
+            n_frames=n_frames,
+            width=int(width),
+            height=int(height),
+            rotation=_rotation(stream, first),
+            codec=ctx.name or "",
+            pix_fmt=ctx.pix_fmt or (first.format.name if first is not None else ""),
+            has_audio=bool(container.streams.audio),
+            bitrate=int(container.bit_rate or 0),
+        )
+
+
+def even_size(width: int, height: int, short_side: int) -> tuple[int, int]:
+    """Scale (width, height) so the short side is `short_side` (never upscaled), both even."""
+    scale = min(1.0, short_side / min(width, height))
+    w = max(2, int(round(width * scale / 2)) * 2)
+    h = max(2, int(round(height * scale / 2)) * 2)
+    return w, h
+
+
+def _upright(frame: av.VideoFrame, width: int | None, height: int | None, rotation: int) -> np.ndarray:
+    """Decoded frame -> RGB array (H, W, 3), resized to (width, height) as displayed."""
+    if rotation % 180 == 90 and width and height:
+        width, height = height, width  # resize in coded orientation, then rotate
+    arr = frame.to_ndarray(format="rgb24", width=width, height=height)
+    if rotation:
+        arr = np.ascontiguousarray(np.rot90(arr, k=-(rotation // 90)))
+    return arr
+
+
+def iter_frames(
+    path: str | Path,
+    start_frame: int,
+    end_frame: int,
+    fps: float,
+    *,
+    size: tuple[int, int] | None = None,
+    rotation: int = 0,
+    indices: list[int] | None = None,
+    deadline: float | None = None,
+) -> Iterator[tuple[int, np.ndarray]]:
+    """Yield (frame_index, RGB frame) for frames in [start_frame, end_frame), frame-accurately.
+
+    Seeks to the keyframe before `start_frame`, decodes forward and counts frames by their
+    timestamps. `indices` (sorted) restricts output to those frames; `size` = (width, height)
+    as displayed. Raises DecodeTimeout once `deadline` (time.monotonic()) is passed.
+    """
+    wanted = None if indices is None else set(indices)
+    last_wanted = end_frame - 1 if indices is None else max(indices, default=start_frame - 1)
+    width, height = size if size else (None, None)
+    with open_video(path) as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        tb = float(stream.time_base)
+        t0 = float(stream.start_time * stream.time_base) if stream.start_time is not None else 0.0
+        seek_s = max(0.0, start_frame / fps - 1.0)
+        if seek_s > 0:
+            container.seek(int((seek_s + t0) / tb), stream=stream, backward=True, any_frame=False)
+        counter = None
+        try:
+            for frame in container.decode(stream):
+                if deadline is not None and time.monotonic() > deadline:
+                    raise DecodeTimeout(f"decoding took longer than the time limit: {path}")
+                if frame.pts is not None:
+                    idx = int(math.floor((frame.pts * tb - t0) * fps + 0.5))
+                else:
+                    idx = 0 if counter is None else counter + 1
+                counter = idx
+                if idx < start_frame:
+                    continue
+                if idx > last_wanted or idx >= end_frame:
+                    break
+                if wanted is not None and idx not in wanted:
+                    continue
+                yield idx, _upright(frame, width, height, rotation)
+        except av.error.FFmpegError as exc:
+            raise VideoDecodeError(path, _explain(exc)) from exc
+
+
+def encode_mp4(frames: list[np.ndarray], fps: float, *, crf: int = 20, preset: str = "veryfast") -> bytes:
+    """Encode RGB frames (all the same even size) as H.264 yuv420p mp4 bytes, in memory."""
+    if not frames:
+        raise ValueError("no frames to encode")
+    h, w = frames[0].shape[:2]
+    buf = io.BytesIO()
+    with av.open(buf, mode="w", format="mp4") as out:
+        rate = _rate(fps)
+        stream = out.add_stream("libx264", rate=rate)
+        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+        stream.options = {"crf": str(crf), "preset": preset}
+        for arr in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(arr, format="rgb24")):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    return buf.getvalue()
+
+
+def _rate(fps: float):
+    from fractions import Fraction
+
+    return Fraction(fps).limit_denominator(1001)

@@ -1,0 +1,1 @@
+"""Scorers (decoded frames -> raw score columns) and the threshold policy that reads them."""

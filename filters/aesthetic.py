@@ -1,0 +1,133 @@
+"""Aesthetic score (LAION improved aesthetic predictor on open_clip embeddings) and the clip's
+CLIP image embedding, which the align stage and dedup reuse.
+
+Default: ViT-L-14 / openai + the LAION ViT-L-14 head (1..10 rating scale). Offline/tests:
+`random_init` builds the same code path with random seeded weights (e.g. clip_model
+"reelsift-tiny"); every output row then carries aesthetic_untrained = True.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from models.clip import ClipEncoder, load_aesthetic_head, resolve_weights
+
+DEFAULT_HEAD = "hf-hub:trl-lib/ddpo-aesthetic-predictor/aesthetic-model.pth"
+
+
+@dataclass(frozen=True)
+class AestheticConfig:
+    clip_model: str = "ViT-L-14"
+    """open_clip architecture (open_clip.list_models()) or "reelsift-tiny" (tests/offline)."""
+    clip_pretrained: str = "openai"
+    """open_clip pretrained tag, local checkpoint path, or hf-hub:<org>/<repo>. A local copy of
+    the OpenAI weights needs clip_model "ViT-L-14-quickgelu" (the "openai" tag handles it)."""
+    head_weights: str = DEFAULT_HEAD
+    """Aesthetic MLP weights for clip_model's embed dim: local path or hf-hub:<org>/<repo>/<file>."""
+    random_init: bool = False
+    """Random seeded CLIP + head instead of the weights above (tests, offline); flags rows untrained."""
+    seed: int = 0
+    """Seed of the random init (only used with random_init). >= 0."""
+    device: str = "cpu"
+    """torch device: "cpu", "cuda", "cuda:1", ..."""
+    precision: Literal["fp32", "fp16", "bf16"] = "fp32"
+    """Model weight/activation precision (fp16/bf16 only on GPU)."""
+    batch_size: int = 64
+    """Frames per forward pass. >= 1."""
+    n_frames: int = 0
+    """Frames embedded per clip, evenly spread over the sampled frames; 0 = all. >= 0."""
+
+    def __post_init__(self) -> None:
+        if not self.clip_model:
+            raise ValueError("score.aesthetic.clip_model must be set")
+        if self.seed < 0:
+            raise ValueError("score.aesthetic.seed must be >= 0")
+        if self.batch_size < 1:
+            raise ValueError("score.aesthetic.batch_size must be >= 1")
+        if self.n_frames < 0:
+            raise ValueError("score.aesthetic.n_frames must be >= 0")
+        if not self.device.startswith(("cpu", "cuda", "mps")):
+            raise ValueError(f"score.aesthetic.device must be cpu, cuda[:N] or mps, got {self.device!r}")
+
+
+class AestheticScorer:
+    """`AestheticScorer(cfg)(frames) -> {aesthetic_*, clip_embedding}` for one clip;
+    `score_batch(list_of_frames)` runs all clips' frames through CLIP together (GPU actors).
+
+    frames: (T, H, W, 3) uint8 RGB, T >= 1.
+    """
+
+    FIELDS: ClassVar[list[pa.Field]] = [
+        pa.field("aesthetic_mean", pa.float32()),  # mean over frames of the head's score
+        pa.field("aesthetic_min", pa.float32()),  # min over frames of the head's score
+        pa.field("aesthetic_untrained", pa.bool_()),  # True: random weights, scores meaningless
+        pa.field("clip_embedding", pa.list_(pa.float32())),  # (D,) unit-norm mean frame embedding
+    ]
+
+    def __init__(self, cfg: AestheticConfig) -> None:
+        self.cfg = cfg
+        # resolve the head first: a missing head must fail before a large CLIP download
+        head_path = None
+        if not cfg.random_init:
+            head_path = resolve_weights(cfg.head_weights, "score.aesthetic.head_weights")
+        self.encoder = ClipEncoder(
+            cfg.clip_model,
+            None if cfg.random_init else cfg.clip_pretrained,
+            device=cfg.device,
+            precision=cfg.precision,
+            seed=cfg.seed,
+            key="score.aesthetic",
+        )
+        self.head = load_aesthetic_head(
+            head_path,
+            self.encoder.embed_dim,
+            device=cfg.device,
+            seed=cfg.seed + 1,
+            key="score.aesthetic.head_weights",
+        )
+        self.untrained = cfg.random_init
+
+    @property
+    def embed_dim(self) -> int:
+        return self.encoder.embed_dim
+
+    def _pick(self, frames: np.ndarray) -> np.ndarray:
+        n = self.cfg.n_frames
+        if n == 0 or n >= len(frames):
+            return frames
+        return frames[((np.arange(n) + 0.5) * len(frames) / n).astype(int)]
+
+    @torch.inference_mode()
+    def score_batch(self, clips: list[np.ndarray]) -> list[dict[str, Any]]:
+        picked = [self._pick(_check(f)) for f in clips]
+        emb = self.encoder.encode_images(np.concatenate(picked), self.cfg.batch_size)  # (sum T, D)
+        scores = self.head(torch.from_numpy(emb).to(self.cfg.device)).float().cpu().numpy()
+        out, start = [], 0
+        for f in picked:
+            e, s = emb[start : start + len(f)], scores[start : start + len(f)]
+            start += len(f)
+            mean = e.mean(axis=0)
+            mean /= max(float(np.linalg.norm(mean)), 1e-12)
+            out.append(
+                {
+                    "aesthetic_mean": float(s.mean()),
+                    "aesthetic_min": float(s.min()),
+                    "aesthetic_untrained": self.untrained,
+                    "clip_embedding": mean.astype(np.float32).tolist(),
+                }
+            )
+        return out
+
+    def __call__(self, frames: np.ndarray, **ctx: Any) -> dict[str, Any]:
+        return self.score_batch([frames])[0]
+
+
+def _check(frames: np.ndarray) -> np.ndarray:
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8 or len(frames) == 0:
+        raise ValueError(f"frames must be (T>=1, H, W, 3) uint8, got {frames.shape} {frames.dtype}")
+    return frames

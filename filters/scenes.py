@@ -1,0 +1,98 @@
+"""Scene (shot) boundary detection with PySceneDetect.
+
+`detect_scenes(path, cfg)` returns the scenes of one video as half-open frame ranges
+[start, end) that cover every decoded frame. Turning scenes into clips (trimming, minimum and
+maximum length) is the split stage's job, not this module's.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from curation.configtools import check
+
+
+@dataclass(frozen=True)
+class SceneConfig:
+    detector: Literal["adaptive", "content"] = "adaptive"
+    """PySceneDetect detector: 'adaptive' (rolling-average HSV change) or 'content' (fixed)."""
+    adaptive_threshold: float = 3.0
+    """AdaptiveDetector: ratio of a frame's change to its neighbours' average (> 0)."""
+    min_content_val: float = 15.0
+    """AdaptiveDetector: minimum absolute HSV change for a cut, 0-255 scale (>= 0)."""
+    content_threshold: float = 27.0
+    """ContentDetector: HSV change for a cut, 0-255 scale (> 0)."""
+    min_scene_frames: int = 12
+    """Shortest scene the detector may emit, frames (>= 1)."""
+    downscale: int = 0
+    """Integer factor frames are shrunk by before detection; 0 = automatic by width."""
+
+    def __post_init__(self):
+        check(self.adaptive_threshold > 0, "split.scenes.adaptive_threshold", "must be > 0")
+        check(self.min_content_val >= 0, "split.scenes.min_content_val", "must be >= 0")
+        check(self.content_threshold > 0, "split.scenes.content_threshold", "must be > 0")
+        check(self.min_scene_frames >= 1, "split.scenes.min_scene_frames", "must be >= 1")
+        check(self.downscale >= 0, "split.scenes.downscale", "must be >= 0")
+
+
+class SceneTimeout(TimeoutError):
+    """Scene detection of one video ran past its time limit."""
+
+
+@dataclass(frozen=True)
+class Scenes:
+    """Scenes of one video: `ranges` are [start, end) frame indices, in order, covering
+    frames 0..n_frames; `fps` is the stream's average frame rate."""
+
+    ranges: list[tuple[int, int]]
+    n_frames: int
+    fps: float
+
+
+def _make_detector(cfg: SceneConfig):
+    from scenedetect import AdaptiveDetector, ContentDetector
+
+    builders = {
+        "adaptive": lambda: AdaptiveDetector(
+            adaptive_threshold=cfg.adaptive_threshold,
+            min_scene_len=cfg.min_scene_frames,
+            min_content_val=cfg.min_content_val,
+        ),
+        "content": lambda: ContentDetector(
+            threshold=cfg.content_threshold, min_scene_len=cfg.min_scene_frames
+        ),
+    }
+    return builders[cfg.detector]()
+
+
+def detect_scenes(path: str, cfg: SceneConfig, timeout_s: float | None = None) -> Scenes:
+    """Detect hard cuts in the video at `path`.
+
+    Raises SceneTimeout past `timeout_s` seconds, and the decoder's own errors for files that
+    can't be decoded (the caller turns both into error rows).
+    """
+    from scenedetect import SceneManager, open_video
+
+    video = open_video(path, backend="pyav")
+    manager = SceneManager()
+    if cfg.downscale:
+        manager.auto_downscale = False
+        manager.downscale = cfg.downscale
+    manager.add_detector(_make_detector(cfg))
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+
+    def _check_deadline(_frame: np.ndarray, _timecode) -> None:
+        if deadline is not None and time.monotonic() > deadline:
+            raise SceneTimeout(f"scene detection took longer than {timeout_s:g}s")
+
+    manager.detect_scenes(video=video, callback=_check_deadline)
+    n_frames = int(video.frame_number)
+    fps = float(video.frame_rate)
+    cuts = sorted({int(c.frame_num) for c in manager.get_cut_list()})
+    bounds = [0, *[c for c in cuts if 0 < c < n_frames], n_frames]
+    ranges = [(a, b) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+    return Scenes(ranges=ranges, n_frames=n_frames, fps=fps)

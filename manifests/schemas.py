@@ -1,0 +1,105 @@
+"""One pyarrow schema per manifest table.
+
+Tables live under a run root as `<root>/<table>/part-*.parquet`. Every row carries
+`created_at` (UTC) so views can pick the newest row of a key where a table is re-decided
+(decisions, captions). `status` is always one of ok | rejected | error.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+STATUSES = ("ok", "rejected", "error")
+
+_TS = pa.timestamp("us", tz="UTC")
+_REASONS = pa.list_(pa.string())
+
+VIDEOS = pa.schema(
+    [
+        pa.field("video_id", pa.string(), nullable=False),  # blake2b-128 of the file bytes
+        pa.field("path", pa.string(), nullable=False),  # absolute input path
+        pa.field("status", pa.string(), nullable=False),
+        pa.field("error", pa.string()),
+        pa.field("reasons", _REASONS),
+        pa.field("size_bytes", pa.int64()),
+        pa.field("duration_s", pa.float64()),
+        pa.field("fps", pa.float64()),  # average frame rate
+        pa.field("vfr", pa.bool_()),  # variable frame rate suspected
+        pa.field("n_frames", pa.int64()),
+        pa.field("width", pa.int32()),  # coded width (pixels)
+        pa.field("height", pa.int32()),
+        pa.field("rotation", pa.int32()),  # display rotation, degrees (0, 90, 180, 270)
+        pa.field("display_width", pa.int32()),  # width as shown, after rotation
+        pa.field("display_height", pa.int32()),
+        pa.field("codec", pa.string()),
+        pa.field("pix_fmt", pa.string()),
+        pa.field("has_audio", pa.bool_()),
+        pa.field("bitrate", pa.int64()),  # bits/s of the container, 0 if unknown
+        pa.field("created_at", _TS, nullable=False),
+    ]
+)
+
+CLIPS = pa.schema(
+    [
+        pa.field("clip_id", pa.string(), nullable=False),  # hash of (video_id, start, end)
+        pa.field("video_id", pa.string(), nullable=False),
+        pa.field("path", pa.string()),  # source video path (denormalised for workers)
+        pa.field("scene_index", pa.int32()),
+        pa.field("piece_index", pa.int32()),  # >0 when a long scene was cut into pieces
+        pa.field("start_frame", pa.int64()),  # inclusive, source frame index
+        pa.field("end_frame", pa.int64()),  # exclusive
+        pa.field("start_s", pa.float64()),
+        pa.field("end_s", pa.float64()),
+        pa.field("duration_s", pa.float64()),
+        pa.field("fps", pa.float64()),
+        pa.field("width", pa.int32()),  # display size of the source
+        pa.field("height", pa.int32()),
+        pa.field("status", pa.string(), nullable=False),
+        pa.field("error", pa.string()),
+        pa.field("reasons", _REASONS),
+        pa.field("created_at", _TS, nullable=False),
+    ]
+)
+
+DECISIONS = pa.schema(
+    [
+        pa.field("clip_id", pa.string(), nullable=False),
+        pa.field("tier", pa.string()),  # highest tier passed, null when rejected
+        pa.field("keep", pa.bool_(), nullable=False),
+        pa.field("reasons", _REASONS),  # every failed bound, e.g. 'motion_mean=0.1<0.5@480p'
+        pa.field("filter_run", pa.string(), nullable=False),  # one id per filter run
+        pa.field("config_hash", pa.string()),  # hash of the filter config used
+        pa.field("created_at", _TS, nullable=False),
+    ]
+)
+
+SHARDS = pa.schema(
+    [
+        pa.field("clip_id", pa.string(), nullable=False),
+        pa.field("shard", pa.string()),  # tar path relative to the run root; null on error
+        pa.field("key", pa.string(), nullable=False),  # WebDataset __key__ inside the tar
+        pa.field("tier", pa.string(), nullable=False),
+        pa.field("status", pa.string(), nullable=False),  # ok, or error (clip could not be cut)
+        pa.field("error", pa.string()),
+        pa.field("width", pa.int32()),  # encoded size
+        pa.field("height", pa.int32()),
+        pa.field("fps", pa.float64()),
+        pa.field("n_frames", pa.int32()),
+        pa.field("bytes", pa.int64()),  # size of the mp4 member
+        pa.field("caption", pa.string()),
+        pa.field("created_at", _TS, nullable=False),
+    ]
+)
+
+# name -> (schema, key column, newest-row-wins?)
+TABLES: dict[str, tuple[pa.Schema, str, bool]] = {
+    "videos": (VIDEOS, "path", False),
+    "clips": (CLIPS, "clip_id", False),
+    "decisions": (DECISIONS, "clip_id", True),
+    "shards": (SHARDS, "clip_id", False),
+}
+
+
+def register(name: str, schema: pa.Schema, key: str, newest_wins: bool = False) -> None:
+    """Add a table defined elsewhere (scores, captions, ...) so views and `sql` see it."""
+    TABLES[name] = (schema, key, newest_wins)

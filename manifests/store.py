@@ -1,0 +1,146 @@
+"""Append-only Parquet tables under a run root.
+
+A table is a folder of `part-*.parquet` files. A part is written to a hidden temp file and
+renamed into place, so a reader (or a re-run after SIGKILL) never sees half a part. Parts are
+never rewritten; re-deciding a key appends a newer row (see `schemas.TABLES`).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from collections.abc import Iterable, Iterator
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+
+from manifests.schemas import TABLES
+
+
+def now_utc() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class Table:
+    """One manifest table: `Table(root, 'clips')`."""
+
+    def __init__(self, root: str | Path, name: str):
+        if name not in TABLES:
+            raise KeyError(f"unknown table {name!r}; known: {sorted(TABLES)}")
+        self.root = Path(root)
+        self.name = name
+        self.schema, self.key, self.newest_wins = TABLES[name]
+        self.dir = self.root / name
+
+    def parts(self) -> list[Path]:
+        if not self.dir.is_dir():
+            return []
+        return sorted(self.dir.glob("part-*.parquet"))
+
+    def exists(self) -> bool:
+        return bool(self.parts())
+
+    def _new_part_path(self) -> Path:
+        return self.dir / f"part-{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.parquet"
+
+    def write(self, table: pa.Table) -> Path | None:
+        """Atomically add `table` as one new part (cast to the schema). Empty -> no part."""
+        if table.num_rows == 0:
+            return None
+        table = conform(table, self.schema)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.dir / f".tmp-{uuid.uuid4().hex}.parquet"
+        pq.write_table(table, tmp)
+        _fsync(tmp)
+        final = self._new_part_path()
+        os.replace(tmp, final)
+        return final
+
+    def write_stream(self, batches: Iterable[pa.Table]) -> Path | None:
+        """Write many batches as ONE part, atomically (e.g. a whole filter run)."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.dir / f".tmp-{uuid.uuid4().hex}.parquet"
+        rows = 0
+        with pq.ParquetWriter(tmp, self.schema) as writer:
+            for batch in batches:
+                if batch.num_rows:
+                    writer.write_table(conform(batch, self.schema))
+                    rows += batch.num_rows
+        if rows == 0:
+            tmp.unlink()
+            return None
+        _fsync(tmp)
+        final = self._new_part_path()
+        os.replace(tmp, final)
+        return final
+
+    def dataset(self) -> ds.Dataset | None:
+        parts = self.parts()
+        if not parts:
+            return None
+        return ds.dataset([str(p) for p in parts], format="parquet", schema=self.schema)
+
+    def read(self, columns: list[str] | None = None, filter=None) -> pa.Table:
+        """All rows (every version of a key), or an empty table with the schema."""
+        dset = self.dataset()
+        if dset is None:
+            empty = self.schema.empty_table()
+            return empty.select(columns) if columns else empty
+        return dset.to_table(columns=columns, filter=filter)
+
+    def iter_batches(self, columns: list[str] | None = None, batch_size: int = 4096) -> Iterator[pa.RecordBatch]:
+        dset = self.dataset()
+        if dset is None:
+            return iter(())
+        return dset.to_batches(columns=columns, batch_size=batch_size)
+
+    def keys(self, column: str | None = None) -> set[str]:
+        """Distinct values of the key column (read alone, so memory is one column)."""
+        column = column or self.key
+        return {v for v in self.read([column]).column(column).to_pylist() if v is not None}
+
+    def clean_temp(self) -> int:
+        """Remove temp files left by a killed writer; returns how many were removed."""
+        if not self.dir.is_dir():
+            return 0
+        n = 0
+        for tmp in self.dir.glob(".tmp-*"):
+            tmp.unlink(missing_ok=True)
+            n += 1
+        return n
+
+
+def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """Reorder/cast `table` to `schema`; missing nullable columns become nulls."""
+    cols = []
+    for field in schema:
+        if field.name in table.column_names:
+            cols.append(table.column(field.name).cast(field.type))
+        elif field.name == "created_at":
+            cols.append(pa.array([now_utc()] * table.num_rows, type=field.type))
+        elif field.nullable:
+            cols.append(pa.nulls(table.num_rows, type=field.type))
+        else:
+            raise ValueError(f"column {field.name!r} is required by the schema but missing")
+    return pa.Table.from_arrays(cols, schema=schema)
+
+
+def rows_to_table(rows: list[dict], schema: pa.Schema) -> pa.Table:
+    """List of row dicts -> table with `schema` (absent keys are null)."""
+    data = {f.name: [r.get(f.name) for r in rows] for f in schema}
+    if "created_at" in data:
+        stamp = now_utc()
+        data["created_at"] = [v or stamp for v in data["created_at"]]
+    return pa.Table.from_pydict(data, schema=schema)
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

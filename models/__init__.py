@@ -1,0 +1,1 @@
+"""Neural networks of reelsift and their loading (Linear DiT, attention ops, adapters)."""

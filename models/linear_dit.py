@@ -1,0 +1,397 @@
+"""Linear DiT: a linear-attention video diffusion transformer after SANA-Video.
+
+Input: VAE latents (B, C, F, H, W) with H, W divisible by the patch size (1, 2, 2), a flow-matching
+time t in [0, 1] (1 = pure noise) of shape (B,) or per latent frame (B, F), and text tokens
+(B, L, text_dim) with a padding mask (B, L) (True = real token). Output: the velocity, same shape
+as the latents.
+
+Each block: adaLN-single modulation (one shared timestep MLP, plus a learned per-block 6 x C
+table) -> ReLU linear self-attention (RMSNorm on q/k, 3D RoPE on the numerator only) ->
+softmax cross-attention to text -> Mix-FFN (1x1 conv, 3x3 depthwise conv, gated SiLU, a
+zero-initialised temporal conv of kernel 3 over frames as a residual, 1x1 conv).
+
+Attention over frames is "full" or "block_causal" (blocks of ``block_frames`` latent frames; full
+inside a block, causal across blocks). Block-causal generation runs block by block through
+``forward_block`` with a ``DiTState`` whose size does not depend on how many blocks came before:
+per layer, the linear-attention sums S (H, D, D) and z (H, D) and the last latent frame of the
+temporal conv's input.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from models import ops
+from models.ops.naive import AttnState
+from models.rope import rope_3d
+
+
+@dataclass(frozen=True)
+class LinearDiTConfig:
+    in_channels: int = 16
+    """latent channels of the VAE (Wan2.1: 16)"""
+    patch_size: tuple[int, int, int] = (1, 2, 2)
+    """patch (frames, height, width) in latent units; frames must be 1"""
+    depth: int = 20
+    """number of transformer blocks"""
+    heads: int = 20
+    """attention heads (self- and cross-attention)"""
+    head_dim: int = 112
+    """channels per head; even (RoPE pairs); hidden width = heads * head_dim"""
+    text_dim: int = 2304
+    """width of the text encoder's token features"""
+    ffn_ratio: float = 2.5
+    """Mix-FFN hidden width over model width (gated: the first 1x1 conv outputs twice this)"""
+    freq_dim: int = 256
+    """sinusoidal timestep features before the timestep MLP"""
+    rope_theta: float = 10000.0
+    """RoPE base"""
+    attention: str = "full"
+    """default self-attention mode: 'full' or 'block_causal'"""
+    block_frames: int = 3
+    """latent frames per block in block-causal mode (>= 1)"""
+    attn_eps: float = 1e-6
+    """added to the linear-attention denominator"""
+    attn_backend: str = "auto"
+    """linear-attention backend: auto (Triton on CUDA, else PyTorch), triton, chunked, naive"""
+
+    def __post_init__(self):
+        if self.patch_size[0] != 1:
+            raise ValueError(f"model.patch_size: temporal patch must be 1, got {self.patch_size}")
+        if self.head_dim % 2:
+            raise ValueError(f"model.head_dim must be even (RoPE pairs), got {self.head_dim}")
+        if self.attention not in ATTENTION_MODES:
+            raise ValueError(f"model.attention must be one of {ATTENTION_MODES}, got {self.attention!r}")
+        if self.block_frames < 1:
+            raise ValueError(f"model.block_frames must be >= 1, got {self.block_frames}")
+
+    @property
+    def hidden(self) -> int:
+        return self.heads * self.head_dim
+
+    @property
+    def ffn_hidden(self) -> int:
+        return int(self.hidden * self.ffn_ratio)
+
+
+ATTENTION_MODES = ("full", "block_causal")
+
+CONFIGS: dict[str, LinearDiTConfig] = {
+    # CPU tests: ~2.6M parameters.
+    "tiny": LinearDiTConfig(in_channels=4, depth=4, heads=6, head_dim=32, text_dim=64),
+    # SANA-600M-like width/depth: ~0.6B parameters.
+    "600m": LinearDiTConfig(depth=28, heads=16, head_dim=72),
+    # SANA-Video-like 2B: 20 blocks, width 2240, 20 heads of 112.
+    "2b": LinearDiTConfig(depth=20, heads=20, head_dim=112),
+}
+
+
+def get_config(name: str, **overrides) -> LinearDiTConfig:
+    """Named config (``CONFIGS``) with field overrides; unknown names raise naming the key."""
+    if name not in CONFIGS:
+        raise KeyError(f"model.name={name!r} is not one of {sorted(CONFIGS)}")
+    return replace(CONFIGS[name], **overrides)
+
+
+# --------------------------------------------------------------------------------------------
+# Geometry and state
+
+
+@dataclass
+class Grid:
+    """Token grid of one forward call: frames x height x width tokens, frame-major order."""
+
+    frames: int
+    height: int
+    width: int
+    frame_offset: int
+    """absolute index of the first frame (RoPE time position, block alignment)"""
+    block_frames: int | None
+    """None: full attention; else frames per block (block-causal)"""
+    cos: torch.Tensor = field(repr=False)
+    sin: torch.Tensor = field(repr=False)
+
+    @property
+    def tokens_per_frame(self) -> int:
+        return self.height * self.width
+
+
+@dataclass
+class BlockState:
+    """State one block carries from a committed latent block to the next."""
+
+    attn: AttnState
+    """linear-attention sums: S (B, H, D, D), z (B, H, D), float32"""
+    conv: torch.Tensor
+    """temporal-conv input at the previous block's last latent frame: (B, 1, S, ffn_hidden)"""
+
+
+@dataclass
+class DiTState:
+    """Per-layer states plus the absolute frame index where the next block starts."""
+
+    layers: list[BlockState]
+    frame_offset: int = 0
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for s in self.layers for t in (*s.attn, s.conv))
+
+
+# --------------------------------------------------------------------------------------------
+# Modules
+
+
+class RMSNorm(nn.Module):
+    """RMS normalisation over the last dim, with a learned scale."""
+
+    def __init__(self, dim: int, eps: float = 1e-6):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x):
+        return F.rms_norm(x, (x.shape[-1],), self.weight.to(x.dtype), self.eps)
+
+
+class TimestepEmbedder(nn.Module):
+    """t in [0, 1] of any shape -> (..., hidden) through sinusoids and a two-layer MLP."""
+
+    def __init__(self, cfg: LinearDiTConfig):
+        super().__init__()
+        self.freq_dim = cfg.freq_dim
+        self.mlp = nn.Sequential(nn.Linear(cfg.freq_dim, cfg.hidden), nn.SiLU(), nn.Linear(cfg.hidden, cfg.hidden))
+
+    def forward(self, t):
+        half = self.freq_dim // 2
+        freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+        arg = (t.float() * 1000.0)[..., None] * freqs  # (..., half)
+        emb = torch.cat([arg.cos(), arg.sin()], dim=-1)  # (..., freq_dim)
+        return self.mlp(emb.to(self.mlp[0].weight.dtype))
+
+
+class LinearSelfAttention(nn.Module):
+    """ReLU linear attention with q/k RMSNorm (per head) and RoPE on the numerator."""
+
+    def __init__(self, cfg: LinearDiTConfig):
+        super().__init__()
+        self.heads, self.head_dim, self.eps, self.backend = cfg.heads, cfg.head_dim, cfg.attn_eps, cfg.attn_backend
+        self.qkv = nn.Linear(cfg.hidden, 3 * cfg.hidden)
+        self.q_norm, self.k_norm = RMSNorm(cfg.head_dim), RMSNorm(cfg.head_dim)
+        self.proj = nn.Linear(cfg.hidden, cfg.hidden)
+
+    def forward(self, x, grid: Grid, state: AttnState | None):
+        """x (B, F, S, C) -> (out (B, F, S, C), new state or None when state is None)."""
+        b, f, s, c = x.shape
+        qkv = self.qkv(x).view(b, f * s, 3, self.heads, self.head_dim)  # (B, N, 3, H, D)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B, H, N, D)
+        q, k = self.q_norm(q), self.k_norm(k)
+        if state is None:
+            block = None if grid.block_frames is None else grid.block_frames * grid.tokens_per_frame
+            out = ops.linear_attention(q, k, v, grid.cos, grid.sin, block_size=block, eps=self.eps, backend=self.backend)
+            new_state = None
+        else:
+            out, new_state = ops.step(state, q, k, v, grid.cos, grid.sin, eps=self.eps)
+        out = out.transpose(1, 2).reshape(b, f, s, c)  # (B, F, S, C)
+        return self.proj(out), new_state
+
+
+class CrossAttention(nn.Module):
+    """Softmax attention from video tokens to text tokens; masked text tokens are ignored."""
+
+    def __init__(self, cfg: LinearDiTConfig):
+        super().__init__()
+        self.heads, self.head_dim = cfg.heads, cfg.head_dim
+        self.q = nn.Linear(cfg.hidden, cfg.hidden)
+        self.kv = nn.Linear(cfg.hidden, 2 * cfg.hidden)
+        self.q_norm, self.k_norm = RMSNorm(cfg.head_dim), RMSNorm(cfg.head_dim)
+        self.proj = nn.Linear(cfg.hidden, cfg.hidden)
+
+    def forward(self, x, text, text_mask):
+        """x (B, F, S, C), text (B, L, C), text_mask (B, L) bool -> (B, F, S, C)."""
+        b, f, s, c = x.shape
+        q = self.q_norm(self.q(x).view(b, f * s, self.heads, self.head_dim)).transpose(1, 2)  # (B, H, N, D)
+        kv = self.kv(text).view(b, text.shape[1], 2, self.heads, self.head_dim)  # (B, L, 2, H, D)
+        k, v = kv.permute(2, 0, 3, 1, 4).unbind(0)  # 2 x (B, H, L, D)
+        k = self.k_norm(k)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=text_mask[:, None, None, :])  # (B, H, N, D)
+        return self.proj(out.transpose(1, 2).reshape(b, f, s, c))  # (B, F, S, C)
+
+
+class MixFFN(nn.Module):
+    """1x1 conv -> 3x3 depthwise conv -> gated SiLU -> (+ temporal conv k=3) -> 1x1 conv.
+
+    The temporal conv is depthwise over frames, zero-initialised, added as a residual, so a fresh
+    model acts per frame. In block-causal mode a frame sees the previous frame (also across a
+    block boundary) and the next frame only inside its own block; the previous block's last
+    frame is what ``BlockState.conv`` carries.
+    """
+
+    def __init__(self, cfg: LinearDiTConfig):
+        super().__init__()
+        h = cfg.ffn_hidden
+        self.inp = nn.Linear(cfg.hidden, 2 * h)
+        self.dw = nn.Conv2d(2 * h, 2 * h, kernel_size=3, padding=1, groups=2 * h)
+        self.t_weight = nn.Parameter(torch.zeros(3, h))  # taps for frames f-1, f, f+1
+        self.t_bias = nn.Parameter(torch.zeros(h))
+        self.out = nn.Linear(h, cfg.hidden)
+
+    def forward(self, x, grid: Grid, prev: torch.Tensor | None):
+        """x (B, F, S, C); prev (B, 1, S, h) or None (zeros) -> (out (B, F, S, C), last frame)."""
+        b, f, s, c = x.shape
+        y = self.inp(x).view(b * f, grid.height, grid.width, -1).permute(0, 3, 1, 2)  # (BF, 2h, Hp, Wp)
+        y = self.dw(y).permute(0, 2, 3, 1).reshape(b, f, s, -1)  # (B, F, S, 2h)
+        a, gate = y.chunk(2, dim=-1)
+        y = a * F.silu(gate)  # (B, F, S, h)
+        w = self.t_weight.to(y.dtype)
+        out = torch.addcmul(self.t_bias.to(y.dtype), y, 1 + w[1])  # (B, F, S, h): bias + centre tap
+        out[:, 1:].addcmul_(y[:, :-1], w[0])  # frame f-1
+        if prev is not None:
+            out[:, :1].addcmul_(prev.to(y.dtype), w[0])  # previous block's last frame
+        w_next = w[2].expand(f - 1, 1, -1)  # (F-1, 1, h)
+        if grid.block_frames is not None:
+            absf = torch.arange(f - 1, device=x.device) + grid.frame_offset
+            same_block = ((absf + 1) % grid.block_frames != 0).to(y.dtype)  # frame f+1 inside f's block
+            w_next = w_next * same_block[:, None, None]
+        out[:, :-1].addcmul_(y[:, 1:], w_next)  # frame f+1
+        return self.out(out), y[:, -1:]
+
+
+class Block(nn.Module):
+    """One Linear DiT block; modulation = shared timestep MLP output + this block's table."""
+
+    def __init__(self, cfg: LinearDiTConfig):
+        super().__init__()
+        c = cfg.hidden
+        self.norm1 = nn.LayerNorm(c, elementwise_affine=False, eps=1e-6)
+        self.attn = LinearSelfAttention(cfg)
+        self.norm_x = nn.LayerNorm(c, elementwise_affine=True, eps=1e-6)
+        self.cross = CrossAttention(cfg)
+        self.norm2 = nn.LayerNorm(c, elementwise_affine=False, eps=1e-6)
+        self.ffn = MixFFN(cfg)
+        self.scale_shift_table = nn.Parameter(torch.randn(6, c) / c**0.5)
+
+    def forward(self, x, mod, text, text_mask, grid: Grid, state: BlockState | None):
+        """x (B, F, S, C), mod (B, F, 6, C) -> (x, new BlockState or None)."""
+        m = (mod + self.scale_shift_table.to(mod.dtype))[:, :, :, None, :]  # (B, F, 6, 1, C)
+        shift_a, scale_a, gate_a, shift_f, scale_f, gate_f = m.unbind(2)  # 6 x (B, F, 1, C)
+        a, attn_state = self.attn(self.norm1(x) * (1 + scale_a) + shift_a, grid, None if state is None else state.attn)
+        x = x + gate_a * a
+        x = x + self.cross(self.norm_x(x), text, text_mask)
+        f, last = self.ffn(self.norm2(x) * (1 + scale_f) + shift_f, grid, None if state is None else state.conv)
+        x = x + gate_f * f
+        return x, (None if state is None else BlockState(attn_state, last))
+
+
+class FinalLayer(nn.Module):
+    """adaLN (shift, scale) from the timestep embedding, then a linear map to latent patches."""
+
+    def __init__(self, cfg: LinearDiTConfig):
+        super().__init__()
+        c = cfg.hidden
+        self.norm = nn.LayerNorm(c, elementwise_affine=False, eps=1e-6)
+        self.scale_shift_table = nn.Parameter(torch.randn(2, c) / c**0.5)
+        self.linear = nn.Linear(c, math.prod(cfg.patch_size) * cfg.in_channels)
+
+    def forward(self, x, t_emb):
+        """x (B, F, S, C), t_emb (B, F, C) -> (B, F, S, p*p*C_latent)."""
+        table = self.scale_shift_table.to(t_emb.dtype)[:, None, None, None, :]  # (2, 1, 1, 1, C)
+        shift, scale = (t_emb[None, :, :, None, :] + table).unbind(0)  # 2 x (B, F, 1, C)
+        return self.linear(self.norm(x) * (1 + scale) + shift)
+
+
+class LinearDiT(nn.Module):
+    """Velocity model v(x_t, t, text) over VAE latents; see the module docstring for shapes."""
+
+    def __init__(self, cfg: LinearDiTConfig):
+        super().__init__()
+        self.cfg = cfg
+        c = cfg.hidden
+        self.patch = nn.Conv3d(cfg.in_channels, c, kernel_size=cfg.patch_size, stride=cfg.patch_size)
+        self.t_embed = TimestepEmbedder(cfg)
+        self.t_block = nn.Sequential(nn.SiLU(), nn.Linear(c, 6 * c))  # adaLN-single: shared by all blocks
+        self.text_proj = nn.Sequential(nn.Linear(cfg.text_dim, c), nn.GELU(approximate="tanh"), nn.Linear(c, c))
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.depth))
+        self.final = FinalLayer(cfg)
+
+    # ---- public API ----------------------------------------------------------------------------
+
+    def forward(self, x, t, text, text_mask=None, attention: str | None = None, block_frames: int | None = None):
+        """Whole sequence. x (B, C, F, H, W); t (B,) or (B, F) in [0, 1]; text (B, L, text_dim);
+        text_mask (B, L) bool or None (all valid). ``attention`` ('full' | 'block_causal') and
+        ``block_frames`` default to the config. Returns the velocity (B, C, F, H, W)."""
+        mode = attention or self.cfg.attention
+        if mode not in ATTENTION_MODES:
+            raise ValueError(f"attention must be one of {ATTENTION_MODES}, got {mode!r}")
+        blocks = (block_frames or self.cfg.block_frames) if mode == "block_causal" else None
+        out, _ = self._run(x, t, text, text_mask, frame_offset=0, block_frames=blocks, state=None)
+        return out
+
+    def init_state(self, batch: int, height: int, width: int, device=None) -> DiTState:
+        """Empty state for block-wise generation of latents of spatial size (height, width)."""
+        cfg = self.cfg
+        s = (height // cfg.patch_size[1]) * (width // cfg.patch_size[2])
+        layers = [
+            BlockState(AttnState.zeros(batch, cfg.heads, cfg.head_dim, device), torch.zeros(batch, 1, s, cfg.ffn_hidden, device=device))
+            for _ in range(cfg.depth)
+        ]
+        return DiTState(layers, frame_offset=0)
+
+    def forward_block(self, x, t, text, text_mask, state: DiTState):
+        """One block of latent frames x (B, C, Fb, H, W) at absolute frames
+        ``state.frame_offset ...``, attending to itself and to everything folded into ``state``.
+
+        Returns ``(velocity, new_state)``; ``state`` is left untouched. A sampler denoises a block
+        by calling this repeatedly with the same ``state`` (dropping ``new_state``), then calls it
+        once on the clean block at t=0 and keeps that ``new_state`` ("commit"). The result equals
+        ``forward(..., attention='block_causal', block_frames=Fb)`` over the whole sequence.
+        """
+        out, layers = self._run(x, t, text, text_mask, state.frame_offset, x.shape[2], state.layers)
+        return out, DiTState(layers, state.frame_offset + x.shape[2])
+
+    # ---- shared body ---------------------------------------------------------------------------
+
+    def _run(self, x, t, text, text_mask, frame_offset: int, block_frames: int | None, state):
+        cfg = self.cfg
+        b, _, f, hh, ww = x.shape
+        pt, ph, pw = cfg.patch_size
+        if hh % ph or ww % pw:
+            raise ValueError(f"latent size {hh}x{ww} is not divisible by model.patch_size {cfg.patch_size}")
+        if t.ndim == 1:
+            t = t[:, None].expand(b, f)  # (B, F)
+        if t.shape != (b, f):
+            raise ValueError(f"t must have shape (B,) or (B, F) = {(b, f)}, got {tuple(t.shape)}")
+        if text_mask is None:
+            text_mask = torch.ones(text.shape[:2], dtype=torch.bool, device=text.device)
+
+        h = self.patch(x)  # (B, C, F, Hp, Wp)
+        hp, wp = h.shape[-2:]
+        h = h.flatten(3).permute(0, 2, 3, 1)  # (B, F, S, C)
+        cos, sin = rope_3d(f, hp, wp, cfg.head_dim, frame_offset, cfg.rope_theta, device=x.device)
+        grid = Grid(f, hp, wp, frame_offset, block_frames, cos, sin)
+
+        t_emb = self.t_embed(t)  # (B, F, C)
+        mod = self.t_block(t_emb).unflatten(-1, (6, cfg.hidden))  # (B, F, 6, C)
+        ctx = self.text_proj(text)  # (B, L, C)
+        mask = text_mask.bool()
+
+        new_states = [] if state is not None else None
+        for i, blk in enumerate(self.blocks):
+            h, s = blk(h, mod, ctx, mask, grid, None if state is None else state[i])
+            if state is not None:
+                new_states.append(s)
+
+        out = self.final(h, t_emb)  # (B, F, S, ph*pw*C)
+        out = out.view(b, f, hp, wp, ph, pw, cfg.in_channels)  # (B, F, Hp, Wp, ph, pw, C)
+        out = out.permute(0, 6, 1, 2, 4, 3, 5).reshape(b, cfg.in_channels, f, hh, ww)  # (B, C, F, H, W)
+        return out, new_states
+
+
+def build(name_or_cfg: str | LinearDiTConfig, **overrides) -> LinearDiT:
+    """Model from a config name in ``CONFIGS`` (with overrides) or a config object."""
+    cfg = get_config(name_or_cfg, **overrides) if isinstance(name_or_cfg, str) else replace(name_or_cfg, **overrides)
+    return LinearDiT(cfg)
