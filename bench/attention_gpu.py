@@ -32,10 +32,26 @@ SHAPES = {"480p": (21, 30, 52), "720p": (21, 45, 80)}
 HEADS, HEAD_DIM, BLOCK_FRAMES, TEXT_LEN = 20, 112, 3, 300
 
 SWEEP = {  # forward/backward tile variants tried on the 720p full case; best kept
-    "state": [dict(BLOCK_N=64, num_warps=8, num_stages=2), dict(BLOCK_N=128, num_warps=8, num_stages=2), dict(BLOCK_N=64, num_warps=4, num_stages=3)],
-    "out": [dict(BLOCK_N=64, num_warps=4, num_stages=2), dict(BLOCK_N=128, num_warps=8, num_stages=2), dict(BLOCK_N=64, num_warps=8, num_stages=2)],
-    "bwd_q": [dict(BLOCK_N=64, num_warps=8, num_stages=1), dict(BLOCK_N=32, num_warps=4, num_stages=1), dict(BLOCK_N=64, num_warps=4, num_stages=2)],
-    "bwd_kv": [dict(BLOCK_N=64, num_warps=8, num_stages=1), dict(BLOCK_N=128, num_warps=8, num_stages=1), dict(BLOCK_N=64, num_warps=4, num_stages=2)],
+    "state": [
+        dict(BLOCK_N=64, num_warps=8, num_stages=2),
+        dict(BLOCK_N=128, num_warps=8, num_stages=2),
+        dict(BLOCK_N=64, num_warps=4, num_stages=3),
+    ],
+    "out": [
+        dict(BLOCK_N=64, num_warps=4, num_stages=2),
+        dict(BLOCK_N=128, num_warps=8, num_stages=2),
+        dict(BLOCK_N=64, num_warps=8, num_stages=2),
+    ],
+    "bwd_q": [
+        dict(BLOCK_N=64, num_warps=8, num_stages=1),
+        dict(BLOCK_N=32, num_warps=4, num_stages=1),
+        dict(BLOCK_N=64, num_warps=4, num_stages=2),
+    ],
+    "bwd_kv": [
+        dict(BLOCK_N=64, num_warps=8, num_stages=1),
+        dict(BLOCK_N=128, num_warps=8, num_stages=1),
+        dict(BLOCK_N=64, num_warps=4, num_stages=2),
+    ],
 }
 
 
@@ -88,8 +104,10 @@ def sweep_tiles(q, k, v, cos, sin, log):
         times = []
         for cfg in variants:
             T.TILES[kernel] = cfg
-            fn = (lambda: T.linear_attention(q, k, v, cos, sin)) if kernel in ("state", "out") else fwd_bwd(
-                lambda a, b, c: T.linear_attention(a, b, c, cos, sin), q, k, v
+            fn = (
+                (lambda: T.linear_attention(q, k, v, cos, sin))
+                if kernel in ("state", "out")
+                else fwd_bwd(lambda a, b, c: T.linear_attention(a, b, c, cos, sin), q, k, v)
             )
             try:
                 times.append(bench(fn))
@@ -141,7 +159,8 @@ def block_bench(f, h, w, attention, profile=False):
     with torch.no_grad():
         ms = bench(lambda: blk(x, mod, text, mask, grid, None), rep_ms=300)
         if profile:  # where a block's time goes, kernel by kernel
-            from torch.profiler import ProfilerActivity, profile as prof
+            from torch.profiler import ProfilerActivity
+            from torch.profiler import profile as prof
 
             with prof(activities=[ProfilerActivity.CUDA]) as p:
                 blk(x, mod, text, mask, grid, None)
@@ -149,6 +168,60 @@ def block_bench(f, h, w, attention, profile=False):
             print(f"--- 2b block, {attention} attention, {f}x{h}x{w} tokens ---")
             print(p.key_averages().table(sort_by="cuda_time_total", row_limit=14, max_name_column_width=70))
         return ms
+
+
+def bench_shape(name, f, h, w, bw, profile):
+    """All timings of one token grid; returns the JSON row."""
+    n = f * h * w
+    q, k, v, cos, sin = attention_inputs(f, h, w)
+    bs = BLOCK_FRAMES * h * w
+    r = {"tokens": n, "latent_grid": [f, h, w]}
+    r["floor_ms"] = 4 * n * HEADS * HEAD_DIM * 2 / bw * 1e3
+    # correctness at the benchmark size (vs the PyTorch form in float32 on the same inputs)
+    ref = chunked.linear_attention(q.float(), k.float(), v.float(), cos, sin)
+    r["rel_err_full_vs_pytorch_fp32"] = rel(T.linear_attention(q, k, v, cos, sin), ref)
+    ref_bc = chunked.linear_attention(q.float(), k.float(), v.float(), cos, sin, block_size=bs)
+    r["rel_err_block_causal_vs_pytorch_fp32"] = rel(
+        T.linear_attention(q, k, v, cos, sin, block_size=bs), ref_bc
+    )
+    del ref, ref_bc
+
+    fused = lambda a, b, c, bs=None: T.linear_attention(a, b, c, cos, sin, block_size=bs)  # noqa: E731
+    if profile and name == "720p":
+        from torch.profiler import ProfilerActivity
+        from torch.profiler import profile as prof
+
+        step = fwd_bwd(lambda a, b, c: fused(a, b, c, bs), q, k, v)
+        step()
+        with prof(activities=[ProfilerActivity.CUDA]) as p:
+            step()
+            torch.cuda.synchronize()
+        print(f"--- fused block-causal fwd+bwd, {n} tokens ---")
+        print(p.key_averages().table(sort_by="cuda_time_total", row_limit=12, max_name_column_width=60))
+    r["fused_fwd_ms"] = bench(lambda: fused(q, k, v))
+    r["fused_fwd_bwd_ms"] = bench(fwd_bwd(fused, q, k, v))
+    r["fused_block_causal_fwd_ms"] = bench(lambda: fused(q, k, v, bs))
+    r["fused_block_causal_fwd_bwd_ms"] = bench(fwd_bwd(lambda a, b, c: fused(a, b, c, bs), q, k, v))
+    torch_la = lambda a, b, c: chunked.linear_attention(a, b, c, cos, sin)  # noqa: E731
+    r["pytorch_fwd_ms"] = bench(lambda: torch_la(q, k, v))
+    r["pytorch_fwd_bwd_ms"] = bench(fwd_bwd(torch_la, q, k, v))
+    r["pytorch_block_causal_fwd_ms"] = bench(
+        lambda: chunked.linear_attention(q, k, v, cos, sin, block_size=bs)
+    )
+    r["sdpa_fwd_ms"] = bench(lambda: F.scaled_dot_product_attention(q, k, v), rep_ms=500)
+    r["sdpa_fwd_bwd_ms"] = bench(fwd_bwd(F.scaled_dot_product_attention, q, k, v), rep_ms=1000)
+    q = k = v = None  # free the inputs before the DiT-block runs
+    torch.cuda.empty_cache()
+    prof = profile and name == "720p"
+    r["dit_block_linear_fwd_ms"] = block_bench(f, h, w, "linear", prof)
+    torch.cuda.empty_cache()
+    r["dit_block_sdpa_fwd_ms"] = block_bench(f, h, w, "sdpa", prof)
+    torch.cuda.empty_cache()
+    r["fused_fwd_over_floor"] = r["fused_fwd_ms"] / r["floor_ms"]
+    r["block_causal_over_full_fwd"] = r["fused_block_causal_fwd_ms"] / r["fused_fwd_ms"]
+    r["block_causal_over_full_fwd_bwd"] = r["fused_block_causal_fwd_bwd_ms"] / r["fused_fwd_bwd_ms"]
+    r["dit_block_sdpa_over_linear"] = r["dit_block_sdpa_fwd_ms"] / r["dit_block_linear_fwd_ms"]
+    return r
 
 
 def main():
@@ -163,65 +236,30 @@ def main():
     bw = copy_bandwidth()
     log: list[str] = []
     result = {
-        "card": props.name, "sms": props.multi_processor_count, "torch": torch.__version__,
-        "triton": __import__("triton").__version__, "python": platform.python_version(),
-        "copy_bandwidth_GBps": bw / 1e9, "heads": HEADS, "head_dim": HEAD_DIM, "dtype": "bfloat16",
-        "batch": 1, "block_frames": BLOCK_FRAMES, "shapes": {},
-    }  # fmt: skip
+        "card": props.name,
+        "sms": props.multi_processor_count,
+        "torch": torch.__version__,
+        "triton": __import__("triton").__version__,
+        "python": platform.python_version(),
+        "copy_bandwidth_GBps": bw / 1e9,
+        "heads": HEADS,
+        "head_dim": HEAD_DIM,
+        "dtype": "bfloat16",
+        "batch": 1,
+        "block_frames": BLOCK_FRAMES,
+        "shapes": {},
+    }
 
     q, k, v, cos, sin = attention_inputs(*SHAPES["720p"])
     if not args.no_sweep:
         result["tiles"] = sweep_tiles(q, k, v, cos, sin, log)
     else:
         result["tiles"] = dict(T.TILES)
-    del q, k, v
+    q = k = v = None  # free the inputs before the DiT-block runs
 
     rows = []
     for name, (f, h, w) in SHAPES.items():
-        n = f * h * w
-        q, k, v, cos, sin = attention_inputs(f, h, w)
-        bs = BLOCK_FRAMES * h * w
-        r = {"tokens": n, "latent_grid": [f, h, w]}
-        r["floor_ms"] = 4 * n * HEADS * HEAD_DIM * 2 / bw * 1e3
-        # correctness at the benchmark size (vs the PyTorch form in float32 on the same inputs)
-        ref = chunked.linear_attention(q.float(), k.float(), v.float(), cos, sin)
-        r["rel_err_full_vs_pytorch_fp32"] = rel(T.linear_attention(q, k, v, cos, sin), ref)
-        ref_bc = chunked.linear_attention(q.float(), k.float(), v.float(), cos, sin, block_size=bs)
-        r["rel_err_block_causal_vs_pytorch_fp32"] = rel(T.linear_attention(q, k, v, cos, sin, block_size=bs), ref_bc)
-        del ref, ref_bc
-
-        fused = lambda a, b, c, bs=None: T.linear_attention(a, b, c, cos, sin, block_size=bs)  # noqa: E731
-        if args.profile and name == "720p":
-            from torch.profiler import ProfilerActivity, profile as prof
-
-            step = fwd_bwd(lambda a, b, c: fused(a, b, c, bs), q, k, v)
-            step()
-            with prof(activities=[ProfilerActivity.CUDA]) as p:
-                step()
-                torch.cuda.synchronize()
-            print(f"--- fused block-causal fwd+bwd, {n} tokens ---")
-            print(p.key_averages().table(sort_by="cuda_time_total", row_limit=12, max_name_column_width=60))
-        r["fused_fwd_ms"] = bench(lambda: fused(q, k, v))
-        r["fused_fwd_bwd_ms"] = bench(fwd_bwd(fused, q, k, v))
-        r["fused_block_causal_fwd_ms"] = bench(lambda: fused(q, k, v, bs))
-        r["fused_block_causal_fwd_bwd_ms"] = bench(fwd_bwd(lambda a, b, c: fused(a, b, c, bs), q, k, v))
-        torch_la = lambda a, b, c: chunked.linear_attention(a, b, c, cos, sin)  # noqa: E731
-        r["pytorch_fwd_ms"] = bench(lambda: torch_la(q, k, v))
-        r["pytorch_fwd_bwd_ms"] = bench(fwd_bwd(torch_la, q, k, v))
-        r["pytorch_block_causal_fwd_ms"] = bench(lambda: chunked.linear_attention(q, k, v, cos, sin, block_size=bs))
-        r["sdpa_fwd_ms"] = bench(lambda: F.scaled_dot_product_attention(q, k, v), rep_ms=500)
-        r["sdpa_fwd_bwd_ms"] = bench(fwd_bwd(F.scaled_dot_product_attention, q, k, v), rep_ms=1000)
-        del q, k, v
-        torch.cuda.empty_cache()
-        prof = args.profile and name == "720p"
-        r["dit_block_linear_fwd_ms"] = block_bench(f, h, w, "linear", prof)
-        torch.cuda.empty_cache()
-        r["dit_block_sdpa_fwd_ms"] = block_bench(f, h, w, "sdpa", prof)
-        torch.cuda.empty_cache()
-        r["fused_fwd_over_floor"] = r["fused_fwd_ms"] / r["floor_ms"]
-        r["block_causal_over_full_fwd"] = r["fused_block_causal_fwd_ms"] / r["fused_fwd_ms"]
-        r["block_causal_over_full_fwd_bwd"] = r["fused_block_causal_fwd_bwd_ms"] / r["fused_fwd_bwd_ms"]
-        r["dit_block_sdpa_over_linear"] = r["dit_block_sdpa_fwd_ms"] / r["dit_block_linear_fwd_ms"]
+        r = bench_shape(name, f, h, w, bw, args.profile)
         result["shapes"][name] = r
         rows.append((name, r))
 
@@ -233,15 +271,25 @@ def main():
 
     print(f"\ncard: {props.name}   copy bandwidth {bw / 1e9:.0f} GB/s   bf16, B=1, H={HEADS}, D={HEAD_DIM}")
     keys = [
-        ("floor_ms", "memory floor"), ("fused_fwd_ms", "fused fwd (full)"), ("fused_block_causal_fwd_ms", "fused fwd (block-causal)"),
-        ("fused_fwd_bwd_ms", "fused fwd+bwd (full)"), ("fused_block_causal_fwd_bwd_ms", "fused fwd+bwd (block-causal)"),
-        ("pytorch_fwd_ms", "PyTorch fwd (full)"), ("pytorch_block_causal_fwd_ms", "PyTorch fwd (block-causal)"),
-        ("pytorch_fwd_bwd_ms", "PyTorch fwd+bwd (full)"), ("sdpa_fwd_ms", "SDPA fwd"), ("sdpa_fwd_bwd_ms", "SDPA fwd+bwd"),
-        ("dit_block_linear_fwd_ms", "2b block fwd, linear attn"), ("dit_block_sdpa_fwd_ms", "2b block fwd, SDPA"),
-        ("fused_fwd_over_floor", "fused fwd / floor (x)"), ("block_causal_over_full_fwd", "block-causal / full fwd (x)"),
-        ("block_causal_over_full_fwd_bwd", "block-causal / full fwd+bwd (x)"), ("dit_block_sdpa_over_linear", "block SDPA / linear (x)"),
-        ("rel_err_full_vs_pytorch_fp32", "rel err full"), ("rel_err_block_causal_vs_pytorch_fp32", "rel err block-causal"),
-    ]  # fmt: skip
+        ("floor_ms", "memory floor"),
+        ("fused_fwd_ms", "fused fwd (full)"),
+        ("fused_block_causal_fwd_ms", "fused fwd (block-causal)"),
+        ("fused_fwd_bwd_ms", "fused fwd+bwd (full)"),
+        ("fused_block_causal_fwd_bwd_ms", "fused fwd+bwd (block-causal)"),
+        ("pytorch_fwd_ms", "PyTorch fwd (full)"),
+        ("pytorch_block_causal_fwd_ms", "PyTorch fwd (block-causal)"),
+        ("pytorch_fwd_bwd_ms", "PyTorch fwd+bwd (full)"),
+        ("sdpa_fwd_ms", "SDPA fwd"),
+        ("sdpa_fwd_bwd_ms", "SDPA fwd+bwd"),
+        ("dit_block_linear_fwd_ms", "2b block fwd, linear attn"),
+        ("dit_block_sdpa_fwd_ms", "2b block fwd, SDPA"),
+        ("fused_fwd_over_floor", "fused fwd / floor (x)"),
+        ("block_causal_over_full_fwd", "block-causal / full fwd (x)"),
+        ("block_causal_over_full_fwd_bwd", "block-causal / full fwd+bwd (x)"),
+        ("dit_block_sdpa_over_linear", "block SDPA / linear (x)"),
+        ("rel_err_full_vs_pytorch_fp32", "rel err full"),
+        ("rel_err_block_causal_vs_pytorch_fp32", "rel err block-causal"),
+    ]
     print(f"| {'ms unless noted':34s} | " + " | ".join(f"{n} ({r['tokens']:,} tok)" for n, r in rows) + " |")
     print("|" + "-" * 36 + "|" + "|".join("-" * 22 for _ in rows) + "|")
     for key, label in keys:

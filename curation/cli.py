@@ -22,7 +22,7 @@ from curation.stages.ingest import InputError
 
 log = logging.getLogger("reelsift")
 
-STAGES = ("ingest", "split", "filter", "shard")
+STAGES = ("ingest", "split", "score", "filter", "shard")
 
 
 def _common(p: argparse.ArgumentParser, *, root: bool = True, config: bool = True) -> None:
@@ -105,6 +105,8 @@ def cmd_stage(args) -> int:
         pipeline.ingest(cfg, root, args.input, args.ray_address)
     elif args.command == "split":
         pipeline.split(cfg, root, args.ray_address)
+    elif args.command == "score":
+        pipeline.score(cfg, root, args.ray_address)
     elif args.command == "filter":
         s = pipeline.filter_(cfg, root, dry_run=args.dry_run)
         print(json.dumps({"decided": s.decided, "kept_per_tier": s.kept_per_tier,

@@ -55,6 +55,28 @@ def split(cfg: CurateConfig, root: Path, ray_address: str | None = None) -> Part
                      ray_address=ray_address, ray_cfg=cfg.ray)
 
 
+def score(cfg: CurateConfig, root: Path, ray_address: str | None = None) -> PartSink:
+    from curation.stages.score import DecodeAndScoreCpu, ScoreNeural
+
+    scores = Table(root, "scores")
+    scores.clean_temp()
+    con = connect(root)
+    items = con.sql("""
+        SELECT c.clip_id, c.path, c.start_frame, c.end_frame, c.fps, v.rotation,
+               c.width AS display_width, c.height AS display_height
+        FROM clips c JOIN videos v ON v.video_id = c.video_id AND v.status = 'ok'
+        WHERE c.status = 'ok' AND c.clip_id NOT IN (SELECT clip_id FROM scores)
+        ORDER BY c.clip_id
+    """).to_arrow_table()
+    if cfg.score.aesthetic.random_init:
+        log.warning("score: aesthetic/CLIP scores come from UNTRAINED random weights "
+                    "(score.aesthetic.random_init=true); they carry no meaning")
+    log.info("score: %d clips to score", items.num_rows)
+    sink = PartSink(scores, rows=64)
+    ops = [(DecodeAndScoreCpu, cfg.score, cfg.score.cpu), (ScoreNeural, cfg.score, cfg.score.gpu)]
+    return run_stage("score", ops, None, None, items, sink, ray_address=ray_address, ray_cfg=cfg.ray)
+
+
 def filter_(cfg: CurateConfig, root: Path, dry_run: bool = False) -> FilterSummary:
     Table(root, "decisions").clean_temp()
     summary = run_filter(root, cfg.filter, dry_run=dry_run)
@@ -84,6 +106,7 @@ def stages(cfg: CurateConfig, root: Path, input_spec: str | Path | None,
     return [
         ("ingest", lambda: ingest(cfg, root, input_spec, ray_address)),
         ("split", lambda: split(cfg, root, ray_address)),
+        ("score", lambda: score(cfg, root, ray_address)),
         ("filter", lambda: filter_(cfg, root)),
         ("shard", lambda: shard(cfg, root, ray_address)),
     ]

@@ -65,7 +65,7 @@ def map_kwargs(stage_cls: type, cfg: Any, res: Resources, n_items: int) -> dict[
     kwargs: dict[str, Any] = dict(
         fn_constructor_args=(cfg,),
         batch_size=res.batch_size,
-        batch_format="numpy",
+        batch_format=getattr(stage_cls, "BATCH_FORMAT", "numpy"),
         num_cpus=res.num_cpus,
         compute=ActorPoolStrategy(size=concurrency),
     )
@@ -115,17 +115,24 @@ class PartSink:
 
 def run_stage(
     name: str,
-    stage_cls: type,
+    stage_cls: type | list[tuple[type, Any, Resources]],
     cfg: Any,
-    res: Resources,
+    res: Resources | None,
     items: pa.Table,
     sink: PartSink,
     *,
     ray_address: str | None = None,
     ray_cfg: RayConfig | None = None,
 ) -> PartSink:
-    """Run `stage_cls` over `items` (one row per unit of work) with Ray Data into `sink`."""
+    """Run `stage_cls` over `items` (one row per unit of work) with Ray Data into `sink`.
+
+    `stage_cls` may also be a list of (class, cfg, resources): a chain of operators, each with
+    its own resources, streaming batches from one to the next (cfg/res are then unused).
+    """
     import ray.data
+
+    ops = stage_cls if isinstance(stage_cls, list) else [(stage_cls, cfg, res)]
+    res = ops[0][2]
 
     if items.num_rows == 0:
         log.info("%s: nothing to do", name)
@@ -136,7 +143,8 @@ def run_stage(
     # every actor from the start.
     blocks = [items.slice(i, res.batch_size) for i in range(0, items.num_rows, res.batch_size)]
     ds = ray.data.from_arrow(blocks)
-    ds = ds.map_batches(stage_cls, **map_kwargs(stage_cls, cfg, res, items.num_rows))
+    for op_cls, op_cfg, op_res in ops:
+        ds = ds.map_batches(op_cls, **map_kwargs(op_cls, op_cfg, op_res, items.num_rows))
     for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
         sink.add(batch)
     sink.flush()

@@ -30,6 +30,9 @@ class OcrConfig:
     """Minimum detection score (0..1) of a text box (measurement parameter, not a filter)."""
     text_score: float = 0.5
     """Minimum recognition confidence (0..1) for a box to count when `recognize` is on."""
+    min_chars: int = 2
+    """With `recognize`, a box counts only if its text has at least this many non-space
+    characters: lone glyphs read off textures ('8', 'I') are the usual false positives. >= 1."""
     intra_op_threads: int = 1
     """onnxruntime intra-op threads per actor; 0 = onnxruntime default (all cores). >= 0."""
 
@@ -42,6 +45,8 @@ class OcrConfig:
             raise ValueError("score.ocr.box_thresh must be in [0, 1]")
         if not 0.0 <= self.text_score <= 1.0:
             raise ValueError("score.ocr.text_score must be in [0, 1]")
+        if self.min_chars < 1:
+            raise ValueError("score.ocr.min_chars must be >= 1")
         if self.intra_op_threads < 0:
             raise ValueError("score.ocr.intra_op_threads must be >= 0")
 
@@ -94,8 +99,10 @@ class OcrScorer:
         if not result:
             return 0.0, 0, []
         if self.cfg.recognize:
-            boxes = [item[0] for item in result]  # [box(4x2), text, score]
-            texts = [str(item[1]) for item in result]
+            # [box(4x2), text, score]; drop lone glyphs that textures are misread as
+            kept = [item for item in result if len("".join(str(item[1]).split())) >= self.cfg.min_chars]
+            boxes = [item[0] for item in kept]
+            texts = [str(item[1]) for item in kept]
         else:
             boxes, texts = result, []
         mask = np.zeros((size[1], size[0]), np.uint8)  # rasterised union of the text polygons

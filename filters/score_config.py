@@ -5,19 +5,32 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from curation.configtools import Resources, check
+from filters.aesthetic import AestheticConfig
+from filters.motion import MotionConfig
+from filters.ocr import OcrConfig
+from filters.quality import QualityConfig
 
 
 @dataclass(frozen=True)
 class ScoreConfig:
     n_frames: int = 8
     """Frames sampled evenly over each clip, decoded once and shared by every scorer (>= 2)."""
-    short_side: int = 256
-    """Working resolution: sampled frames are resized so their short side is this (>= 32)."""
+    short_side: int = 360
+    """Working resolution: sampled frames are resized so their short side is this (>= 32).
+    360 keeps subtitles in 720p sources legible for OCR."""
     timeout_s: float = 300.0
     """Per-clip decode time limit, seconds; over it the clip is an error row."""
+    motion: MotionConfig = field(default_factory=MotionConfig)
+    """Optical-flow motion scorer (filters/motion.py)."""
+    ocr: OcrConfig = field(default_factory=OcrConfig)
+    """On-screen text scorer (filters/ocr.py)."""
+    quality: QualityConfig = field(default_factory=QualityConfig)
+    """Low-level quality scorer (filters/quality.py)."""
+    aesthetic: AestheticConfig = field(default_factory=AestheticConfig)
+    """CLIP embedding + LAION aesthetic head (filters/aesthetic.py)."""
     cpu: Resources = field(default_factory=lambda: Resources(batch_size=4))
     """Scheduling of the decode + CPU-scorer operator (motion, OCR, quality)."""
-    gpu: Resources = field(default_factory=lambda: Resources(batch_size=8, concurrency=1))
+    gpu: Resources = field(default_factory=lambda: Resources(batch_size=16, concurrency=1))
     """Scheduling of the neural-scorer operator (aesthetic/CLIP); set num_gpus on GPU nodes."""
 
     def __post_init__(self):

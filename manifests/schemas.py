@@ -91,10 +91,48 @@ SHARDS = pa.schema(
     ]
 )
 
+SCORES = pa.schema(
+    [
+        pa.field("clip_id", pa.string(), nullable=False),
+        pa.field("status", pa.string(), nullable=False),  # ok, or error (clip not decodable)
+        pa.field("error", pa.string()),
+        pa.field("n_frames_scored", pa.int32()),  # frames decoded once and shared by scorers
+        pa.field("frame_step", pa.float32()),  # source frames between sampled frames
+        pa.field("work_width", pa.int32()),  # working resolution of the sampled frames
+        pa.field("work_height", pa.int32()),
+        # motion (filters/motion.py): px per source frame at a 256-px short side
+        pa.field("motion_mean", pa.float32()),
+        pa.field("motion_p90", pa.float32()),
+        pa.field("motion_max", pa.float32()),
+        pa.field("motion_static_frac", pa.float32()),  # 0..1
+        pa.field("motion_pairs", pa.int32()),
+        # ocr (filters/ocr.py)
+        pa.field("ocr_area", pa.float32()),  # union of text boxes / frame area, 0..1
+        pa.field("ocr_boxes", pa.int32()),
+        pa.field("ocr_text", pa.string()),
+        # quality (filters/quality.py)
+        pa.field("quality_brightness", pa.float32()),  # 0..1
+        pa.field("quality_contrast", pa.float32()),  # 0..0.5
+        pa.field("quality_saturation", pa.float32()),  # 0..1
+        pa.field("quality_colorfulness", pa.float32()),  # 0..~180
+        pa.field("quality_sharpness", pa.float32()),  # >= 0
+        pa.field("quality_dark_frac", pa.float32()),  # 0..1
+        pa.field("quality_bright_frac", pa.float32()),  # 0..1
+        # aesthetic + CLIP (filters/aesthetic.py)
+        pa.field("aesthetic_mean", pa.float32()),  # LAION scale ~1..10 with real weights
+        pa.field("aesthetic_min", pa.float32()),
+        pa.field("aesthetic_untrained", pa.bool_()),  # True: random weights, scores meaningless
+        pa.field("clip_model", pa.string()),  # which CLIP made clip_embedding
+        pa.field("clip_embedding", pa.list_(pa.float32())),  # (D,) unit norm
+        pa.field("created_at", _TS, nullable=False),
+    ]
+)
+
 # name -> (schema, key column, newest-row-wins?)
 TABLES: dict[str, tuple[pa.Schema, str, bool]] = {
     "videos": (VIDEOS, "path", False),
     "clips": (CLIPS, "clip_id", False),
+    "scores": (SCORES, "clip_id", False),
     "decisions": (DECISIONS, "clip_id", True),
     "shards": (SHARDS, "clip_id", False),
 }

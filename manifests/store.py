@@ -15,6 +15,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
@@ -118,7 +119,12 @@ def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
     """Reorder/cast `table` to `schema`; missing nullable columns become nulls."""
     cols = []
     for field in schema:
-        if field.name in table.column_names:
+        if field.name == "created_at" and field.name in table.column_names:
+            col = table.column(field.name).cast(field.type)
+            if col.null_count:
+                col = pc.fill_null(col, pa.scalar(now_utc(), type=field.type))
+            cols.append(col)
+        elif field.name in table.column_names:
             cols.append(table.column(field.name).cast(field.type))
         elif field.name == "created_at":
             cols.append(pa.array([now_utc()] * table.num_rows, type=field.type))

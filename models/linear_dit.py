@@ -164,11 +164,15 @@ class TimestepEmbedder(nn.Module):
     def __init__(self, cfg: LinearDiTConfig):
         super().__init__()
         self.freq_dim = cfg.freq_dim
-        self.mlp = nn.Sequential(nn.Linear(cfg.freq_dim, cfg.hidden), nn.SiLU(), nn.Linear(cfg.hidden, cfg.hidden))
+        self.mlp = nn.Sequential(
+            nn.Linear(cfg.freq_dim, cfg.hidden), nn.SiLU(), nn.Linear(cfg.hidden, cfg.hidden)
+        )
 
     def forward(self, t):
         half = self.freq_dim // 2
-        freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+        freqs = torch.exp(
+            -math.log(10000.0) * torch.arange(half, device=t.device, dtype=torch.float32) / half
+        )
         arg = (t.float() * 1000.0)[..., None] * freqs  # (..., half)
         emb = torch.cat([arg.cos(), arg.sin()], dim=-1)  # (..., freq_dim)
         return self.mlp(emb.to(self.mlp[0].weight.dtype))
@@ -179,7 +183,12 @@ class LinearSelfAttention(nn.Module):
 
     def __init__(self, cfg: LinearDiTConfig):
         super().__init__()
-        self.heads, self.head_dim, self.eps, self.backend = cfg.heads, cfg.head_dim, cfg.attn_eps, cfg.attn_backend
+        self.heads, self.head_dim, self.eps, self.backend = (
+            cfg.heads,
+            cfg.head_dim,
+            cfg.attn_eps,
+            cfg.attn_backend,
+        )
         self.qkv = nn.Linear(cfg.hidden, 3 * cfg.hidden)
         self.q_norm, self.k_norm = RMSNorm(cfg.head_dim), RMSNorm(cfg.head_dim)
         self.proj = nn.Linear(cfg.hidden, cfg.hidden)
@@ -192,7 +201,9 @@ class LinearSelfAttention(nn.Module):
         q, k = self.q_norm(q), self.k_norm(k)
         if state is None:
             block = None if grid.block_frames is None else grid.block_frames * grid.tokens_per_frame
-            out = ops.linear_attention(q, k, v, grid.cos, grid.sin, block_size=block, eps=self.eps, backend=self.backend)
+            out = ops.linear_attention(
+                q, k, v, grid.cos, grid.sin, block_size=block, eps=self.eps, backend=self.backend
+            )
             new_state = None
         else:
             out, new_state = ops.step(state, q, k, v, grid.cos, grid.sin, eps=self.eps)
@@ -279,10 +290,14 @@ class Block(nn.Module):
         """x (B, F, S, C), mod (B, F, 6, C) -> (x, new BlockState or None)."""
         m = (mod + self.scale_shift_table.to(mod.dtype))[:, :, :, None, :]  # (B, F, 6, 1, C)
         shift_a, scale_a, gate_a, shift_f, scale_f, gate_f = m.unbind(2)  # 6 x (B, F, 1, C)
-        a, attn_state = self.attn(self.norm1(x) * (1 + scale_a) + shift_a, grid, None if state is None else state.attn)
+        a, attn_state = self.attn(
+            self.norm1(x) * (1 + scale_a) + shift_a, grid, None if state is None else state.attn
+        )
         x = x + gate_a * a
         x = x + self.cross(self.norm_x(x), text, text_mask)
-        f, last = self.ffn(self.norm2(x) * (1 + scale_f) + shift_f, grid, None if state is None else state.conv)
+        f, last = self.ffn(
+            self.norm2(x) * (1 + scale_f) + shift_f, grid, None if state is None else state.conv
+        )
         x = x + gate_f * f
         return x, (None if state is None else BlockState(attn_state, last))
 
@@ -314,13 +329,17 @@ class LinearDiT(nn.Module):
         self.patch = nn.Conv3d(cfg.in_channels, c, kernel_size=cfg.patch_size, stride=cfg.patch_size)
         self.t_embed = TimestepEmbedder(cfg)
         self.t_block = nn.Sequential(nn.SiLU(), nn.Linear(c, 6 * c))  # adaLN-single: shared by all blocks
-        self.text_proj = nn.Sequential(nn.Linear(cfg.text_dim, c), nn.GELU(approximate="tanh"), nn.Linear(c, c))
+        self.text_proj = nn.Sequential(
+            nn.Linear(cfg.text_dim, c), nn.GELU(approximate="tanh"), nn.Linear(c, c)
+        )
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.depth))
         self.final = FinalLayer(cfg)
 
     # ---- public API ----------------------------------------------------------------------------
 
-    def forward(self, x, t, text, text_mask=None, attention: str | None = None, block_frames: int | None = None):
+    def forward(
+        self, x, t, text, text_mask=None, attention: str | None = None, block_frames: int | None = None
+    ):
         """Whole sequence. x (B, C, F, H, W); t (B,) or (B, F) in [0, 1]; text (B, L, text_dim);
         text_mask (B, L) bool or None (all valid). ``attention`` ('full' | 'block_causal') and
         ``block_frames`` default to the config. Returns the velocity (B, C, F, H, W)."""
@@ -336,7 +355,10 @@ class LinearDiT(nn.Module):
         cfg = self.cfg
         s = (height // cfg.patch_size[1]) * (width // cfg.patch_size[2])
         layers = [
-            BlockState(AttnState.zeros(batch, cfg.heads, cfg.head_dim, device), torch.zeros(batch, 1, s, cfg.ffn_hidden, device=device))
+            BlockState(
+                AttnState.zeros(batch, cfg.heads, cfg.head_dim, device),
+                torch.zeros(batch, 1, s, cfg.ffn_hidden, device=device),
+            )
             for _ in range(cfg.depth)
         ]
         return DiTState(layers, frame_offset=0)
@@ -393,5 +415,9 @@ class LinearDiT(nn.Module):
 
 def build(name_or_cfg: str | LinearDiTConfig, **overrides) -> LinearDiT:
     """Model from a config name in ``CONFIGS`` (with overrides) or a config object."""
-    cfg = get_config(name_or_cfg, **overrides) if isinstance(name_or_cfg, str) else replace(name_or_cfg, **overrides)
+    cfg = (
+        get_config(name_or_cfg, **overrides)
+        if isinstance(name_or_cfg, str)
+        else replace(name_or_cfg, **overrides)
+    )
     return LinearDiT(cfg)

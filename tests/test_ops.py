@@ -56,7 +56,9 @@ def test_recurrent_step_matches_masked_reference(frames_per_block):
     outs, sizes = [], []
     for s in range(0, q.shape[2], bs):
         sl = slice(s, s + bs)
-        out, state = naive.step(state, q[:, :, sl].float(), k[:, :, sl].float(), v[:, :, sl].float(), cos[sl], sin[sl])
+        out, state = naive.step(
+            state, q[:, :, sl].float(), k[:, :, sl].float(), v[:, :, sl].float(), cos[sl], sin[sl]
+        )
         outs.append(out)
         sizes.append(sum(t.numel() for t in state))
     assert _rel(torch.cat(outs, dim=2), ref) < 1e-5
@@ -70,7 +72,7 @@ def test_step_does_not_mutate_state():
     before = [t.clone() for t in state]
     out1, _ = naive.step(state, q * 2, k, v, cos, sin)
     out2, _ = naive.step(state, q * 2, k, v, cos, sin)
-    assert all(torch.equal(a, b) for a, b in zip(before, state))
+    assert all(torch.equal(a, b) for a, b in zip(before, state, strict=False))
     assert torch.equal(out1, out2)
 
 
@@ -82,7 +84,7 @@ def test_chunked_gradients_match_reference(bs):
     w = torch.randn_like(q)
     (chunked.linear_attention(*args, cos, sin, block_size=bs) * w).sum().backward()
     (naive.linear_attention(*args_ref, cos, sin, block_size=bs) * w).sum().backward()
-    for a, r in zip(args, args_ref):
+    for a, r in zip(args, args_ref, strict=False):
         assert a.grad is not None and a.grad.abs().sum() > 0
         assert _rel(a.grad, r.grad) < 1e-10
 

@@ -28,7 +28,13 @@ def _case(b, h, f, hh, ww, d, dtype, seed):
     return q, k, v, cos, sin
 
 
-SHAPES = [(1, 2, 3, 8, 8, 32), (2, 3, 4, 5, 7, 112), (1, 4, 2, 16, 16, 64), (1, 1, 5, 3, 3, 128), (2, 2, 3, 4, 6, 22)]
+SHAPES = [
+    (1, 2, 3, 8, 8, 32),
+    (2, 3, 4, 5, 7, 112),
+    (1, 4, 2, 16, 16, 64),
+    (1, 1, 5, 3, 3, 128),
+    (2, 2, 3, 4, 6, 22),
+]
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
@@ -50,7 +56,7 @@ def test_triton_forward_and_grads_match_reference(dtype, shape, frames_per_block
 
     assert torch.isfinite(out).all()
     assert _rel(out, ref) < TOL[dtype]
-    for name, g, r in zip("qkv", grads, ref_grads):
+    for name, g, r in zip("qkv", grads, ref_grads, strict=False):
         assert torch.isfinite(g).all(), name
         assert _rel(g, r) < TOL[dtype] * 2, name
 

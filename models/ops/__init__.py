@@ -29,7 +29,9 @@ def linear_attention(q, k, v, cos, sin, block_size=None, eps: float = 1e-6, back
 
         return fused(q, k, v, cos, sin, block_size=block_size, eps=eps)
     if backend not in BACKENDS:
-        raise ValueError(f"unknown linear-attention backend {backend!r}: use auto, triton, {', '.join(BACKENDS)}")
+        raise ValueError(
+            f"unknown linear-attention backend {backend!r}: use auto, triton, {', '.join(BACKENDS)}"
+        )
     return BACKENDS[backend](q, k, v, cos, sin, block_size=block_size, eps=eps)
 
 

@@ -38,4 +38,3 @@ def linear_attention(q, k, v, cos, sin, block_size: int | None = None, eps: floa
     den = (pq * z[..., None, :]).sum(-1, keepdim=True)  # (B, H, nb, bs, 1)
     out = (num / (den + eps)).reshape(b, h, nb * block_size, d)[:, :, :n]  # (B, H, N, D)
     return out.to(q.dtype)
-

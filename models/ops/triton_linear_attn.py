@@ -38,14 +38,15 @@ except ImportError:  # CPU-only installs: the module still imports, the op refus
     tl = None
     HAS_TRITON = False
 
-# Tile sizes and warps per kernel; measured choices live in bench/NOTES_attention.md.
+# Tile sizes and warps per kernel: the fastest of bench/attention_gpu.py's sweep on an H100 at
+# 75,600 tokens x 20 heads x 112 (bf16); see bench/NOTES_attention.md.
 TILES = {
-    "state": dict(BLOCK_N=64, num_warps=8, num_stages=2),
+    "state": dict(BLOCK_N=128, num_warps=8, num_stages=2),
     "out": dict(BLOCK_N=64, num_warps=4, num_stages=2),
     "bwd_q": dict(BLOCK_N=64, num_warps=8, num_stages=1),
-    "bwd_kv": dict(BLOCK_N=64, num_warps=8, num_stages=1),
+    "bwd_kv": dict(BLOCK_N=64, num_warps=4, num_stages=2),
 }
-MIN_PROGRAMS = 528  # 4 waves of 132 SMs: splits per block are chosen to reach this many programs
+MIN_PROGRAMS = 1056  # splits per block are chosen to launch at least this many programs (8 per SM)
 
 
 if HAS_TRITON:
@@ -79,9 +80,27 @@ if HAS_TRITON:
 
     @triton.jit
     def _state_kernel(
-        K, skb, skh, skn, V, svb, svh, svn, COS, SIN, SBUF, ZBUF, H, N, BS, SPLIT_LEN,
-        D: tl.constexpr, DP: tl.constexpr, BLOCK_N: tl.constexpr, PREC: tl.constexpr,
-    ):  # fmt: skip
+        K,
+        skb,
+        skh,
+        skn,
+        V,
+        svb,
+        svh,
+        svn,
+        COS,
+        SIN,
+        SBUF,
+        ZBUF,
+        H,
+        N,
+        BS,
+        SPLIT_LEN,
+        D: tl.constexpr,
+        DP: tl.constexpr,
+        BLOCK_N: tl.constexpr,
+        PREC: tl.constexpr,
+    ):
         bh = tl.program_id(0)
         start, end = _span(N, BS, SPLIT_LEN)
         cols = tl.arange(0, DP)
@@ -106,17 +125,38 @@ if HAS_TRITON:
 
     @triton.jit
     def _out_kernel(
-        Q, sqb, sqh, sqn, O, sob, soh, son, COS, SIN, S, Z, H, N, BS, SPLIT_LEN, eps,
-        D: tl.constexpr, DP: tl.constexpr, BLOCK_N: tl.constexpr, PREC: tl.constexpr,
-    ):  # fmt: skip
+        Q,
+        sqb,
+        sqh,
+        sqn,
+        OUT,
+        sob,
+        soh,
+        son,
+        COS,
+        SIN,
+        S,
+        Z,
+        H,
+        N,
+        BS,
+        SPLIT_LEN,
+        eps,
+        D: tl.constexpr,
+        DP: tl.constexpr,
+        BLOCK_N: tl.constexpr,
+        PREC: tl.constexpr,
+    ):
         bh = tl.program_id(0)
         start, end = _span(N, BS, SPLIT_LEN)
         cols = tl.arange(0, DP)
         cmask = cols[None, :] < D
         q_ptr = Q + (bh // H) * sqb + (bh % H) * sqh
-        o_ptr = O + (bh // H) * sob + (bh % H) * soh
+        o_ptr = OUT + (bh // H) * sob + (bh % H) * soh
         st = (bh * tl.num_programs(2) + tl.program_id(2)) * DP
-        Sb = tl.load(S + st * DP + cols[:, None] * DP + cols[None, :]).to(Q.dtype.element_ty)  # (DP, DP), once
+        Sb = tl.load(S + st * DP + cols[:, None] * DP + cols[None, :]).to(
+            Q.dtype.element_ty
+        )  # (DP, DP), once
         zb = tl.load(Z + st + cols)  # (DP,)
         for off in range(start, end, BLOCK_N):
             rows = off + tl.arange(0, BLOCK_N)
@@ -127,14 +167,42 @@ if HAS_TRITON:
             rot = _rope(phi, c, s, BLOCK_N, DP, False)
             den = tl.sum(phi * zb[None, :], axis=1) + eps  # (BLOCK_N,)
             num = tl.dot(rot.to(q.dtype), Sb, input_precision=PREC)  # (BLOCK_N, DP)
-            tl.store(o_ptr + rows[:, None] * son + cols[None, :], (num / den[:, None]).to(O.dtype.element_ty), mask=m)
+            tl.store(
+                o_ptr + rows[:, None] * son + cols[None, :],
+                (num / den[:, None]).to(OUT.dtype.element_ty),
+                mask=m,
+            )
 
     @triton.jit
     def _bwd_q_kernel(
-        Q, sqb, sqh, sqn, DO, sdb, sdh, sdn, DQ, sgb, sgh, sgn, COS, SIN, S, Z, DSBUF, DZBUF,
-        H, N, BS, SPLIT_LEN, eps,
-        D: tl.constexpr, DP: tl.constexpr, BLOCK_N: tl.constexpr, PREC: tl.constexpr,
-    ):  # fmt: skip
+        Q,
+        sqb,
+        sqh,
+        sqn,
+        DO,
+        sdb,
+        sdh,
+        sdn,
+        DQ,
+        sgb,
+        sgh,
+        sgn,
+        COS,
+        SIN,
+        S,
+        Z,
+        DSBUF,
+        DZBUF,
+        H,
+        N,
+        BS,
+        SPLIT_LEN,
+        eps,
+        D: tl.constexpr,
+        DP: tl.constexpr,
+        BLOCK_N: tl.constexpr,
+        PREC: tl.constexpr,
+    ):
         bh = tl.program_id(0)
         start, end = _span(N, BS, SPLIT_LEN)
         cols = tl.arange(0, DP)
@@ -173,10 +241,35 @@ if HAS_TRITON:
 
     @triton.jit
     def _bwd_kv_kernel(
-        K, skb, skh, skn, V, svb, svh, svn, DK, sgb, sgh, sgn, DV, swb, swh, swn, COS, SIN, DS, DZ,
-        H, N, BS, SPLIT_LEN,
-        D: tl.constexpr, DP: tl.constexpr, BLOCK_N: tl.constexpr, PREC: tl.constexpr,
-    ):  # fmt: skip
+        K,
+        skb,
+        skh,
+        skn,
+        V,
+        svb,
+        svh,
+        svn,
+        DK,
+        sgb,
+        sgh,
+        sgn,
+        DV,
+        swb,
+        swh,
+        swn,
+        COS,
+        SIN,
+        DS,
+        DZ,
+        H,
+        N,
+        BS,
+        SPLIT_LEN,
+        D: tl.constexpr,
+        DP: tl.constexpr,
+        BLOCK_N: tl.constexpr,
+        PREC: tl.constexpr,
+    ):
         bh = tl.program_id(0)
         start, end = _span(N, BS, SPLIT_LEN)
         cols = tl.arange(0, DP)
@@ -190,7 +283,9 @@ if HAS_TRITON:
         for off in range(start, end, BLOCK_N):
             rows = off + tl.arange(0, BLOCK_N)
             m = (rows < end)[:, None] & cmask
-            k = tl.load(K + b * skb + h * skh + rows[:, None] * skn + cols[None, :], mask=m, other=0.0).to(tl.float32)
+            k = tl.load(K + b * skb + h * skh + rows[:, None] * skn + cols[None, :], mask=m, other=0.0).to(
+                tl.float32
+            )
             v = tl.load(V + b * svb + h * svh + rows[:, None] * svn + cols[None, :], mask=m, other=0.0)
             phi = tl.maximum(k, 0.0)
             c, s = _load_rope(COS, SIN, rows, rows < end, D // 2, DP)
@@ -199,8 +294,16 @@ if HAS_TRITON:
             dv = tl.dot(rot.to(dt), dSb, input_precision=PREC)  # (BLOCK_N, DP)
             dphi = _rope(drot, c, s, BLOCK_N, DP, True) + dzb[None, :]
             dk = tl.where(k > 0.0, dphi, 0.0)
-            tl.store(DK + b * sgb + h * sgh + rows[:, None] * sgn + cols[None, :], dk.to(DK.dtype.element_ty), mask=m)
-            tl.store(DV + b * swb + h * swh + rows[:, None] * swn + cols[None, :], dv.to(DV.dtype.element_ty), mask=m)
+            tl.store(
+                DK + b * sgb + h * sgh + rows[:, None] * sgn + cols[None, :],
+                dk.to(DK.dtype.element_ty),
+                mask=m,
+            )
+            tl.store(
+                DV + b * swb + h * swh + rows[:, None] * swn + cols[None, :],
+                dv.to(DV.dtype.element_ty),
+                mask=m,
+            )
 
 
 def _cdiv(a: int, b: int) -> int:
@@ -241,7 +344,13 @@ def _dense_last(x: torch.Tensor) -> torch.Tensor:
 def _launch(kernel, name, grid_bh, nsplit, nblk, *args, d, dp, ref):
     cfg = TILES[name]
     kernel[(grid_bh, nsplit, nblk)](
-        *args, D=d, DP=dp, BLOCK_N=cfg["BLOCK_N"], PREC=_precision(ref), num_warps=cfg["num_warps"], num_stages=cfg["num_stages"]
+        *args,
+        D=d,
+        DP=dp,
+        BLOCK_N=cfg["BLOCK_N"],
+        PREC=_precision(ref),
+        num_warps=cfg["num_warps"],
+        num_stages=cfg["num_stages"],
     )
 
 
@@ -255,15 +364,56 @@ class _LinearAttention(torch.autograd.Function):
         bs, nblk, split_len, nsplit = _geometry(n, block_size, b * h, TILES["state"]["BLOCK_N"])
         sbuf = torch.empty(b * h, nblk, nsplit, dp, dp, device=q.device, dtype=torch.float32)
         zbuf = torch.empty(b * h, nblk, nsplit, dp, device=q.device, dtype=torch.float32)
-        _launch(_state_kernel, "state", b * h, nsplit, nblk, k, *_strides(k), v, *_strides(v), cos, sin, sbuf, zbuf,
-                h, n, bs, split_len, d=d, dp=dp, ref=k)  # fmt: skip
+        _launch(
+            _state_kernel,
+            "state",
+            b * h,
+            nsplit,
+            nblk,
+            k,
+            *_strides(k),
+            v,
+            *_strides(v),
+            cos,
+            sin,
+            sbuf,
+            zbuf,
+            h,
+            n,
+            bs,
+            split_len,
+            d=d,
+            dp=dp,
+            ref=k,
+        )
         S = sbuf.sum(2).cumsum(1)  # (BH, nblk, DP, DP): sums over all blocks <= b
         z = zbuf.sum(2).cumsum(1)  # (BH, nblk, DP)
         # output laid out (B, N, H, D) so that merging heads afterwards is a free view
         o = torch.empty(b, n, h, d, device=q.device, dtype=q.dtype).transpose(1, 2)  # (B, H, N, D) view
         _, _, split_len, nsplit = _geometry(n, bs, b * h, TILES["out"]["BLOCK_N"])
-        _launch(_out_kernel, "out", b * h, nsplit, nblk, q, *_strides(q), o, *_strides(o), cos, sin, S, z,
-                h, n, bs, split_len, eps, d=d, dp=dp, ref=q)  # fmt: skip
+        _launch(
+            _out_kernel,
+            "out",
+            b * h,
+            nsplit,
+            nblk,
+            q,
+            *_strides(q),
+            o,
+            *_strides(o),
+            cos,
+            sin,
+            S,
+            z,
+            h,
+            n,
+            bs,
+            split_len,
+            eps,
+            d=d,
+            dp=dp,
+            ref=q,
+        )
         ctx.save_for_backward(q, k, v, cos, sin, S, z)
         ctx.bs, ctx.nblk, ctx.eps = bs, nblk, eps
         return o
@@ -278,15 +428,64 @@ class _LinearAttention(torch.autograd.Function):
         dq = torch.empty_like(q)
         dsbuf = torch.empty(b * h, nblk, nsplit, dp, dp, device=q.device, dtype=torch.float32)
         dzbuf = torch.empty(b * h, nblk, nsplit, dp, device=q.device, dtype=torch.float32)
-        _launch(_bwd_q_kernel, "bwd_q", b * h, nsplit, nblk, q, *_strides(q), do, *_strides(do), dq, *_strides(dq),
-                cos, sin, S, z, dsbuf, dzbuf, h, n, bs, split_len, ctx.eps, d=d, dp=dp, ref=q)  # fmt: skip
+        _launch(
+            _bwd_q_kernel,
+            "bwd_q",
+            b * h,
+            nsplit,
+            nblk,
+            q,
+            *_strides(q),
+            do,
+            *_strides(do),
+            dq,
+            *_strides(dq),
+            cos,
+            sin,
+            S,
+            z,
+            dsbuf,
+            dzbuf,
+            h,
+            n,
+            bs,
+            split_len,
+            ctx.eps,
+            d=d,
+            dp=dp,
+            ref=q,
+        )
         # keys of block b are seen by the queries of blocks >= b: reverse cumulative sum
         dS = dsbuf.sum(2).flip(1).cumsum(1).flip(1).contiguous()  # (BH, nblk, DP, DP)
         dz = dzbuf.sum(2).flip(1).cumsum(1).flip(1).contiguous()  # (BH, nblk, DP)
         dk, dv = torch.empty_like(k), torch.empty_like(v)
         _, _, split_len, nsplit = _geometry(n, bs, b * h, TILES["bwd_kv"]["BLOCK_N"])
-        _launch(_bwd_kv_kernel, "bwd_kv", b * h, nsplit, nblk, k, *_strides(k), v, *_strides(v), dk, *_strides(dk),
-                dv, *_strides(dv), cos, sin, dS, dz, h, n, bs, split_len, d=d, dp=dp, ref=k)  # fmt: skip
+        _launch(
+            _bwd_kv_kernel,
+            "bwd_kv",
+            b * h,
+            nsplit,
+            nblk,
+            k,
+            *_strides(k),
+            v,
+            *_strides(v),
+            dk,
+            *_strides(dk),
+            dv,
+            *_strides(dv),
+            cos,
+            sin,
+            dS,
+            dz,
+            h,
+            n,
+            bs,
+            split_len,
+            d=d,
+            dp=dp,
+            ref=k,
+        )
         return dq, dk, dv, None, None, None, None
 
 
@@ -299,11 +498,18 @@ def linear_attention(q, k, v, cos, sin, block_size: int | None = None, eps: floa
     (B, N, H, D) memory so ``out.transpose(1, 2).reshape(B, N, H * D)`` is free.
     """
     if not HAS_TRITON:
-        raise RuntimeError("linear attention backend 'triton' needs the triton package; use backend='chunked'")
+        raise RuntimeError(
+            "linear attention backend 'triton' needs the triton package; use backend='chunked'"
+        )
     if not q.is_cuda:
-        raise RuntimeError("linear attention backend 'triton' needs CUDA tensors; use backend='chunked' on CPU")
+        raise RuntimeError(
+            "linear attention backend 'triton' needs CUDA tensors; use backend='chunked' on CPU"
+        )
     if not (q.dtype == k.dtype == v.dtype) or q.shape != k.shape or q.shape != v.shape:
-        raise ValueError(f"q, k, v must share shape and dtype, got {q.shape}/{q.dtype}, {k.shape}/{k.dtype}, {v.shape}/{v.dtype}")
+        raise ValueError(
+            "q, k, v must share shape and dtype, got "
+            f"{q.shape}/{q.dtype}, {k.shape}/{k.dtype}, {v.shape}/{v.dtype}"
+        )
     d = q.shape[-1]
     if d % 2 or d > 128:
         raise ValueError(f"head dim must be even and <= 128 for the fused kernels, got {d}")
