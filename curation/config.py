@@ -35,9 +35,16 @@ class RayConfig:
     """Object-store size of the embedded local instance, MiB (>= 128)."""
     progress: bool = True
     """Show Ray Data progress bars (turn off for logs)."""
+    flush_rows: int = 256
+    """Result rows buffered on the driver before they are written as one part (>= 1); a
+    killed run redoes at most this many rows per stage."""
+    flush_s: float = 30.0
+    """...or after this many seconds, whichever comes first (> 0)."""
 
     def __post_init__(self):
         check(self.object_store_mb >= 128, "ray.object_store_mb", "must be >= 128")
+        check(self.flush_rows >= 1, "ray.flush_rows", "must be >= 1")
+        check(self.flush_s > 0, "ray.flush_s", "must be > 0")
 
 
 @dataclass(frozen=True)

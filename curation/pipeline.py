@@ -34,7 +34,7 @@ def ingest(cfg: CurateConfig, root: Path, input_spec: str | Path, ray_address: s
              len(paths), len(paths) - len(todo), len(todo))
     ok = table.read(["video_id", "path", "status"]).to_pylist()
     seen = {r["video_id"]: r["path"] for r in ok if r["status"] == "ok"}
-    sink = PartSink(table, rows=64, transform=DuplicateMarker(seen))
+    sink = PartSink(table, rows=cfg.ray.flush_rows, seconds=cfg.ray.flush_s, transform=DuplicateMarker(seen))
     items = pa.table({"path": pa.array(todo, pa.string())})
     return run_stage("ingest", IngestStage, cfg.ingest, cfg.ingest.resources, items, sink,
                      ray_address=ray_address, ray_cfg=cfg.ray)
@@ -50,7 +50,7 @@ def split(cfg: CurateConfig, root: Path, ray_address: str | None = None) -> Part
         ORDER BY video_id
     """).to_arrow_table()
     log.info("split: %d videos to split", items.num_rows)
-    sink = PartSink(clips, rows=256)
+    sink = PartSink(clips, rows=cfg.ray.flush_rows, seconds=cfg.ray.flush_s)
     return run_stage("split", SplitStage, cfg.split, cfg.split.resources, items, sink,
                      ray_address=ray_address, ray_cfg=cfg.ray)
 
@@ -72,7 +72,7 @@ def score(cfg: CurateConfig, root: Path, ray_address: str | None = None) -> Part
         log.warning("score: aesthetic/CLIP scores come from UNTRAINED random weights "
                     "(score.aesthetic.random_init=true); they carry no meaning")
     log.info("score: %d clips to score", items.num_rows)
-    sink = PartSink(scores, rows=64)
+    sink = PartSink(scores, rows=cfg.ray.flush_rows, seconds=cfg.ray.flush_s)
     ops = [(DecodeAndScoreCpu, cfg.score, cfg.score.cpu), (ScoreNeural, cfg.score, cfg.score.gpu)]
     return run_stage("score", ops, None, None, items, sink, ray_address=ray_address, ray_cfg=cfg.ray)
 

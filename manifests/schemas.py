@@ -128,12 +128,29 @@ SCORES = pa.schema(
     ]
 )
 
+CAPTIONS = pa.schema(
+    [
+        pa.field("clip_id", pa.string(), nullable=False),
+        pa.field("caption", pa.string()),  # post-processed caption; null on error
+        pa.field("backend", pa.string(), nullable=False),  # transformers | openai | sidecar
+        pa.field("model", pa.string(), nullable=False),  # hub id, path, or served model name
+        pa.field("prompt_hash", pa.string(), nullable=False),  # hash of the prompt template
+        pa.field("n_tokens", pa.int32()),  # generated tokens (or words for sidecar)
+        pa.field("latency_s", pa.float64()),  # wall time of the request/generation
+        pa.field("untrained", pa.bool_()),  # True when the captioner had random weights
+        pa.field("status", pa.string(), nullable=False),  # ok | error
+        pa.field("error", pa.string()),
+        pa.field("created_at", _TS, nullable=False),
+    ]
+)
+
 # name -> (schema, key column, newest-row-wins?)
 TABLES: dict[str, tuple[pa.Schema, str, bool]] = {
     "videos": (VIDEOS, "path", False),
     "clips": (CLIPS, "clip_id", False),
     "scores": (SCORES, "clip_id", False),
     "decisions": (DECISIONS, "clip_id", True),
+    "captions": (CAPTIONS, "clip_id", True),
     "shards": (SHARDS, "clip_id", False),
 }
 
