@@ -94,6 +94,10 @@ def open_video(path: str | Path) -> av.container.InputContainer:
         container = av.open(path, mode="r", metadata_errors="ignore")
     except av.error.FFmpegError as exc:
         raise VideoDecodeError(path, _explain(exc)) from exc
+    fmt = container.format.name or ""
+    if fmt.endswith("_pipe") or fmt == "image2":
+        container.close()
+        raise VideoDecodeError(path, f"an image file ({fmt.removesuffix('_pipe')}), not a video")
     if not container.streams.video:
         kinds = sorted({s.type for s in container.streams}) or ["none"]
         container.close()

@@ -94,7 +94,7 @@ SOLVERS = {"euler": euler_step, "heun": heun_step}
 def solve(fn: Velocity, x, times: list[float], solver: str = "euler"):
     """Integrate dx/dt = fn(x, t) along ``times`` (from noise at times[0] to times[-1])."""
     step = SOLVERS[solver]
-    for t, t_next in zip(times[:-1], times[1:]):
+    for t, t_next in zip(times[:-1], times[1:], strict=True):
         x = step(fn, x, t, t_next)
     return x
 
@@ -201,7 +201,8 @@ class Mp4Writer:
             self._stream.width, self._stream.height, self._stream.pix_fmt = w, h, "yuv420p"
             self._stream.options = {"crf": str(self.crf), "preset": self.preset}
         for arr in frames:
-            for packet in self._stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(arr), format="rgb24")):
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(arr), format="rgb24")
+            for packet in self._stream.encode(frame):
                 self._out.mux(packet)
             self.frames += 1
 

@@ -1,0 +1,156 @@
+"""align: CLIP text-image similarity of each clip's newest ok caption -> `alignment` table.
+
+The clip side is the unit-norm `clip_embedding` that score already stored (no decoding); the
+caption is encoded by the same CLIP (`score.aesthetic` config: same architecture, weights and
+seed), so the two live in one embedding space. `clip_score` is their cosine (-1..1); the filter
+applies per-tier bounds on it (e.g. `filter.tiers.480p.bounds.clip_score.min`) after align, and
+`pre_align_filter` gives the config of the filter pass that runs before captions exist.
+Work = clips whose newest ok caption has no alignment row yet for (caption model, prompt, CLIP).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from curation.configtools import Resources, check
+from curation.runner import PartSink, run_stage
+from filters.aesthetic import AestheticConfig
+from filters.policy import FilterConfig
+from manifests.db import connect
+from manifests.store import Table
+from models.clip import ClipEncoder
+
+log = logging.getLogger("reelsift")
+
+try:
+    from manifests.schemas import ALIGNMENT
+except ImportError:  # until manifests/schemas.py defines it (same schema, see the caption/align README)
+    from manifests.schemas import register
+
+    ALIGNMENT = pa.schema(
+        [
+            pa.field("clip_id", pa.string(), nullable=False),
+            pa.field("caption_model", pa.string(), nullable=False),  # captions.model that was scored
+            pa.field("prompt_hash", pa.string(), nullable=False),  # captions.prompt_hash
+            pa.field("clip_score", pa.float32()),  # cosine(caption text emb, clip_embedding), -1..1
+            pa.field("clip_model", pa.string(), nullable=False),  # CLIP of both embeddings
+            pa.field("untrained", pa.bool_()),  # True: random CLIP, score meaningless
+            pa.field("status", pa.string(), nullable=False),  # ok | error
+            pa.field("error", pa.string()),
+            pa.field("created_at", pa.timestamp("us", tz="UTC"), nullable=False),
+        ]
+    )
+    register("alignment", ALIGNMENT, "clip_id", newest_wins=True)
+
+ALIGN_COLUMNS = frozenset({"clip_score"})  # score columns the alignment table provides
+
+
+@dataclass(frozen=True)
+class AlignConfig:
+    device: str | None = None
+    """torch device of the CLIP text encoder; null = score.aesthetic.device."""
+    batch_size: int = 64
+    """Captions per text-encoder forward pass (>= 1)."""
+    resources: Resources = field(default_factory=lambda: Resources(batch_size=256, concurrency=1))
+    """Scheduling of the align operator (one CLIP text encoder per actor)."""
+
+    def __post_init__(self):
+        check(self.batch_size >= 1, "align.batch_size", "must be >= 1")
+        check(self.device is None or self.device.startswith(("cpu", "cuda", "mps")),
+              "align.device", f"must be cpu, cuda[:N], mps or null, got {self.device!r}")
+
+
+@dataclass(frozen=True)
+class AlignJob:
+    """What an align actor needs: its own config and the CLIP config that made the embeddings."""
+
+    align: AlignConfig
+    clip: AestheticConfig
+
+
+class AlignCaptions:
+    """Rows {clip_id, caption, caption_model, prompt_hash, clip_model, clip_embedding} -> alignment rows."""
+
+    BATCH_FORMAT = "pyarrow"
+
+    def __init__(self, job: AlignJob):
+        import torch
+
+        torch.set_num_threads(1)
+        clip = job.clip
+        self.job = job
+        self.encoder = ClipEncoder(clip.clip_model, None if clip.random_init else clip.clip_pretrained,
+                                   device=job.align.device or clip.device, precision=clip.precision,
+                                   seed=clip.seed, key="score.aesthetic")
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        clip = self.job.clip
+        rows = []
+        for r in batch.to_pylist():
+            row = dict(clip_id=r["clip_id"], caption_model=r["caption_model"], prompt_hash=r["prompt_hash"],
+                       clip_model=clip.clip_model, untrained=clip.random_init, status="ok")
+            if not r["clip_embedding"]:
+                row.update(status="error", error="clip has no clip_embedding in scores (not scored, or score error)")
+            elif r["clip_model"] != clip.clip_model:
+                row.update(status="error", error=f"clip_embedding was made by {r['clip_model']!r} but "
+                           f"score.aesthetic.clip_model is {clip.clip_model!r}; set it back to compare")
+            rows.append(row)
+        ok = [(row, r) for row, r in zip(rows, batch.to_pylist()) if row["status"] == "ok"]
+        if ok:
+            text = self.encoder.encode_text([r["caption"] for _, r in ok], self.job.align.batch_size)  # (N, D)
+            image = np.asarray([r["clip_embedding"] for _, r in ok], np.float32)  # (N, D)
+            image /= np.maximum(np.linalg.norm(image, axis=1, keepdims=True), 1e-12)
+            for (row, _), score in zip(ok, (text * image).sum(axis=1)):
+                row["clip_score"] = float(score)
+        return pa.Table.from_pylist(rows, schema=ALIGNMENT)
+
+
+def pending_alignments(root: Path, clip_model: str) -> pa.Table:
+    """Each clip's newest ok caption, with its stored CLIP embedding, not yet aligned by `clip_model`."""
+    return connect(root).sql("""
+        WITH cap AS (
+            SELECT clip_id, caption, model, prompt_hash FROM captions_history WHERE status = 'ok'
+            QUALIFY row_number() OVER (PARTITION BY clip_id ORDER BY created_at DESC) = 1)
+        SELECT cap.clip_id, cap.caption, cap.model AS caption_model, cap.prompt_hash,
+               s.clip_model, s.clip_embedding
+        FROM cap LEFT JOIN scores s ON s.clip_id = cap.clip_id AND s.status = 'ok'
+        WHERE NOT EXISTS (
+            SELECT 1 FROM alignment_history a
+            WHERE a.clip_id = cap.clip_id AND a.caption_model = cap.model
+              AND a.prompt_hash = cap.prompt_hash AND a.clip_model = $clip_model)
+        ORDER BY cap.clip_id
+    """, params={"clip_model": clip_model}).to_arrow_table()
+
+
+def run_align(root: str | Path, cfg: AlignConfig, clip: AestheticConfig, *, ray_address: str | None = None,
+              ray_cfg: Any = None) -> PartSink:
+    root = Path(root)
+    table = Table(root, "alignment")
+    table.clean_temp()
+    items = pending_alignments(root, clip.clip_model)
+    if clip.random_init:
+        log.warning("align: clip_score comes from an UNTRAINED random CLIP (score.aesthetic.random_init=true)")
+    log.info("align: %d captions to score with %s", items.num_rows, clip.clip_model)
+    sink = PartSink(table, rows=1024)
+    return run_stage("align", AlignCaptions, AlignJob(cfg, clip), cfg.resources, items, sink,
+                     ray_address=ray_address, ray_cfg=ray_cfg)
+
+
+def align(cfg: Any, root: Path, ray_address: str | None = None) -> PartSink:
+    """Pipeline step: `cfg` is the CurateConfig (uses cfg.align, cfg.score.aesthetic, cfg.ray)."""
+    return run_align(root, cfg.align, cfg.score.aesthetic, ray_address=ray_address, ray_cfg=cfg.ray)
+
+
+def pre_align_filter(cfg: FilterConfig) -> FilterConfig:
+    """`cfg` without bounds on alignment columns: the filter pass that picks clips to caption
+    (before any caption exists, clip_score would be missing and reject every clip)."""
+    return FilterConfig(tiers={
+        name: dataclasses.replace(tier, bounds={c: b for c, b in tier.bounds.items() if c not in ALIGN_COLUMNS})
+        for name, tier in cfg.tiers.items()})

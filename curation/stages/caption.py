@@ -1,0 +1,214 @@
+"""caption: recaption kept clips with a VLM -> `captions` table.
+
+Two Ray Data operators, like score:
+  DecodeForCaption  decode n sampled frames per clip at the caption resolution (CPU)
+  CaptionClips      run the configured backend (models/captioner.py), post-process, one row per clip
+The work is every clip of the latest filter run with keep=true that has no row yet for
+(clip_id, model, prompt_hash): a changed prompt or model captions again and keeps the old rows
+(`captions_history`); the `captions` view shows the newest row per clip.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pyarrow as pa
+
+from curation.configtools import ConfigError, Resources, check
+from curation.runner import PartSink, run_stage
+from curation.stages.score import decode_samples
+from curation.video import DecodeTimeout, VideoDecodeError
+from manifests.db import connect
+from manifests.schemas import CAPTIONS
+from manifests.store import Table
+from models.captioner import (
+    BACKENDS,
+    DEFAULT_PROMPT,
+    PROMPT_FIELDS,
+    CaptionInput,
+    OpenAICaptionerConfig,
+    SidecarCaptionerConfig,
+    TransformersCaptionerConfig,
+    clean_caption,
+    is_untrained,
+    prompt_hash,
+    render_prompt,
+)
+
+log = logging.getLogger("reelsift")
+
+
+@dataclass(frozen=True)
+class CaptionConfig:
+    backend: Literal["transformers", "openai", "sidecar"] = "transformers"
+    """Which captioner runs: in-process VLM, OpenAI-compatible server, or sidecar files."""
+    prompt: str = DEFAULT_PROMPT
+    """Prompt template; may use {n_frames} and {duration_s}. Its hash keys the rows: a new
+    template captions every kept clip again (old captions stay in captions_history)."""
+    n_frames: int = 8
+    """Frames sampled evenly over each clip and shown to the VLM (>= 2)."""
+    short_side: int = 448
+    """Short side the sampled frames are resized to before the backend sees them, pixels (>= 28)."""
+    timeout_s: float = 300.0
+    """Per-clip decode time limit, seconds (> 0)."""
+    min_words: int = 30
+    """Shorter post-processed captions are error rows, words (>= 1)."""
+    max_words: int = 180
+    """Longer captions are cut to their last full sentence within this many words (>= min_words)."""
+    retry_errors: bool = False
+    """Caption again clips whose row for this (model, prompt) is an error (e.g. server was down)."""
+    transformers: TransformersCaptionerConfig = field(default_factory=TransformersCaptionerConfig)
+    """In-process VLM backend (models/captioner.py)."""
+    openai: OpenAICaptionerConfig = field(default_factory=OpenAICaptionerConfig)
+    """OpenAI-compatible server backend (vLLM, SGLang)."""
+    sidecar: SidecarCaptionerConfig = field(default_factory=SidecarCaptionerConfig)
+    """Captions read from files beside each source video."""
+    decode: Resources = field(default_factory=lambda: Resources(batch_size=8))
+    """Scheduling of the frame-decoding operator (CPU)."""
+    captioner: Resources = field(default_factory=lambda: Resources(batch_size=8, concurrency=1))
+    """Scheduling of the captioner operator; set num_gpus: 1 for the transformers backend on GPU."""
+
+    def __post_init__(self):
+        check(self.n_frames >= 2, "caption.n_frames", "must be >= 2")
+        check(self.short_side >= 28, "caption.short_side", "must be >= 28")
+        check(self.timeout_s > 0, "caption.timeout_s", "must be > 0")
+        check(self.min_words >= 1, "caption.min_words", "must be >= 1")
+        check(self.max_words >= self.min_words, "caption.max_words", "must be >= caption.min_words")
+        try:
+            render_prompt(self.prompt, **PROMPT_FIELDS)
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ConfigError(f"caption.prompt: bad template ({exc!r}); placeholders allowed: "
+                              f"{sorted(PROMPT_FIELDS)}; write literal braces as {{{{ }}}}") from exc
+
+    @property
+    def model_name(self) -> str:
+        """What the `model` column records for the configured backend."""
+        if self.backend == "transformers":
+            return self.transformers.model
+        if self.backend == "openai":
+            return self.openai.model
+        return f"sidecar:json:{self.sidecar.json_field}" if self.sidecar.json_field else "sidecar:txt"
+
+    @property
+    def prompt_hash(self) -> str:
+        return prompt_hash(self.prompt if self.backend != "sidecar" else "")
+
+
+FRAME_FIELDS = [pa.field("frames", pa.binary()), pa.field("frames_shape", pa.list_(pa.int32())),
+                pa.field("sampled_fps", pa.float64())]
+DECODED = pa.schema([pa.field("clip_id", pa.string()), pa.field("path", pa.string()),
+                     pa.field("duration_s", pa.float64()), pa.field("status", pa.string()),
+                     pa.field("error", pa.string()), *FRAME_FIELDS])
+
+
+class DecodeForCaption:
+    """Clip rows -> the same clips with their sampled frames (status error if undecodable)."""
+
+    BATCH_FORMAT = "pyarrow"
+
+    def __init__(self, cfg: CaptionConfig):
+        import cv2
+
+        cv2.setNumThreads(1)
+        self.cfg = cfg
+        self.needs_frames = BACKENDS[cfg.backend].needs_frames
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        return pa.Table.from_pylist([self.one(c) for c in batch.to_pylist()], schema=DECODED)
+
+    def one(self, clip: dict) -> dict[str, Any]:
+        row = {"clip_id": clip["clip_id"], "path": clip["path"], "duration_s": clip["duration_s"],
+               "status": "ok"}
+        if not self.needs_frames:
+            return row
+        try:
+            frames, step = decode_samples(clip, self.cfg)
+        except (VideoDecodeError, DecodeTimeout) as exc:
+            return {**row, "status": "error", "error": f"decode failed: {exc}"}
+        return {**row, "frames": frames.tobytes(), "frames_shape": list(frames.shape),
+                "sampled_fps": float(clip["fps"]) / step}
+
+
+class CaptionClips:
+    """Decoded clips -> `captions` rows, one per clip (errors carry a reason, never a caption)."""
+
+    BATCH_FORMAT = "pyarrow"
+
+    def __init__(self, cfg: CaptionConfig):
+        self.cfg = cfg
+        self.backend = BACKENDS[cfg.backend](getattr(cfg, cfg.backend))
+        self.common = dict(backend=cfg.backend, model=cfg.model_name, prompt_hash=cfg.prompt_hash,
+                           untrained=self.backend.untrained)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        rows = batch.to_pylist()
+        out = {r["clip_id"]: dict(clip_id=r["clip_id"], status="error", error=r["error"], **self.common)
+               for r in rows if r["status"] != "ok"}
+        todo = [r for r in rows if r["status"] == "ok"]
+        items = [CaptionInput(r["clip_id"], r["path"], _frames(r), r["sampled_fps"] or 0.0) for r in todo]
+        prompts = [render_prompt(self.cfg.prompt, n_frames=self.cfg.n_frames, duration_s=r["duration_s"] or 0.0)
+                   for r in todo]
+        for r, raw in zip(todo, self.backend.caption(items, prompts) if items else []):
+            row = dict(clip_id=r["clip_id"], n_tokens=raw.n_tokens, latency_s=raw.latency_s, **self.common)
+            if raw.error is not None:
+                row.update(status="error", error=raw.error)
+            else:
+                text, reason = clean_caption(raw.text, self.cfg.min_words, self.cfg.max_words)
+                if reason is None:
+                    row.update(status="ok", caption=text)
+                else:
+                    row.update(status="error", error=reason)
+            out[r["clip_id"]] = row
+        return pa.Table.from_pylist([out[r["clip_id"]] for r in rows], schema=CAPTIONS)
+
+
+def _frames(row: dict) -> np.ndarray | None:
+    if row.get("frames") is None:
+        return None
+    return np.frombuffer(row["frames"], np.uint8).reshape(row["frames_shape"])
+
+
+def pending_clips(root: Path, cfg: CaptionConfig) -> pa.Table:
+    """Kept clips (latest filter run) with no row yet for (clip_id, model, prompt_hash)."""
+    done_filter = "AND status = 'ok'" if cfg.retry_errors else ""
+    return connect(root).sql(f"""
+        SELECT c.clip_id, c.path, c.start_frame, c.end_frame, c.fps, c.duration_s, v.rotation,
+               c.width AS display_width, c.height AS display_height
+        FROM decisions d
+        JOIN clips c ON c.clip_id = d.clip_id AND c.status = 'ok'
+        JOIN videos v ON v.video_id = c.video_id AND v.status = 'ok'
+        WHERE d.keep AND c.clip_id NOT IN (
+            SELECT clip_id FROM captions_history WHERE model = $model AND prompt_hash = $hash {done_filter})
+        ORDER BY c.clip_id
+    """, params={"model": cfg.model_name, "hash": cfg.prompt_hash}).to_arrow_table()
+
+
+def run_caption(root: str | Path, cfg: CaptionConfig, *, ray_address: str | None = None,
+                ray_cfg: Any = None) -> PartSink:
+    root = Path(root)
+    table = Table(root, "captions")
+    table.clean_temp()
+    items = pending_clips(root, cfg)
+    if cfg.backend == "transformers" and is_untrained(cfg.transformers.model):
+        log.warning("caption: %s has RANDOM weights; captions are meaningless and rows are flagged "
+                    "untrained (set caption.transformers.model to a real VLM)", cfg.transformers.model)
+    log.info("caption: %d kept clips to caption with %s (%s, prompt %s)",
+             items.num_rows, cfg.model_name, cfg.backend, cfg.prompt_hash)
+    t0 = time.monotonic()
+    sink = PartSink(table, rows=64)
+    ops = [(DecodeForCaption, cfg, cfg.decode), (CaptionClips, cfg, cfg.captioner)]
+    run_stage("caption", ops, None, None, items, sink, ray_address=ray_address, ray_cfg=ray_cfg)
+    if sink.counts.get("error"):
+        log.warning("caption: %d of %d clips got no caption (see captions.error) in %.0fs",
+                    sink.counts["error"], sink.written, time.monotonic() - t0)
+    return sink
+
+
+def caption(cfg: Any, root: Path, ray_address: str | None = None) -> PartSink:
+    """Pipeline step: `cfg` is the CurateConfig (uses cfg.caption and cfg.ray)."""
+    return run_caption(root, cfg.caption, ray_address=ray_address, ray_cfg=cfg.ray)

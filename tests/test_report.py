@@ -1,0 +1,121 @@
+"""`reelsift report`, `status` and the filter dry-run diff, on the hand-made run root of
+tests/test_queries.py (no Ray). The page is also rendered in headless Chromium when installed."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from dataclasses import replace
+from pathlib import Path
+
+import cv2
+import pytest
+
+from curation.config import CurateConfig
+from curation.report import write_report
+from curation.stages.filter import run_filter
+from curation.status import format_status, funnel_diff, stage_status
+from filters.policy import Bound
+from manifests.db import query
+from manifests.schemas import CLIPS, VIDEOS
+from manifests.store import Table, rows_to_table
+from tests.test_queries import FILTER, make_run_root
+
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+@pytest.fixture(scope="module")
+def run_root(tmp_path_factory) -> Path:
+    return make_run_root(tmp_path_factory.mktemp("run"))
+
+
+@pytest.fixture(scope="module")
+def report(run_root) -> Path:
+    return write_report(run_root, CurateConfig(filter=FILTER), max_thumbs=2)
+
+
+def _status(root) -> dict[str, dict]:
+    return {r["stage"]: r for r in stage_status(root).to_pylist()}
+
+
+def test_status_of_a_finished_run(run_root):
+    st = _status(run_root)
+    assert list(st) == ["ingest", "split", "score", "filter", "shard"]  # no captions table: no caption row
+    assert (st["ingest"]["done"], st["ingest"]["error"], st["ingest"]["pending"]) == (2, 1, None)
+    assert (st["split"]["done"], st["split"]["rejected"], st["split"]["pending"]) == (4, 1, 0)
+    assert (st["filter"]["done"], st["filter"]["rejected"], st["filter"]["pending"]) == (3, 1, 0)
+    assert (st["shard"]["done"], st["shard"]["error"], st["shard"]["pending"]) == (1, 1, 0)
+    assert all(r["last_run"] is not None for r in st.values())
+    text = format_status(stage_status(run_root), root=run_root)
+    assert "nothing pending" in text and f"--named errors --root {run_root}" in text
+
+
+def test_status_counts_pending_upstream_keys(tmp_path):
+    Table(tmp_path, "videos").write(rows_to_table([
+        dict(video_id="v1", path="/x/1.mp4", status="ok"), dict(video_id="v2", path="/x/2.mp4", status="ok"),
+    ], VIDEOS))
+    Table(tmp_path, "clips").write(rows_to_table([
+        dict(clip_id=c, video_id="v1", status="ok", width=64, height=48) for c in ("c1", "c2")
+    ], CLIPS))
+    st = _status(tmp_path)
+    assert st["split"]["pending"] == 1 and st["score"]["pending"] == 2 and st["filter"]["pending"] == 2
+    assert st["shard"]["pending"] == 0 and st["shard"]["last_run"] is None
+    text = format_status(stage_status(tmp_path))
+    assert "pending: split (1 video), score (2 clips), filter (2 clips)" in text
+    assert "never" in text
+
+
+def test_funnel_diff_of_a_dry_run(run_root):
+    strict = replace(FILTER, tiers={**FILTER.tiers, "48p": replace(
+        FILTER.tiers["48p"], bounds={"ocr_area": Bound(max=0.001)})})
+    before = query(run_root, "SELECT count(*) AS n FROM decisions_history").column("n")[0].as_py()
+    text = funnel_diff(run_root, run_filter(run_root, strict, dry_run=True))
+    assert query(run_root, "SELECT count(*) AS n FROM decisions_history").column("n")[0].as_py() == before
+    lines = {ln.split()[0]: ln.split()[1:] for ln in text.splitlines()[2:] if ln.strip()}
+    assert lines["kept@96p"] == ["1", "1", "0"]
+    assert lines["kept@48p"] == ["1", "0", "-1"]
+    assert lines["rejected"] == ["1", "2", "+1"]
+    assert lines["ocr_area@48p"] == ["1", "2", "+1"]
+    assert "short_side@96p" not in lines  # unchanged reasons are left out
+
+
+def test_report_contents(run_root, report):
+    page = report.read_text()
+    assert report == run_root / "report" / "index.html"
+    for text in ("Funnel", "UNTRAINED", "short_side@96p", "motion_mean@96p", "could not cut: test",
+                 "a moving texture", "kept @96p", "rejected by filter: ocr_area",
+                 "rejected at split: too_short", "absent: no caption stage has run", "min 0.5", "max 0.05"):
+        assert text in page, text
+    assert not re.search(r'(src|href)="(https?:)?//', page), "the report must load nothing from the network"
+    srcs = re.findall(r'<img src="([^"]+)"', page)
+    assert len(set(srcs)) == 4  # every clip with frames: a0, a1, b0, b1 (rejected at split)
+    for src in srcs:
+        img = cv2.imread(str(report.parent / src))
+        assert img is not None and img.shape[2] == 3 and img.std() > 1, src
+
+
+def test_report_on_an_empty_root(tmp_path):
+    page = write_report(tmp_path, CurateConfig()).read_text()
+    assert "No clips yet" in page and "no decisions yet" in page and "<img" not in page
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="needs headless Chromium: apt-get install -y chromium")
+def test_report_renders_in_chromium(report, tmp_path):
+    flags = [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             "--virtual-time-budget=5000"]
+    url = report.resolve().as_uri()
+    shot = tmp_path / "shot.png"
+    subprocess.run([*flags, f"--user-data-dir={tmp_path / 'u1'}", f"--screenshot={shot}",
+                    "--window-size=1200,2000", url], check=True, capture_output=True, timeout=120)
+    img = cv2.imread(str(shot))
+    assert img is not None and img.shape[:2] == (2000, 1200)
+    assert img.std() > 10, "screenshot looks blank"
+    assert (img.reshape(-1, 3) != 255).any(axis=1).mean() > 0.02  # more than a few stray pixels
+    dom = subprocess.run([*flags, f"--user-data-dir={tmp_path / 'u2'}", "--dump-dom", url],
+                         check=True, capture_output=True, text=True, timeout=120).stdout
+    m = re.search(r'<body data-images="(\d+)" data-broken-images="(\d+)"', dom)
+    assert m, "the page's load script did not run"
+    n_img, broken = int(m.group(1)), int(m.group(2))
+    assert n_img == report.read_text().count("<img ") and n_img > 0
+    assert broken == 0, f"{broken} of {n_img} images failed to load in Chromium"

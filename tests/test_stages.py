@@ -1,0 +1,120 @@
+"""Each stage called directly on a small batch, without Ray; bad inputs become clear rows."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from curation.config import load_config
+from curation.stages.ingest import IngestStage, list_inputs
+from curation.stages.split import SplitStage, plan_clips
+from tests.media import make_video, write_bad_corpus
+
+CFG = load_config("configs/offline.yaml")
+
+
+@pytest.fixture(scope="module")
+def bad(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bad")
+    return root, write_bad_corpus(root)
+
+
+# our probe's wording where it is more specific than PyAV's
+MESSAGES = {
+    "zero_bytes.mp4": "empty file",
+    "truncated_no_moov.mp4": "invalid data",
+    "random_bytes.mp4": "invalid data",
+    "png_image.mp4": "not a video",
+    "audio_only.mp4": "no video stream",
+    "dangling.mp4": "cannot read file",
+}
+
+
+def test_walk_finds_every_video_once_despite_a_symlink_loop(bad):
+    root, expect = bad
+    paths = list_inputs(root, CFG.ingest)
+    assert sum(p.endswith("/tree/inside.mp4") for p in paths) == 1
+    wanted = {k for k, e in expect.items() if e.probe != "skip" and k.endswith(".mp4")}
+    assert {str(p)[len(str(root)) + 1:] for p in paths} >= wanted - {"dangling.mp4"}
+
+
+def test_ingest_gives_every_bad_input_a_clear_row(bad):
+    root, expect = bad
+    stage = IngestStage(CFG.ingest)
+    for name, e in expect.items():
+        if e.probe == "skip":
+            continue
+        row = stage.one(str(root / name))
+        if e.probe == "ok":
+            assert row["status"] == "ok", (name, row.get("error"))
+            assert row["display_width"] > 0 and row["fps"] > 0
+        else:
+            assert row["status"] == "error", name
+            assert MESSAGES[name] in row["error"].lower(), (name, row["error"])
+
+
+def test_rotated_video_reports_displayed_size(bad):
+    root, _ = bad
+    row = IngestStage(CFG.ingest).one(str(root / "rotated_90.mp4"))
+    assert row["rotation"] in (90, 270)
+    assert (row["display_width"], row["display_height"]) == (row["height"], row["width"])
+
+
+def test_vfr_file_is_flagged(bad):
+    root, _ = bad
+    row = IngestStage(CFG.ingest).one(str(root / "vfr.mp4"))
+    assert row["status"] == "ok" and row["vfr"] is True
+    assert IngestStage(CFG.ingest).one(str(root / "yuv444p.mp4"))["vfr"] is False
+
+
+def test_split_stage_on_a_two_row_batch(tmp_path):
+    a = make_video(tmp_path / "a.mp4", n_frames=96, size=(128, 96), kind="cuts", cuts=(48,), seed=1)
+    b = make_video(tmp_path / "b.mp4", n_frames=12, size=(128, 96), kind="moving", seed=2)
+    ingest = IngestStage(CFG.ingest)
+    videos = pa.Table.from_pylist([ingest.one(str(a)), ingest.one(str(b))])
+    batch = {k: np.array(videos.column(k).to_pylist(), dtype=object) for k in videos.column_names}
+    out = SplitStage(CFG.split)(batch).to_pylist()
+    by_video = {}
+    for r in out:
+        by_video.setdefault(r["path"], []).append(r)
+    a_rows = by_video[str(a)]
+    assert [r["status"] for r in a_rows] == ["ok", "ok"]
+    assert abs(a_rows[0]["end_frame"] + CFG.split.trim_frames - 48) <= 2
+    (b_row,) = by_video[str(b)]
+    assert b_row["status"] == "rejected" and b_row["reasons"][0].startswith("too_short=")
+
+
+def test_plan_cuts_long_scenes_into_pieces_within_bounds():
+    cfg = load_config(None, ["split.min_clip_s=1", "split.max_clip_s=4", "split.trim_frames=0"])
+    rows = plan_clips([(0, 250)], 250, 25.0, cfg.split)
+    assert [r["status"] for r in rows] == ["ok"] * 3
+    assert all(1 <= (r["end_frame"] - r["start_frame"]) / 25 <= 4 for r in rows)
+    assert rows[0]["start_frame"] == 0 and rows[-1]["end_frame"] == 250
+
+
+def test_score_and_shard_writers_without_ray(tmp_path):
+    from curation.stages.score import DecodeAndScoreCpu, ScoreNeural
+    from curation.stages.shard import ShardJob, ShardWriter
+    from curation.verify import _read_tar
+
+    src = make_video(tmp_path / "m.mp4", n_frames=48, size=(320, 256), kind="moving", seed=3)
+    clip = dict(clip_id="c1", path=str(src), start_frame=0, end_frame=48, fps=24.0, rotation=0,
+                display_width=320, display_height=256)
+    broken = dict(clip, clip_id="c2", path=str(tmp_path / "gone.mp4"))
+    cpu = DecodeAndScoreCpu(CFG.score)(pa.Table.from_pylist([clip, broken]))
+    scored = ScoreNeural(CFG.score)(cpu).to_pylist()
+    assert scored[0]["status"] == "ok" and scored[0]["motion_mean"] > 0.1
+    assert scored[0]["aesthetic_untrained"] is True and len(scored[0]["clip_embedding"]) > 0
+    assert scored[1]["status"] == "error" and "cannot read file" in scored[1]["error"]
+
+    clip["meta"] = {"clip": {"clip_id": "c1"}}
+    writer = ShardWriter(ShardJob(cfg=CFG.shard, root=str(tmp_path)))
+    rows = writer.write_group("g", "256p", 256, 12.0, [clip, dict(broken, meta={})])
+    ok = [r for r in rows if r["status"] == "ok"]
+    assert len(ok) == 1 and ok[0]["fps"] == 12.0 and ok[0]["n_frames"] == 24
+    assert [r["status"] for r in rows if r["clip_id"] == "c2"] == ["error"]
+    samples = _read_tar(tmp_path / ok[0]["shard"])
+    assert json.loads(samples["c1"]["json"])["shard"]["tier"] == "256p"

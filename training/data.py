@@ -1,0 +1,518 @@
+"""WebDataset loader over a run root's shards: mp4 clips (or cached latents) -> bucketed batches.
+
+Pipeline, per epoch (each stage is a webdataset pipeline stage; the expensive one is last):
+
+    shard urls (shuffled per epoch) -> split_by_node -> split_by_worker -> tar samples
+      -> sample shuffle buffer -> prepare (json, caption, bucket; cheap)
+      -> bucket batcher (one tier and aspect bucket per batch) -> skip (resume)
+      -> decode (PyAV from in-memory mp4 bytes, resize to cover the bucket, crop) -> Batch
+
+Grouping happens before decoding, so resuming mid-epoch skips batches without decoding them.
+Every random choice about a sample (temporal/spatial crop, which caption) is drawn from an RNG
+seeded by (seed, epoch, key), so a resumed run sees exactly the batches an uninterrupted one
+would. A sample that fails to parse or decode is counted in the batch's `stats` and left out;
+a batch left empty still comes out (with `size` 0) so batch positions stay stable.
+
+Latent caching (`cache_latents`) writes `<root>/latents/<tier>/<name>.tar` holding
+`<key>.npy` (raw VAE latents (C, F', h, w) float16 of the whole clip at the frame stride,
+centre-cropped to its bucket), `<key>.txt` and `<key>.json` (the clip's json plus a `latent`
+record); with `data.source: latents` the loader reads those instead and crops latent frames.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import io
+import json
+import logging
+import math
+import os
+import random
+import time
+import uuid
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import av
+import numpy as np
+import torch
+
+from curation.configtools import ConfigError
+from training.config import DataConfig, TrainConfig, VAEConfig
+
+log = logging.getLogger("reelsift")
+
+
+class SampleError(ValueError):
+    """One sample can't be used (bad json, undecodable mp4, too few frames); it is skipped.
+    `reason` is the counter it goes to: 'failed' or 'too_short'."""
+
+    def __init__(self, message: str, reason: str = "failed"):
+        super().__init__(message)
+        self.reason = reason
+
+
+# --------------------------------------------------------------------------------------------
+# Shard discovery
+
+
+def shard_urls(cfg: DataConfig, source: str | None = None) -> list[str]:
+    """Sorted shard URLs: `data.urls` when given (local globs expanded), else every
+    `<root>/<shards|latents>/<tier>/*.tar` of the selected tiers."""
+    source = source or cfg.source
+    if cfg.urls:
+        out = []
+        for url in cfg.urls:
+            if url.startswith(("pipe:", "http://", "https://", "gs://", "s3://")) or "*" not in url:
+                out.append(url)
+            else:
+                found = sorted(str(p) for p in Path("/").glob(url.lstrip("/"))) if url.startswith("/") \
+                    else sorted(str(p) for p in Path().glob(url))
+                out.extend(found)
+        if not out:
+            raise ConfigError(f"train.data.urls {list(cfg.urls)} matched no shard")
+        return out
+    if not cfg.root:
+        raise ConfigError("train.data.root: set the run root (--root) or train.data.urls")
+    base = Path(cfg.root) / ("shards" if source == "video" else "latents")
+    tiers = cfg.tiers or tuple(sorted(p.name for p in base.glob("*") if p.is_dir()))
+    urls = [str(p) for tier in tiers for p in sorted((base / tier).glob("*.tar"))]
+    if not urls:
+        hint = ("run `reelsift run`/`reelsift shard` first" if source == "video"
+                else "run `reelsift cache-latents` first")
+        raise ConfigError(f"train.data: no shards under {base} for tiers {list(tiers) or 'any'}; {hint}")
+    return urls
+
+
+# --------------------------------------------------------------------------------------------
+# Per-sample helpers
+
+
+def sample_rng(seed: int, epoch: int, key: str) -> random.Random:
+    """RNG for one sample's random choices: same (seed, epoch, key) -> same choices."""
+    digest = hashlib.blake2b(f"{seed}/{epoch}/{key}".encode(), digest_size=8).digest()
+    return random.Random(int.from_bytes(digest, "little"))
+
+
+def nearest_bucket(width: int, height: int, sizes: Iterable[tuple[int, int]]) -> tuple[int, int]:
+    """The [height, width] bucket whose aspect ratio is nearest the clip's (in log ratio)."""
+    ratio = math.log(height / width)
+    return min(sizes, key=lambda hw: (abs(math.log(hw[0] / hw[1]) - ratio), -hw[0] * hw[1]))
+
+
+def cover_size(width: int, height: int, bucket: tuple[int, int]) -> tuple[int, int]:
+    """(width, height) after scaling so the frame covers the bucket, aspect kept."""
+    bh, bw = bucket
+    scale = max(bh / height, bw / width)
+    return max(bw, math.ceil(width * scale - 1e-6)), max(bh, math.ceil(height * scale - 1e-6))
+
+
+def crop_offsets(size: tuple[int, int], bucket: tuple[int, int], mode: str, rng: random.Random):
+    """Top-left (y, x) of the bucket crop inside a frame of size (width, height)."""
+    (w, h), (bh, bw) = size, bucket
+    if mode == "random":
+        return rng.randint(0, h - bh), rng.randint(0, w - bw)
+    return (h - bh) // 2, (w - bw) // 2
+
+
+def window_start(n_frames: int, span: int, mode: str, rng: random.Random) -> int:
+    """First frame of a window of `span` frames in a clip of `n_frames`."""
+    if mode == "start":
+        return 0
+    if mode == "center":
+        return (n_frames - span) // 2
+    return rng.randint(0, n_frames - span)
+
+
+def make_caption(txt: str, meta: dict, cfg: DataConfig, rng: random.Random) -> str:
+    """The training caption: the txt (or, with probability sidecar_caption_prob, the original
+    sidecar caption when the json has one), plus ' motion score: N.' when enabled and scored."""
+    caption = txt.strip()
+    sidecar = _sidecar(meta)
+    if sidecar and cfg.sidecar_caption_prob > 0 and rng.random() < cfg.sidecar_caption_prob:
+        caption = sidecar
+    if cfg.motion_score:
+        motion = (meta.get("scores") or {}).get("motion_mean")
+        if motion is not None and math.isfinite(float(motion)):
+            suffix = f"motion score: {round(float(motion))}."
+            caption = f"{caption} {suffix}" if caption else suffix
+    return caption
+
+
+def _sidecar(meta: dict) -> str:
+    for section in (meta, meta.get("clip") or {}, meta.get("video") or {}, meta.get("meta") or {}):
+        text = section.get("sidecar_caption") if isinstance(section, dict) else None
+        if isinstance(text, str) and text.strip():
+            return text.strip()
+    return ""
+
+
+def decode_clip(mp4: bytes, indices: list[int], size: tuple[int, int]) -> np.ndarray:
+    """Frames `indices` (sorted, 0-based decode order) of in-memory mp4 bytes, resized to
+    size = (width, height) -> uint8 (T, H, W, 3). Raises SampleError."""
+    wanted, last = set(indices), indices[-1]
+    frames = []
+    try:
+        with av.open(io.BytesIO(mp4), mode="r") as container:
+            stream = container.streams.video[0]
+            stream.thread_type = "AUTO"
+            for i, frame in enumerate(container.decode(stream)):
+                if i in wanted:
+                    frames.append(frame.to_ndarray(format="rgb24", width=size[0], height=size[1]))
+                if i >= last:
+                    break
+    except (av.error.FFmpegError, IndexError) as exc:
+        raise SampleError(f"mp4 does not decode: {exc}") from exc
+    if len(frames) < len(indices):
+        raise SampleError(f"mp4 has {len(frames)} of the {len(indices)} frames needed")
+    return np.stack(frames)
+
+
+# --------------------------------------------------------------------------------------------
+# Pipeline stages
+
+
+@dataclass
+class Item:
+    """A sample after `prepare`: still undecoded."""
+
+    key: str
+    tier: str
+    bucket: tuple[int, ...]
+    """(height, width) in pixels for video; the latent shape (C, h, w) for latents"""
+    caption: str
+    payload: bytes
+    meta: dict
+    rng: random.Random
+
+
+@dataclass
+class Batch:
+    """One training batch; every sample has the same tier and bucket."""
+
+    keys: list[str]
+    captions: list[str]
+    tier: str
+    video: torch.Tensor | None = None
+    """uint8 (B, 3, T, H, W) when reading mp4 shards"""
+    latents: torch.Tensor | None = None
+    """float (B, C, F, h, w) raw VAE latents when reading latent shards"""
+    stats: dict = field(default_factory=dict)
+    """counts since the previous batch of this worker: failed, too_short"""
+
+    @property
+    def size(self) -> int:
+        return len(self.keys)
+
+
+class Prepare:
+    """Tar sample {'__key__', 'mp4'|'npy', 'txt', 'json'} -> Item (or None, counted)."""
+
+    def __init__(self, cfg: TrainConfig, epoch: int, counters: dict):
+        self.cfg, self.data, self.epoch, self.counters = cfg, cfg.data, epoch, counters
+        self.latents = cfg.data.source == "latents"
+
+    def __call__(self, sample: dict) -> Item | None:
+        key = sample.get("__key__", "?")
+        try:
+            meta = json.loads(sample["json"]) if "json" in sample else {}
+            txt = sample.get("txt", b"").decode("utf-8", "replace")
+            rng = sample_rng(self.cfg.seed, self.epoch, key)
+            caption = make_caption(txt, meta, self.data, rng)
+            shard = meta.get("shard") or {}
+            tier = str(shard.get("tier") or (meta.get("decision") or {}).get("tier") or _tier_of(sample))
+            if self.latents:
+                payload, bucket = sample["npy"], self._latent_bucket(meta, key)
+            else:
+                payload = sample["mp4"]
+                bucket = nearest_bucket(int(shard["width"]), int(shard["height"]), self.data.bucket_sizes(tier))
+        except (KeyError, ValueError, TypeError) as exc:
+            if isinstance(exc, ConfigError):
+                raise
+            self.counters["failed"] += 1
+            log.warning("skipping sample %s: bad sample (%s: %s)", key, type(exc).__name__, exc)
+            return None
+        return Item(key, tier, tuple(bucket), caption, payload, meta, rng)
+
+    def _latent_bucket(self, meta: dict, key: str) -> tuple[int, int, int]:
+        lat = meta["latent"]
+        want, have = self.cfg.vae, lat.get("vae", {})
+        if have.get("kind") != want.kind or int(have.get("channels", -1)) != _channels(want):
+            raise ConfigError(
+                f"train.vae: latent shard sample {key} was cached with vae {have}, config has "
+                f"kind={want.kind} channels={_channels(want)}; re-run `reelsift cache-latents`")
+        if int(lat.get("frame_stride", -1)) != self.data.frame_stride:
+            raise ConfigError(
+                f"train.data.frame_stride={self.data.frame_stride} but latents were cached with "
+                f"stride {lat.get('frame_stride')}; re-run `reelsift cache-latents`")
+        return tuple(int(v) for v in lat["shape"][:1] + lat["shape"][2:])  # (C, h, w)
+
+
+def _channels(vae: VAEConfig) -> int:
+    return vae.channels if vae.kind == "patch" else 16
+
+
+def _tier_of(sample: dict) -> str:
+    url = sample.get("__url__", "")
+    return Path(url).parent.name if url else "default"
+
+
+def bucket_batches(items: Iterator[Item], batch_size: int, drop_last: bool) -> Iterator[list[Item]]:
+    """Group items by (tier, bucket); yield a group as soon as it holds batch_size items."""
+    pending: dict[tuple, list[Item]] = {}
+    for item in items:
+        group = pending.setdefault((item.tier, item.bucket), [])
+        group.append(item)
+        if len(group) == batch_size:
+            yield pending.pop((item.tier, item.bucket))
+    if not drop_last:
+        yield from (g for g in pending.values() if g)
+
+
+def skip_batches(batches: Iterator[list[Item]], total: int) -> Iterator[list[Item]]:
+    """Drop this worker's share of the first `total` batches (DataLoader takes batches from its
+    workers round-robin, so worker w of W produced batches w, w + W, ...)."""
+    info = torch.utils.data.get_worker_info()
+    w, n = (info.id, info.num_workers) if info is not None else (0, 1)
+    mine = len(range(w, total, n))
+    for i, batch in enumerate(batches):
+        if i >= mine:
+            yield batch
+
+
+class Decode:
+    """list[Item] -> Batch: decodes, crops and stacks; failures are counted and left out."""
+
+    def __init__(self, cfg: TrainConfig, counters: dict):
+        self.cfg, self.data, self.counters = cfg, cfg.data, counters
+        self.span = (cfg.data.num_frames - 1) * cfg.data.frame_stride + 1
+
+    def __call__(self, items: list[Item]) -> Batch:
+        latents = self.data.source == "latents"
+        tensors, kept = [], []
+        for item in items:
+            try:
+                tensors.append(self._latents(item) if latents else self._video(item))
+                kept.append(item)
+            except SampleError as exc:
+                self.counters[exc.reason] += 1
+                log.warning("skipping sample %s: %s", item.key, exc)
+        stats = dict(self.counters)
+        self.counters.update(failed=0, too_short=0)
+        batch = Batch(keys=[i.key for i in kept], captions=[i.caption for i in kept],
+                      tier=items[0].tier, stats=stats)
+        if tensors:
+            stacked = torch.from_numpy(np.stack(tensors))
+            if latents:
+                batch.latents = stacked.float()
+            else:
+                batch.video = stacked.permute(0, 4, 1, 2, 3).contiguous()  # (B, 3, T, H, W)
+        return batch
+
+    def _video(self, item: Item) -> np.ndarray:
+        shard = item.meta.get("shard") or {}
+        n, w, h = int(shard.get("n_frames", 0)), int(shard["width"]), int(shard["height"])
+        if n < self.span:
+            raise SampleError(f"clip has {n} frames, the window needs {self.span} "
+                              f"(num_frames={self.data.num_frames}, stride={self.data.frame_stride})",
+                              reason="too_short")
+        start = window_start(n, self.span, self.data.temporal_crop, item.rng)
+        indices = list(range(start, start + self.span, self.data.frame_stride))
+        size = cover_size(w, h, item.bucket)
+        frames = decode_clip(item.payload, indices, size)  # (T, H', W', 3)
+        y, x = crop_offsets(size, item.bucket, self.data.spatial_crop, item.rng)
+        bh, bw = item.bucket
+        return np.ascontiguousarray(frames[:, y:y + bh, x:x + bw])  # (T, bh, bw, 3)
+
+    def _latents(self, item: Item) -> np.ndarray:
+        try:
+            z = np.load(io.BytesIO(item.payload), allow_pickle=False)  # (C, F', h, w)
+        except (ValueError, OSError) as exc:
+            raise SampleError(f"latent npy does not load: {exc}") from exc
+        temporal = int(item.meta["latent"]["vae"].get("temporal", 1))
+        need = 1 + (self.data.num_frames - 1) // temporal
+        if z.shape[1] < need:
+            raise SampleError(f"latent clip has {z.shape[1]} frames, the window needs {need}",
+                              reason="too_short")
+        start = window_start(z.shape[1], need, self.data.temporal_crop, item.rng)
+        return np.ascontiguousarray(z[:, start:start + need])
+
+
+def _counters() -> dict:
+    return {"failed": 0, "too_short": 0}
+
+
+def build_pipeline(cfg: TrainConfig, urls: list[str], epoch: int, skip: int = 0, rank: int = 0):
+    """The webdataset pipeline of one epoch, yielding Batch objects (see module docstring)."""
+    import webdataset as wds
+
+    data = cfg.data
+    urls = list(urls)
+    if data.shard_shuffle:
+        random.Random(f"{cfg.seed}/{epoch}").shuffle(urls)
+    counters = _counters()
+    stages = [
+        wds.SimpleShardList(urls),
+        wds.split_by_node,
+        wds.split_by_worker,
+        wds.tarfile_to_samples(handler=_count_tar_error(counters)),
+    ]
+    if data.shuffle_buffer > 0:
+        rng = random.Random(f"{cfg.seed}/{epoch}/{rank}")
+        stages.append(wds.shuffle(data.shuffle_buffer, initial=data.shuffle_buffer, rng=rng))
+    stages += [
+        wds.map(Prepare(cfg, epoch, counters)),
+        functools.partial(bucket_batches, batch_size=data.batch_size, drop_last=data.drop_last),
+        functools.partial(skip_batches, total=skip),
+        wds.map(Decode(cfg, counters)),
+    ]
+    return wds.DataPipeline(*stages)
+
+
+def _count_tar_error(counters: dict):
+    def handler(exn: Exception) -> bool:
+        counters["failed"] += 1
+        log.warning("skipping unreadable tar content: %s", exn)
+        return True
+
+    return handler
+
+
+def _collate_identity(batch):
+    return batch
+
+
+class ShardLoader:
+    """Epochs of Batches for one training process (rank of world)."""
+
+    def __init__(self, cfg: TrainConfig, rank: int = 0):
+        self.cfg, self.rank = cfg, rank
+        self.urls = shard_urls(cfg.data)
+
+    def epoch(self, epoch: int, skip: int = 0) -> Iterator[Batch]:
+        """Batches of `epoch`, leaving out the first `skip` (already trained on)."""
+        pipe = build_pipeline(self.cfg, self.urls, epoch, skip, self.rank)
+        if self.cfg.data.num_workers == 0:
+            return iter(pipe)
+        loader = torch.utils.data.DataLoader(
+            pipe, batch_size=None, num_workers=self.cfg.data.num_workers,
+            collate_fn=_collate_identity, persistent_workers=False,
+            prefetch_factor=2)
+        return iter(loader)
+
+
+@dataclass
+class Throughput:
+    batches: int
+    samples: int
+    frames: int
+    failed: int
+    seconds: float
+
+    @property
+    def samples_per_s(self) -> float:
+        return self.samples / max(self.seconds, 1e-9)
+
+    @property
+    def frames_per_s(self) -> float:
+        return self.frames / max(self.seconds, 1e-9)
+
+    def as_dict(self) -> dict:
+        return dict(batches=self.batches, samples=self.samples, frames=self.frames, failed=self.failed,
+                    seconds=round(self.seconds, 3), samples_per_s=round(self.samples_per_s, 2),
+                    frames_per_s=round(self.frames_per_s, 1))
+
+
+def measure_throughput(cfg: TrainConfig, max_batches: int = 50, epochs: int = 1) -> Throughput:
+    """Run the loader alone (no model) and time it; frames = decoded pixel (or latent) frames."""
+    loader = ShardLoader(cfg)
+    batches = samples = frames = failed = 0
+    t0 = time.perf_counter()
+    for ep in range(epochs):
+        for batch in loader.epoch(ep):
+            batches += 1
+            samples += batch.size
+            failed += batch.stats.get("failed", 0) + batch.stats.get("too_short", 0)
+            x = batch.video if batch.video is not None else batch.latents
+            frames += 0 if x is None else x.shape[0] * x.shape[2]
+            if batches >= max_batches:
+                break
+    return Throughput(batches, samples, frames, failed, time.perf_counter() - t0)
+
+
+# --------------------------------------------------------------------------------------------
+# Latent caching
+
+
+def cache_latents(cfg: TrainConfig, device: str = "cpu", overwrite: bool = False) -> dict:
+    """Encode every clip of the video shards once with the VAE into `<root>/latents/<tier>/`.
+
+    One latent tar per video tar (same name), written to a temp name and renamed, so a killed
+    run resumes where it stopped (existing tars are kept unless `overwrite`). Each clip is
+    encoded whole at data.frame_stride, resized to cover its bucket and centre-cropped (random
+    crops are fixed at caching time; random temporal windows are still drawn when training).
+    Returns counts {tars, written, skipped_tars, failed}.
+    """
+    import webdataset as wds
+
+    from training.checkpoint import make_vae
+
+    data = cfg.data
+    vae = make_vae(cfg.vae, device)
+    root = Path(data.root)
+    stats = {"tars": 0, "written": 0, "skipped_tars": 0, "failed": 0}
+    for url in shard_urls(data, source="video"):
+        src = Path(url)
+        out = root / "latents" / src.parent.name / src.name
+        if out.exists() and not overwrite:
+            stats["skipped_tars"] += 1
+            continue
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(f".tmp-{uuid.uuid4().hex}.tar")
+        try:
+            with open(tmp, "wb") as fh:
+                writer = wds.TarWriter(fh)
+                for sample in wds.DataPipeline(wds.SimpleShardList([url]),
+                                               wds.tarfile_to_samples(handler=_count_tar_error(stats))):
+                    record = _encode_one(sample, cfg, vae, device, stats)
+                    if record is not None:
+                        writer.write(record)
+                        stats["written"] += 1
+                writer.close()
+            os.replace(tmp, out)
+        finally:
+            tmp.unlink(missing_ok=True)
+        stats["tars"] += 1
+    return stats
+
+
+@torch.no_grad()
+def _encode_one(sample: dict, cfg: TrainConfig, vae, device, stats: dict) -> dict | None:
+    key = sample.get("__key__", "?")
+    try:
+        meta = json.loads(sample["json"])
+        shard = meta["shard"]
+        tier = str(shard.get("tier") or _tier_of(sample))
+        w, h, n = int(shard["width"]), int(shard["height"]), int(shard["n_frames"])
+        bucket = nearest_bucket(w, h, cfg.data.bucket_sizes(tier))
+        size = cover_size(w, h, bucket)
+        indices = list(range(0, n, cfg.data.frame_stride))
+        if vae.temporal > 1:  # causal VAEs code 1 + k * temporal frames
+            indices = indices[: 1 + (len(indices) - 1) // vae.temporal * vae.temporal]
+        frames = decode_clip(sample["mp4"], indices, size)
+        y, x = crop_offsets(size, bucket, "center", random.Random(0))
+        frames = frames[:, y:y + bucket[0], x:x + bucket[1]]  # (T, bh, bw, 3)
+        video = torch.from_numpy(np.ascontiguousarray(frames)).permute(3, 0, 1, 2)[None]  # (1, 3, T, H, W)
+        z = vae.encode(video.to(device).float() / 127.5 - 1.0)[0]  # (C, F', h, w)
+    except (KeyError, ValueError, TypeError, SampleError) as exc:
+        stats["failed"] += 1
+        log.warning("cache-latents: skipping sample %s (%s: %s)", key, type(exc).__name__, exc)
+        return None
+    z = z.to(torch.float16).cpu().numpy()
+    meta["latent"] = dict(shape=list(z.shape), bucket=list(bucket), frame_stride=cfg.data.frame_stride,
+                          vae=dict(kind=cfg.vae.kind, channels=int(z.shape[0]), spatial=vae.spatial,
+                                   temporal=vae.temporal))
+    return {"__key__": key, "npy": z, "txt": sample.get("txt", b"").decode("utf-8", "replace"),
+            "json": meta}
