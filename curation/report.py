@@ -18,6 +18,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pyarrow as pa
 
 from curation.config import CurateConfig
 from curation.stages.filter import config_hash
@@ -63,7 +64,7 @@ def write_report(root: str | Path, cfg: CurateConfig, *, max_thumbs: int = 12) -
         _section("Rejection reasons", _reasons(results["rejected-by-reason"])),
         _section("Kept clips per tier", _table(results["tier-summary"], untrained_cols=("aesthetic_mean",))),
         _section("Scores per tier", _histograms(scored, cfg.filter)),
-        _section("Clips", _thumbnails(con, root, out, cfg.filter, max_thumbs, untrained)),
+        _section("Clips", _thumbnails(con, out, cfg.filter, max_thumbs, untrained)),
         _section(f"Errors ({len(results['errors'])})",
                  _table(results["errors"]) if results["errors"] else "<p>No error rows.</p>"),
     ]
@@ -144,52 +145,67 @@ def _histograms(scored, filt: FilterConfig) -> str:
             f"<table class=hist><tr><th></th>{head}</tr>{''.join(rows)}</table>")
 
 
-def _thumbnails(con, root: Path, out: Path, filt: FilterConfig, max_thumbs: int, untrained: bool) -> str:
-    cap_src = "cap.caption" if "captions" in TABLES and Table(root, "captions").exists() else "NULL"
-    cap_join = ("LEFT JOIN captions cap ON cap.clip_id = c.clip_id AND cap.status = 'ok'"
-                if cap_src != "NULL" else "")
+_GROUPS_SQL = """
+    WITH g AS (
+        SELECT 0 AS kind, 'kept @' || d.tier AS grp, d.tier, c.clip_id, c.duration_s
+        FROM clips c JOIN decisions d USING (clip_id) WHERE c.status = 'ok' AND d.keep
+        UNION ALL
+        SELECT DISTINCT 1, 'rejected at split: ' || split_part(r, '=', 1), NULL, clip_id, duration_s
+        FROM (SELECT clip_id, duration_s, unnest(reasons) AS r FROM clips WHERE status = 'rejected')
+        UNION ALL  -- a rejected clip failed every tier: group it by each score that failed
+        SELECT DISTINCT 2, 'rejected by filter: ' || split_part(r, '=', 1), NULL, clip_id, duration_s
+        FROM (SELECT c.clip_id, c.duration_s, unnest(d.reasons) AS r
+              FROM clips c JOIN decisions d USING (clip_id) WHERE c.status = 'ok' AND NOT d.keep)
+        UNION ALL
+        SELECT 3, 'not decided yet', NULL, clip_id, duration_s FROM clips
+        WHERE status = 'ok' AND clip_id NOT IN (SELECT clip_id FROM decisions)
+    )
+    SELECT kind, grp, tier, clip_id, count(*) OVER w AS n, sum(duration_s) OVER w AS seconds,
+           row_number() OVER (PARTITION BY grp ORDER BY clip_id) AS rn
+    FROM g WINDOW w AS (PARTITION BY grp)
+    QUALIFY rn <= {limit}
+"""
+
+
+def _thumbnails(con, out: Path, filt: FilterConfig, max_thumbs: int, untrained: bool) -> str:
+    """Cards of the first `max_thumbs` clips (by id) of each group; groups and counts come from SQL."""
+    picked = con.sql(_GROUPS_SQL.format(limit=max(max_thumbs, 1))).to_arrow_table().to_pylist()
+    if not picked:
+        return "<p>No clips yet.</p>"
     shown = [c for c in MAIN_SCORES if c in SCORES.names]
-    clips = con.sql(f"""
+    con.register("__report_clip_ids", pa.table({"clip_id": sorted({p["clip_id"] for p in picked})}))
+    details = con.sql(f"""
         SELECT c.clip_id, c.path, c.start_frame, c.end_frame, c.fps, c.width, c.height, c.duration_s,
-               c.status AS clip_status, c.reasons AS clip_reasons, v.rotation, d.keep, d.tier,
-               d.reasons, coalesce({cap_src}, sh.caption) AS caption,
-               {", ".join(f's."{c}"' for c in shown)}
-        FROM clips c
+               c.reasons AS clip_reasons, v.rotation, d.keep, d.reasons,
+               coalesce(cap.caption, sh.caption) AS caption, {", ".join(f's."{c}"' for c in shown)}
+        FROM __report_clip_ids ids
+        JOIN clips c ON c.clip_id = ids.clip_id
         LEFT JOIN (SELECT video_id, any_value(rotation) AS rotation FROM videos WHERE status = 'ok'
                    GROUP BY video_id) v ON v.video_id = c.video_id
         LEFT JOIN decisions d ON d.clip_id = c.clip_id
         LEFT JOIN scores s ON s.clip_id = c.clip_id AND s.status = 'ok'
+        LEFT JOIN (SELECT clip_id, any_value(caption) AS caption FROM captions WHERE status = 'ok'
+                   GROUP BY clip_id) cap ON cap.clip_id = c.clip_id
         LEFT JOIN (SELECT clip_id, any_value(caption) AS caption FROM shards GROUP BY clip_id) sh
                ON sh.clip_id = c.clip_id
-        {cap_join}
-        WHERE c.status IN ('ok', 'rejected')
-        ORDER BY c.clip_id
     """).to_arrow_table().to_pylist()
+    by_id = {d["clip_id"]: d for d in details}
+    groups: dict[str, dict] = {}
+    for p in picked:
+        g = groups.setdefault(p["grp"], dict(p, clips=[]))
+        if len(g["clips"]) < max_thumbs:
+            g["clips"].append(by_id[p["clip_id"]])
     tier_rank = {t: i for i, (t, _) in enumerate(filt.ordered())}
-    groups: dict[tuple, list[dict]] = {}
-    for c in clips:
-        if c["keep"]:
-            keys = [(0, tier_rank.get(c["tier"], len(tier_rank)), f"kept @{c['tier']}")]
-        elif c["clip_status"] == "rejected":
-            keys = [(1, 0, f"rejected at split: {_reason_head(r)}") for r in c["clip_reasons"] or []]
-        elif c["keep"] is False:  # rejected clips failed every tier: group by the score that failed
-            keys = [(2, 0, f"rejected by filter: {r.split('=', 1)[0]}") for r in c["reasons"] or []]
-        else:
-            keys = [(3, 0, "not decided yet")]
-        for k in dict.fromkeys(keys):
-            groups.setdefault(k, []).append(c)
-    if not groups:
-        return "<p>No clips yet.</p>"
-    order = sorted(groups, key=lambda k: (k[0], k[1], -len(groups[k]), k[2]))
+    order = sorted(groups.values(), key=lambda g: (g["kind"], tier_rank.get(g["tier"], len(tier_rank)),
+                                                   -g["n"], g["grp"]))
     parts = [f"<p>Middle frame of up to {max_thumbs} clips per group (the first by clip id). Rejected clips "
              "are grouped by each score that failed (at every tier), so a clip can appear more than once. "
              "Red: why the clip was dropped; grey: why a kept clip missed the tiers above its own."
              + (" Aesthetic scores marked * are UNTRAINED (random weights)." if untrained else "") + "</p>"]
-    for key in order:
-        members, key = groups[key], key[2]
-        cards = "".join(_card(c, out, shown) for c in members[:max_thumbs])
-        size = f"{_n(len(members), 'clip')}, {_hours(_sum_s(members) / 3600)}"
-        parts.append(f"<h3>{_e(key)} <small>({size})</small></h3><div class=grid>{cards}</div>")
+    for g in order:
+        cards = "".join(_card(c, out, shown) for c in g["clips"])
+        size = f"{_n(g['n'], 'clip')}, {_hours(g['seconds'] / 3600)}"
+        parts.append(f"<h3>{_e(g['grp'])} <small>({size})</small></h3><div class=grid>{cards}</div>")
     return "\n".join(parts)
 
 
@@ -335,10 +351,6 @@ def _reason_head(reason: str) -> str:
 
 def _n(n: int, noun: str) -> str:
     return f"{n} {noun}" + ("" if n == 1 else "s")
-
-
-def _sum_s(clips: list[dict]) -> float:
-    return sum(c["duration_s"] or 0.0 for c in clips)
 
 
 def _hours(h: float | None) -> str:
