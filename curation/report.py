@@ -32,6 +32,7 @@ from manifests.store import Table
 MAIN_SCORES = ("motion_mean", "ocr_area", "quality_sharpness", "aesthetic_mean")
 UNTRAINED_SCORES = ("aesthetic_mean", "aesthetic_min")  # random weights under offline.yaml
 THUMB_SHORT_SIDE = 144
+HIST_SAMPLE = 200_000  # histograms read at most this many scored clips
 
 
 def write_report(root: str | Path, cfg: CurateConfig, *, max_thumbs: int = 12) -> Path:
@@ -50,9 +51,13 @@ def write_report(root: str | Path, cfg: CurateConfig, *, max_thumbs: int = 12) -
                for name in ("funnel", "rejected-by-reason", "tier-summary", "errors")}
     score_cols = ", ".join(f's."{c}"' for c in _score_columns(cfg.filter))
     scored = con.sql(f"""
-        SELECT least(c.width, c.height) AS short_side, {score_cols}
-        FROM clips c JOIN scores s ON s.clip_id = c.clip_id AND s.status = 'ok' WHERE c.status = 'ok'
+        SELECT * FROM (
+            SELECT least(c.width, c.height) AS short_side, {score_cols}
+            FROM clips c JOIN scores s ON s.clip_id = c.clip_id AND s.status = 'ok' WHERE c.status = 'ok'
+        ) USING SAMPLE reservoir({HIST_SAMPLE} ROWS) REPEATABLE (0)
     """).to_arrow_table()
+    n_scored = con.execute("SELECT count(*) FROM clips c JOIN scores s ON s.clip_id = c.clip_id "
+                           "AND s.status = 'ok' WHERE c.status = 'ok'").fetchall()[0][0]
     untrained = bool(con.execute("SELECT bool_or(aesthetic_untrained) FROM scores").fetchall()[0][0])
     current = con.execute(
         "SELECT any_value(filter_run), any_value(config_hash), count(*) FROM decisions").fetchall()[0]
@@ -63,7 +68,7 @@ def write_report(root: str | Path, cfg: CurateConfig, *, max_thumbs: int = 12) -
         _section("Funnel", _funnel(results["funnel"], cfg.filter, has_captions)),
         _section("Rejection reasons", _reasons(results["rejected-by-reason"])),
         _section("Kept clips per tier", _table(results["tier-summary"], untrained_cols=("aesthetic_mean",))),
-        _section("Scores per tier", _histograms(scored, cfg.filter)),
+        _section("Scores per tier", _histograms(scored, n_scored, cfg.filter)),
         _section("Clips", _thumbnails(con, out, cfg.filter, max_thumbs, untrained)),
         _section(f"Errors ({len(results['errors'])})",
                  _table(results["errors"]) if results["errors"] else "<p>No error rows.</p>"),
@@ -125,7 +130,7 @@ def _reasons(rows: list[dict]) -> str:
             "its reasons.</p>" + _bars_svg(bars) + _table(rows))
 
 
-def _histograms(scored, filt: FilterConfig) -> str:
+def _histograms(scored, n_scored: int, filt: FilterConfig) -> str:
     cols = _score_columns(filt)
     short = np.asarray(scored.column("short_side").to_pylist() or [], dtype=float)
     tiers = filt.ordered()
@@ -140,8 +145,10 @@ def _histograms(scored, filt: FilterConfig) -> str:
             cells.append(f"<td>{_histogram_svg(eligible, bound)}</td>")
         label = _e(col) + (" <span class=warn-inline>UNTRAINED</span>" if col in UNTRAINED_SCORES else "")
         rows.append(f"<tr><th class=rowhead>{label}</th>{''.join(cells)}</tr>")
-    return ("<p>Scored clips whose source is large enough for each tier. Red lines: this config's bounds; "
-            "the shaded side fails.</p>"
+    sample = (f" (a random sample of {scored.num_rows} of the {n_scored} scored clips)"
+              if n_scored > scored.num_rows else "")
+    return (f"<p>Scored clips whose source is large enough for each tier{sample}. Red lines: this config's "
+            "bounds; the shaded side fails.</p>"
             f"<table class=hist><tr><th></th>{head}</tr>{''.join(rows)}</table>")
 
 
@@ -341,12 +348,6 @@ def _score_columns(filt: FilterConfig) -> list[str]:
     cols = [c for _, t in filt.ordered() for c in t.bounds]
     cols += [c for c in MAIN_SCORES if c in SCORES.names]
     return list(dict.fromkeys(cols))
-
-
-def _reason_head(reason: str) -> str:
-    """'motion_mean=0.1<0.5@480p' -> 'motion_mean@480p'; 'too_short=1.1s<1.5s' -> 'too_short'."""
-    name = reason.split("=", 1)[0]
-    return f"{name}@{reason.rsplit('@', 1)[1]}" if "@" in reason else name
 
 
 def _n(n: int, noun: str) -> str:

@@ -136,11 +136,6 @@ def _age(delta) -> str:
     return f"{s // 86400}d"
 
 
-def _head(reason: str) -> str:
-    """'motion_mean=0.1<0.5@480p' -> 'motion_mean@480p' (the grouping FilterSummary uses)."""
-    return reason.split("=", 1)[0] + "@" + reason.rsplit("@", 1)[-1]
-
-
 def funnel_diff(root: str | Path, summary: FilterSummary) -> str:
     """How a (dry-run) filter `summary` would change the funnel vs the current decisions.
 
@@ -150,10 +145,10 @@ def funnel_diff(root: str | Path, summary: FilterSummary) -> str:
     con = queries.connect(root)
     kept = dict(con.execute("SELECT tier, count(*) FROM decisions WHERE keep GROUP BY tier").fetchall())
     rejected = con.execute("SELECT count(*) FROM decisions WHERE NOT keep").fetchall()[0][0]
-    reasons: dict[str, int] = {}
-    for (rs,) in con.execute("SELECT reasons FROM decisions WHERE NOT keep").fetchall():
-        for r in rs or []:
-            reasons[_head(r)] = reasons.get(_head(r), 0) + 1
+    reasons = dict(con.execute("""
+        SELECT split_part(r, '=', 1) || '@' || regexp_extract(r, '@([^@]*)$', 1), count(*)
+        FROM (SELECT unnest(reasons) AS r FROM decisions WHERE NOT keep) GROUP BY 1
+    """).fetchall())  # the same `score@tier` heads as FilterSummary.reasons
     current = con.execute(
         "SELECT any_value(filter_run), any_value(config_hash), count(*) FROM decisions").fetchall()[0]
 

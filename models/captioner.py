@@ -97,7 +97,8 @@ class TransformersCaptionerConfig:
     """Seed of the random weights of "reelsift-tiny" (>= 0)."""
 
     def __post_init__(self):
-        check(bool(self.model), "caption.transformers.model", "must be a hub id, a local folder or reelsift-tiny")
+        check(bool(self.model), "caption.transformers.model",
+              "must be a hub id, a local folder or reelsift-tiny")
         check(self.device == "auto" or self.device.startswith(("cpu", "cuda", "mps")),
               "caption.transformers.device", f"must be auto, cpu, cuda[:N] or mps, got {self.device!r}")
         check(self.batch_size >= 1, "caption.transformers.batch_size", "must be >= 1")
@@ -184,8 +185,9 @@ _BOILERPLATE = re.compile(
     r"(?:here is|here's) (?:a|an|the|my) [^:.]{0,60}(?:description|caption)[^:.]{0,30}[:.]\s*"
     r"|(?:caption|description)\s*:\s*"
     r"|(?:in|throughout|within) (?:this|the) (?:short |brief )?(?:video|clip|footage|scene|frames?)[,:]?\s+"
-    r"|(?:the|this) (?:short |brief )?(?:video|clip|footage|scene|sequence|frames?) (?:shows|depicts|features|"
-    r"captures|presents|displays|portrays|showcases|begins with|opens with|starts with|is of)(?:[\s:,]+|$)(?:that\s+)?"
+    r"|(?:the|this) (?:short |brief )?(?:video|clip|footage|scene|sequence|frames?) "
+    r"(?:shows|depicts|features|captures|presents|displays|portrays|showcases|begins with|opens with|"
+    r"starts with|is of)(?:[\s:,]+|$)(?:that\s+)?"
     r"|(?:the|these) (?:images|frames) (?:show|depict|feature|capture)(?:[\s:,]+|$)"
     r")", re.I)
 _SENTENCE_END = re.compile(r"[.!?][\"')\]]?(?=\s|$)")
@@ -297,21 +299,24 @@ class TransformersCaptioner:
         from transformers.video_utils import VideoMetadata
 
         texts, media = [], {}
-        for item, prompt in zip(items, prompts):
+        for item, prompt in zip(items, prompts, strict=True):
             visual = [{"type": "video"}] if self.video else [{"type": "image"}] * len(item.frames)
             messages = [{"role": "user", "content": [*visual, {"type": "text", "text": prompt}]}]
-            texts.append(self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False))
+            texts.append(self.processor.apply_chat_template(messages, add_generation_prompt=True,
+                                                            tokenize=False))
         if self.video:
             media["videos"] = [list(it.frames.copy()) for it in items]  # torch wants writable arrays
             media["video_metadata"] = [
-                VideoMetadata(total_num_frames=len(it.frames), fps=it.fps, frames_indices=list(range(len(it.frames))))
+                VideoMetadata(total_num_frames=len(it.frames), fps=it.fps,
+                              frames_indices=list(range(len(it.frames))))
                 for it in items]
             media["do_sample_frames"] = False  # frames are already the sampled ones
         else:
             media["images"] = [list(it.frames.copy()) for it in items]
         inputs = self.processor(text=texts, padding=True, return_tensors="pt", **media).to(self.device)
-        sampling = dict(do_sample=True, temperature=self.cfg.temperature) if self.cfg.temperature > 0 else dict(
-            do_sample=False)
+        sampling: dict = dict(do_sample=False)
+        if self.cfg.temperature > 0:
+            sampling = dict(do_sample=True, temperature=self.cfg.temperature)
         t0 = time.monotonic()
         with torch.inference_mode():
             ids = self.model.generate(**inputs, max_new_tokens=self.cfg.max_new_tokens, **sampling)
@@ -320,7 +325,8 @@ class TransformersCaptioner:
         pad = self.tokenizer.pad_token_id
         n_tokens = (new != pad).sum(dim=1).tolist() if pad is not None else [new.shape[1]] * len(items)
         decoded = self.tokenizer.batch_decode(new, skip_special_tokens=True)
-        return [RawCaption(t, n_tokens=int(n), latency_s=latency) for t, n in zip(decoded, n_tokens)]
+        return [RawCaption(t, n_tokens=int(n), latency_s=latency)
+                for t, n in zip(decoded, n_tokens, strict=True)]
 
 
 _TINY_SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
@@ -359,18 +365,22 @@ def build_tiny_vlm(path: str | Path, seed: int = 0) -> str:
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=512, special_tokens=_TINY_SPECIAL,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator([DEFAULT_PROMPT, "A person walks a brown dog through a sunlit park."] * 4, trainer)
+    corpus = [DEFAULT_PROMPT, "A person walks a brown dog through a sunlit park."] * 4
+    tok.train_from_iterator(corpus, trainer)
     ids = {t: tok.token_to_id(t) for t in _TINY_SPECIAL}
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>")
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>",
+                                        pad_token="<|endoftext|>")
     pixels = dict(min_pixels=28 * 28 * 4, max_pixels=28 * 28 * 16)
-    processor = Qwen2_5_VLProcessor(image_processor=Qwen2VLImageProcessor(**pixels), tokenizer=tokenizer,
-                                    video_processor=Qwen2VLVideoProcessor(**pixels), chat_template=_TINY_TEMPLATE)
+    processor = Qwen2_5_VLProcessor(
+        image_processor=Qwen2VLImageProcessor(**pixels), tokenizer=tokenizer,
+        video_processor=Qwen2VLVideoProcessor(**pixels), chat_template=_TINY_TEMPLATE)
     config = Qwen2_5_VLConfig(
         text_config=dict(
             vocab_size=tok.get_vocab_size(), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
             num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=4096,
             rope_parameters={"rope_type": "default", "mrope_section": [2, 3, 3], "rope_theta": 10000.0},
-            bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"]),
+            bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"],
+            pad_token_id=ids["<|endoftext|>"]),
         vision_config=dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=32,
                            fullatt_block_indexes=[1], window_size=56),
         image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
@@ -395,7 +405,8 @@ class _Retry(Exception):
 
 
 def _jpeg_data_url(frame: np.ndarray, quality: int) -> str:
-    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(frame, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality])
+    bgr = cv2.cvtColor(frame, cv2.COLOR_RGB2BGR)
+    ok, buf = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, quality])
     if not ok:
         raise ValueError("JPEG encoding failed")
     return "data:image/jpeg;base64," + base64.b64encode(buf.tobytes()).decode("ascii")
@@ -453,7 +464,8 @@ class OpenAICaptioner:
             if isinstance(content, list):  # some servers return content parts
                 content = " ".join(p.get("text", "") for p in content if isinstance(p, dict))
             usage = payload.get("usage") or {}
-            return RawCaption(content, n_tokens=usage.get("completion_tokens"), latency_s=time.monotonic() - t0)
+            return RawCaption(content, n_tokens=usage.get("completion_tokens"),
+                              latency_s=time.monotonic() - t0)
         return RawCaption(None, latency_s=time.monotonic() - t0,
                           error=f"gave up after {cfg.max_retries + 1} attempts: {reason}")
 

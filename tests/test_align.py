@@ -9,7 +9,6 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 from types import SimpleNamespace
 
-import numpy as np
 import pyarrow as pa
 import pytest
 
@@ -71,7 +70,8 @@ def test_align_scores_and_policy_drops_hallucinated_caption(root, ray_cfg):
     cfg = SimpleNamespace(align=AlignConfig(), score=SimpleNamespace(aesthetic=CLIP), ray=ray_cfg)
     sink = align(cfg, root)
     assert sink.written == 4
-    rows = {r["clip_id"]: r for r in connect(root).sql("SELECT * FROM alignment").to_arrow_table().to_pylist()}
+    stored = connect(root).sql("SELECT * FROM alignment").to_arrow_table().to_pylist()
+    rows = {r["clip_id"]: r for r in stored}
     assert set(rows) == {"c0", "c1", "c2", "c3"}
     assert rows["c0"]["status"] == "ok" and rows["c0"]["clip_score"] == pytest.approx(1.0, abs=1e-4)
     assert rows["c1"]["status"] == "ok" and rows["c1"]["clip_score"] < 0.8
@@ -92,8 +92,8 @@ def test_align_scores_and_policy_drops_hallucinated_caption(root, ray_cfg):
     # resume: nothing left; a newer ok caption (another model) is aligned again
     assert pending_alignments(root, CLIP.clip_model).num_rows == 0
     Table(root, "captions").write(rows_to_table([cap("c1", A, model="vlm-3", minutes=5)], CAPTIONS))
-    assert [(r["clip_id"], r["caption_model"]) for r in pending_alignments(root, CLIP.clip_model).to_pylist()] == [
-        ("c1", "vlm-3")]
+    todo = pending_alignments(root, CLIP.clip_model).to_pylist()
+    assert [(r["clip_id"], r["caption_model"]) for r in todo] == [("c1", "vlm-3")]
 
 
 def test_align_config_names_key():
@@ -108,5 +108,4 @@ def test_alignment_schema_is_a_table():
 
     schema, key, newest = TABLES["alignment"]
     assert key == "clip_id" and newest
-    assert schema.field("clip_score").type == pa.float32()
-    assert np.dtype("float32") == np.float32  # cosine stored as float32, -1..1
+    assert schema.field("clip_score").type == pa.float32()  # cosine, -1..1

@@ -50,9 +50,9 @@ def test_time_grid_and_shift():
     assert time_grid(4, 1.0) == [1.0, 0.75, 0.5, 0.25, 0.0]
     shifted = time_grid(4, 3.0)
     assert shifted[0] == 1.0 and shifted[-1] == 0.0
-    assert all(a > b for a, b in zip(shifted, shifted[1:]))
+    assert all(a > b for a, b in zip(shifted, shifted[1:], strict=False))
     assert shift_time(0.5, 3.0) == pytest.approx(0.75)  # 3 * .5 / (1 + 2 * .5)
-    assert all(s >= u for s, u in zip(shifted, time_grid(4, 1.0)))  # shift > 1 stays noisier
+    assert all(s >= u for s, u in zip(shifted, time_grid(4, 1.0), strict=True))  # shift > 1 stays noisier
 
 
 @pytest.mark.parametrize("solver,order", [("euler", 1), ("heun", 2)])
@@ -103,7 +103,7 @@ def test_blocks_equal_block_causal_forward(model, solver, cfg_scale):
     got = list(sampler.blocks(n))
     want = _reference_blocks(model, cond, hw, opts, seed, n)
     assert sampler.state.frame_offset == n * opts.block_frames
-    for k, (a, b) in enumerate(zip(got, want)):
+    for k, (a, b) in enumerate(zip(got, want, strict=True)):
         assert a.shape == (1, model.cfg.in_channels, 2, *hw)
         assert _rel(a, b) < 1e-5, f"block {k}: {_rel(a, b):.2e}"
     # and the blocks really depend on what came before (the state is used)

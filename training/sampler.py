@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
-import av
 import numpy as np
 import torch
 
@@ -188,6 +187,9 @@ class Mp4Writer:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.fps, self.crf, self.preset = fps, crf, preset
         self.frames = 0
+        import av  # only the writer needs PyAV (the GPU benchmark imports this module without it)
+
+        self._av = av
         self._out = av.open(str(self.path), mode="w", format="mp4")
         self._stream = None
 
@@ -201,7 +203,7 @@ class Mp4Writer:
             self._stream.width, self._stream.height, self._stream.pix_fmt = w, h, "yuv420p"
             self._stream.options = {"crf": str(self.crf), "preset": self.preset}
         for arr in frames:
-            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(arr), format="rgb24")
+            frame = self._av.VideoFrame.from_ndarray(np.ascontiguousarray(arr), format="rgb24")
             for packet in self._stream.encode(frame):
                 self._out.mux(packet)
             self.frames += 1

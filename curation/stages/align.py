@@ -14,18 +14,20 @@ import dataclasses
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
 
 from curation.configtools import Resources, check
-from curation.runner import PartSink, run_stage
 from filters.aesthetic import AestheticConfig
 from filters.policy import FilterConfig
 from manifests.db import connect
 from manifests.store import Table
 from models.clip import ClipEncoder
+
+if TYPE_CHECKING:  # curation.config imports this module for its config; runner imports config
+    from curation.runner import PartSink
 
 log = logging.getLogger("reelsift")
 
@@ -97,17 +99,19 @@ class AlignCaptions:
             row = dict(clip_id=r["clip_id"], caption_model=r["caption_model"], prompt_hash=r["prompt_hash"],
                        clip_model=clip.clip_model, untrained=clip.random_init, status="ok")
             if not r["clip_embedding"]:
-                row.update(status="error", error="clip has no clip_embedding in scores (not scored, or score error)")
+                row.update(status="error",
+                           error="clip has no clip_embedding in scores (not scored, or score error)")
             elif r["clip_model"] != clip.clip_model:
                 row.update(status="error", error=f"clip_embedding was made by {r['clip_model']!r} but "
                            f"score.aesthetic.clip_model is {clip.clip_model!r}; set it back to compare")
             rows.append(row)
-        ok = [(row, r) for row, r in zip(rows, batch.to_pylist()) if row["status"] == "ok"]
+        ok = [(row, r) for row, r in zip(rows, batch.to_pylist(), strict=True) if row["status"] == "ok"]
         if ok:
-            text = self.encoder.encode_text([r["caption"] for _, r in ok], self.job.align.batch_size)  # (N, D)
+            captions = [r["caption"] for _, r in ok]
+            text = self.encoder.encode_text(captions, self.job.align.batch_size)  # (N, D)
             image = np.asarray([r["clip_embedding"] for _, r in ok], np.float32)  # (N, D)
             image /= np.maximum(np.linalg.norm(image, axis=1, keepdims=True), 1e-12)
-            for (row, _), score in zip(ok, (text * image).sum(axis=1)):
+            for (row, _), score in zip(ok, (text * image).sum(axis=1), strict=True):
                 row["clip_score"] = float(score)
         return pa.Table.from_pylist(rows, schema=ALIGNMENT)
 
@@ -131,12 +135,15 @@ def pending_alignments(root: Path, clip_model: str) -> pa.Table:
 
 def run_align(root: str | Path, cfg: AlignConfig, clip: AestheticConfig, *, ray_address: str | None = None,
               ray_cfg: Any = None) -> PartSink:
+    from curation.runner import PartSink, run_stage
+
     root = Path(root)
     table = Table(root, "alignment")
     table.clean_temp()
     items = pending_alignments(root, clip.clip_model)
     if clip.random_init:
-        log.warning("align: clip_score comes from an UNTRAINED random CLIP (score.aesthetic.random_init=true)")
+        log.warning("align: clip_score comes from an UNTRAINED random CLIP "
+                    "(score.aesthetic.random_init=true); it carries no meaning")
     log.info("align: %d captions to score with %s", items.num_rows, clip.clip_model)
     sink = PartSink(table, rows=1024)
     return run_stage("align", AlignCaptions, AlignJob(cfg, clip), cfg.resources, items, sink,
@@ -152,5 +159,6 @@ def pre_align_filter(cfg: FilterConfig) -> FilterConfig:
     """`cfg` without bounds on alignment columns: the filter pass that picks clips to caption
     (before any caption exists, clip_score would be missing and reject every clip)."""
     return FilterConfig(tiers={
-        name: dataclasses.replace(tier, bounds={c: b for c, b in tier.bounds.items() if c not in ALIGN_COLUMNS})
+        name: dataclasses.replace(tier, bounds={c: b for c, b in tier.bounds.items()
+                                                 if c not in ALIGN_COLUMNS})
         for name, tier in cfg.tiers.items()})

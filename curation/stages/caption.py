@@ -14,13 +14,12 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import pyarrow as pa
 
 from curation.configtools import ConfigError, Resources, check
-from curation.runner import PartSink, run_stage
 from curation.stages.score import decode_samples
 from curation.video import DecodeTimeout, VideoDecodeError
 from manifests.db import connect
@@ -39,6 +38,9 @@ from models.captioner import (
     prompt_hash,
     render_prompt,
 )
+
+if TYPE_CHECKING:  # curation.config imports this module for its config; runner imports config
+    from curation.runner import PartSink
 
 log = logging.getLogger("reelsift")
 
@@ -151,9 +153,8 @@ class CaptionClips:
                for r in rows if r["status"] != "ok"}
         todo = [r for r in rows if r["status"] == "ok"]
         items = [CaptionInput(r["clip_id"], r["path"], _frames(r), r["sampled_fps"] or 0.0) for r in todo]
-        prompts = [render_prompt(self.cfg.prompt, n_frames=self.cfg.n_frames, duration_s=r["duration_s"] or 0.0)
-                   for r in todo]
-        for r, raw in zip(todo, self.backend.caption(items, prompts) if items else []):
+        prompts = [render_prompt(self.cfg.prompt, self.cfg.n_frames, r["duration_s"] or 0.0) for r in todo]
+        for r, raw in zip(todo, self.backend.caption(items, prompts) if items else [], strict=True):
             row = dict(clip_id=r["clip_id"], n_tokens=raw.n_tokens, latency_s=raw.latency_s, **self.common)
             if raw.error is not None:
                 row.update(status="error", error=raw.error)
@@ -190,6 +191,8 @@ def pending_clips(root: Path, cfg: CaptionConfig) -> pa.Table:
 
 def run_caption(root: str | Path, cfg: CaptionConfig, *, ray_address: str | None = None,
                 ray_cfg: Any = None) -> PartSink:
+    from curation.runner import PartSink, run_stage
+
     root = Path(root)
     table = Table(root, "captions")
     table.clean_temp()
