@@ -22,7 +22,7 @@ from curation.stages.ingest import InputError
 
 log = logging.getLogger("reelsift")
 
-STAGES = ("ingest", "split", "score", "filter", "shard")
+STAGES = ("ingest", "split", "score", "filter", "caption", "align", "shard")
 
 
 def _common(p: argparse.ArgumentParser, *, root: bool = True, config: bool = True) -> None:
@@ -52,6 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--input", "-i", required=True, help="folder, glob or list file of videos")
         if stage == "filter":
             p.add_argument("--dry-run", action="store_true", help="decide and print, write nothing")
+            p.add_argument("--pre-align", action="store_true",
+                           help="ignore bounds on clip_score (run before captions exist)")
 
     p = sub.add_parser("sql", help="run a read-only DuckDB query over the run's tables")
     p.add_argument("query", help='SQL, e.g. "SELECT status, count(*) FROM clips GROUP BY 1"')
@@ -65,6 +67,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("summary", help="counts per status and hours in/out of a run root")
     p.add_argument("--root", "-r", required=True)
+
+    from training.sample_cmd import register as register_sample
+
+    register_sample(sub)
 
     p = sub.add_parser("demo-data", help="write a small demo corpus of real video files")
     p.add_argument("out", help="output folder")
@@ -107,8 +113,12 @@ def cmd_stage(args) -> int:
         pipeline.split(cfg, root, args.ray_address)
     elif args.command == "score":
         pipeline.score(cfg, root, args.ray_address)
+    elif args.command == "caption":
+        pipeline.caption(cfg, root, args.ray_address)
+    elif args.command == "align":
+        pipeline.align(cfg, root, args.ray_address)
     elif args.command == "filter":
-        s = pipeline.filter_(cfg, root, dry_run=args.dry_run)
+        s = pipeline.filter_(cfg, root, dry_run=args.dry_run, pre_align=args.pre_align)
         print(json.dumps({"decided": s.decided, "kept_per_tier": s.kept_per_tier,
                           "rejected": s.rejected, "reasons": s.reasons,
                           "written": not args.dry_run}, indent=2))
@@ -209,7 +219,9 @@ def cmd_demo_data(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _setup_logging(getattr(args, "verbose", 0) + (1 if args.command in (*STAGES, "run") else 0))
-    handlers = {"sql": cmd_sql, "verify": cmd_verify, "demo-data": cmd_demo_data,
+    from training.sample_cmd import cmd_sample
+
+    handlers = {"sql": cmd_sql, "verify": cmd_verify, "demo-data": cmd_demo_data, "sample": cmd_sample,
                 "summary": lambda a: print_summary(Path(a.root)) or 0}
     try:
         return handlers.get(args.command, cmd_stage)(args)

@@ -6,6 +6,8 @@
       split      SplitConfig
       score      ScoreConfig    (filters/*: motion, ocr, quality, aesthetic)
       filter     FilterConfig   (filters/policy.py: tiers)
+      caption    CaptionConfig  (curation/stages/caption.py: VLM backends, prompt)
+      align      AlignConfig    (curation/stages/align.py: CLIP text-video similarity)
       shard      ShardConfig
 
 Each field's docstring gives its unit and range. `load_config(path, overrides)` applies
@@ -19,9 +21,11 @@ from pathlib import Path
 from typing import Literal
 
 from curation.configtools import ConfigError, Resources, apply_overrides, build, check, read_yaml
+from curation.stages.align import AlignConfig
+from curation.stages.caption import CaptionConfig
 from filters.policy import FilterConfig
-from filters.score_config import ScoreConfig
 from filters.scenes import SceneConfig
+from filters.score_config import ScoreConfig
 
 
 @dataclass(frozen=True)
@@ -115,6 +119,8 @@ class CurateConfig:
     split: SplitConfig = field(default_factory=SplitConfig)
     score: ScoreConfig = field(default_factory=ScoreConfig)
     filter: FilterConfig = field(default_factory=FilterConfig)
+    caption: CaptionConfig = field(default_factory=CaptionConfig)
+    align: AlignConfig = field(default_factory=AlignConfig)
     shard: ShardConfig = field(default_factory=ShardConfig)
 
 

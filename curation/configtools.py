@@ -10,8 +10,8 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
-from pathlib import Path
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml

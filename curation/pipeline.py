@@ -14,6 +14,8 @@ import pyarrow as pa
 
 from curation.config import CurateConfig
 from curation.runner import PartSink, run_stage
+from curation.stages.align import align, pre_align_filter
+from curation.stages.caption import caption
 from curation.stages.filter import FilterSummary, run_filter
 from curation.stages.ingest import DuplicateMarker, IngestStage, list_inputs
 from curation.stages.shard import ShardJob, ShardWriter, clean_orphans, pending_groups
@@ -35,6 +37,7 @@ def ingest(cfg: CurateConfig, root: Path, input_spec: str | Path, ray_address: s
     ok = table.read(["video_id", "path", "status"]).to_pylist()
     seen = {r["video_id"]: r["path"] for r in ok if r["status"] == "ok"}
     sink = PartSink(table, rows=cfg.ray.flush_rows, seconds=cfg.ray.flush_s, transform=DuplicateMarker(seen))
+    sink.expected = len(todo)
     items = pa.table({"path": pa.array(todo, pa.string())})
     return run_stage("ingest", IngestStage, cfg.ingest, cfg.ingest.resources, items, sink,
                      ray_address=ray_address, ray_cfg=cfg.ray)
@@ -73,13 +76,15 @@ def score(cfg: CurateConfig, root: Path, ray_address: str | None = None) -> Part
                     "(score.aesthetic.random_init=true); they carry no meaning")
     log.info("score: %d clips to score", items.num_rows)
     sink = PartSink(scores, rows=cfg.ray.flush_rows, seconds=cfg.ray.flush_s)
+    sink.expected = items.num_rows
     ops = [(DecodeAndScoreCpu, cfg.score, cfg.score.cpu), (ScoreNeural, cfg.score, cfg.score.gpu)]
     return run_stage("score", ops, None, None, items, sink, ray_address=ray_address, ray_cfg=cfg.ray)
 
 
-def filter_(cfg: CurateConfig, root: Path, dry_run: bool = False) -> FilterSummary:
+def filter_(cfg: CurateConfig, root: Path, dry_run: bool = False, pre_align: bool = False) -> FilterSummary:
+    """pre_align: ignore bounds on alignment columns (the pass that picks clips to caption)."""
     Table(root, "decisions").clean_temp()
-    summary = run_filter(root, cfg.filter, dry_run=dry_run)
+    summary = run_filter(root, pre_align_filter(cfg.filter) if pre_align else cfg.filter, dry_run=dry_run)
     log.info("filter: %d clips decided, kept per tier %s, %d rejected",
              summary.decided, summary.kept_per_tier, summary.rejected)
     return summary
@@ -95,6 +100,7 @@ def shard(cfg: CurateConfig, root: Path, ray_address: str | None = None) -> Part
     log.info("shard: %d clips to write in %d task(s)",
              sum(groups.column("n_clips").to_pylist()), groups.num_rows)
     sink = PartSink(table, rows=1)  # index each finished tar at once
+    sink.expected = sum(groups.column("n_clips").to_pylist())
     job = ShardJob(cfg=cfg.shard, root=str(root))
     return run_stage("shard", ShardWriter, job, cfg.shard.resources, groups.drop(["n_clips"]),
                      sink, ray_address=ray_address, ray_cfg=cfg.ray)
@@ -107,7 +113,10 @@ def stages(cfg: CurateConfig, root: Path, input_spec: str | Path | None,
         ("ingest", lambda: ingest(cfg, root, input_spec, ray_address)),
         ("split", lambda: split(cfg, root, ray_address)),
         ("score", lambda: score(cfg, root, ray_address)),
-        ("filter", lambda: filter_(cfg, root)),
+        ("filter", lambda: filter_(cfg, root, pre_align=True)),
+        ("caption", lambda: caption(cfg, root, ray_address)),
+        ("align", lambda: align(cfg, root, ray_address)),
+        ("refilter", lambda: filter_(cfg, root)),
         ("shard", lambda: shard(cfg, root, ray_address)),
     ]
 

@@ -184,15 +184,16 @@ def _thumbnails(con, out: Path, filt: FilterConfig, max_thumbs: int, untrained: 
     details = con.sql(f"""
         SELECT c.clip_id, c.path, c.start_frame, c.end_frame, c.fps, c.width, c.height, c.duration_s,
                c.reasons AS clip_reasons, v.rotation, d.keep, d.reasons,
-               coalesce(cap.caption, sh.caption) AS caption, {", ".join(f's."{c}"' for c in shown)}
+               coalesce(cap.caption, sh.caption) AS caption, cap.untrained AS caption_untrained,
+               {", ".join(f's."{c}"' for c in shown)}
         FROM __report_clip_ids ids
         JOIN clips c ON c.clip_id = ids.clip_id
         LEFT JOIN (SELECT video_id, any_value(rotation) AS rotation FROM videos WHERE status = 'ok'
                    GROUP BY video_id) v ON v.video_id = c.video_id
         LEFT JOIN decisions d ON d.clip_id = c.clip_id
         LEFT JOIN scores s ON s.clip_id = c.clip_id AND s.status = 'ok'
-        LEFT JOIN (SELECT clip_id, any_value(caption) AS caption FROM captions WHERE status = 'ok'
-                   GROUP BY clip_id) cap ON cap.clip_id = c.clip_id
+        LEFT JOIN (SELECT clip_id, any_value(caption) AS caption, bool_or(untrained) AS untrained
+                   FROM captions WHERE status = 'ok' GROUP BY clip_id) cap ON cap.clip_id = c.clip_id
         LEFT JOIN (SELECT clip_id, any_value(caption) AS caption FROM shards GROUP BY clip_id) sh
                ON sh.clip_id = c.clip_id
     """).to_arrow_table().to_pylist()
@@ -227,12 +228,14 @@ def _card(c: dict, out: Path, shown: list[str]) -> str:
                         for k in shown if c.get(k) is not None)
     reasons = (c["clip_reasons"] or []) + (c["reasons"] or [])
     why = "missed" if c["keep"] else "reasons"
-    caption = c["caption"]
+    caption = _e(c["caption"]) if c["caption"] else "<i>no caption</i>"
+    if c["caption"] and c["caption_untrained"]:
+        caption += " <span class=warn-inline>(UNTRAINED captioner)</span>"
     return (f"<figure class=card>{img}<figcaption><code>{_e(c['clip_id'])}</code> "
             f"{_fmt(c['duration_s'])}s {c['width']}×{c['height']}"
             f"<div class=scores>{scores or 'not scored'}</div>"
             + (f"<div class={why}>{_e(', '.join(reasons))}</div>" if reasons else "")
-            + f"<div class=caption>{_e(caption) if caption else '<i>no caption</i>'}</div>"
+            + f"<div class=caption>{caption}</div>"
             "</figcaption></figure>")
 
 

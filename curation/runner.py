@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -41,9 +42,13 @@ def init_ray(cfg: RayConfig, address: str | None = None) -> None:
                 logging_level=logging.WARNING,
             )
     ctx = DataContext.get_current()
-    ctx.enable_progress_bars = cfg.progress
+    # Ray Data prints its progress as INFO log lines when stdout is not a terminal; keep those
+    # out of logs unless progress is asked for on a terminal. PartSink logs its own progress.
+    show = cfg.progress and sys.stdout.isatty()
+    logging.getLogger("ray.data").setLevel(logging.INFO if show else logging.WARNING)
+    ctx.enable_progress_bars = show
     ctx.print_on_execution_start = False
-    ctx.enable_operator_progress_bars = cfg.progress
+    ctx.enable_operator_progress_bars = show
 
 
 def cluster_cpus() -> int:
@@ -86,6 +91,10 @@ class PartSink:
         self._pending: list[pa.Table] = []
         self._n = 0
         self._last = time.monotonic()
+        self.name = table.name
+        self.expected: int | None = None  # output rows expected, for an ETA (1:1 stages)
+        self._t0 = time.monotonic()
+        self._last_log = 0.0
         self.written = 0
         self.counts: dict[str, int] = {}
 
@@ -111,6 +120,21 @@ class PartSink:
                 self.counts[status] = self.counts.get(status, 0) + 1
         self.written += merged.num_rows
         self._pending, self._n, self._last = [], 0, time.monotonic()
+        self._progress()
+
+    def _progress(self) -> None:
+        now = time.monotonic()
+        if now - self._last_log < 10.0:
+            return
+        self._last_log = now
+        elapsed = now - self._t0
+        rate = self.written / max(elapsed, 1e-9)
+        if self.expected:
+            eta = max(self.expected - self.written, 0) / max(rate, 1e-9)
+            log.info("%s: %d/%d rows written, %.2f rows/s, ETA %.0fs",
+                     self.name, self.written, self.expected, rate, eta)
+        else:
+            log.info("%s: %d rows written, %.2f rows/s", self.name, self.written, rate)
 
 
 def run_stage(

@@ -66,6 +66,14 @@ _STAGES: list[tuple[str, str, str, str | None]] = [
                 AND clip_id NOT IN (SELECT clip_id FROM captions)),
                max(created_at) FROM captions
     """, "clips"),
+    ("align", "alignment", """
+        SELECT count(*) FILTER (WHERE status <> 'error'), count(*) FILTER (WHERE status = 'rejected'),
+               count(*) FILTER (WHERE status = 'error'),
+               (SELECT count(*) FROM captions WHERE status = 'ok'
+                AND clip_id IN (SELECT clip_id FROM decisions WHERE keep)
+                AND clip_id NOT IN (SELECT clip_id FROM alignment)),
+               max(created_at) FROM alignment
+    """, "clips"),
     ("shard", "shards", """
         SELECT count(*) FILTER (WHERE status <> 'error'), count(*) FILTER (WHERE status = 'rejected'),
                count(*) FILTER (WHERE status = 'error'),
@@ -77,15 +85,13 @@ _STAGES: list[tuple[str, str, str, str | None]] = [
 
 
 def stage_status(root: str | Path) -> pa.Table:
-    """One row per stage (STATUS_SCHEMA); the caption row only once a captions table has rows."""
+    """One row per stage (STATUS_SCHEMA); caption and align rows only once their tables have rows."""
     root = Path(root)
     con = queries.connect(root)
     rows = []
     for stage, table, sql, unit in _STAGES:
-        if table not in TABLES and table in queries.PLANNED:
-            continue  # a planned stage with no table yet: nothing to report
-        if stage == "caption" and not Table(root, table).exists():
-            continue
+        if table in queries.PLANNED and not (table in TABLES and Table(root, table).exists()):
+            continue  # an optional stage (caption, align) that has not run on this root
         done, rejected, error, pending, last = con.execute(sql).fetchall()[0]
         rows.append(dict(stage=stage, table=table, done=done, rejected=rejected, error=error,
                          pending=pending, pending_unit=unit, last_run=last))

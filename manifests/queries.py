@@ -19,14 +19,22 @@ from manifests import db
 
 QUERY_DIR = Path(__file__).with_name("queries")
 
-# Tables a named query may read that a later stage registers (`schemas.register`). Until then the
-# query sees an empty view of this shape, so it runs (and returns no rows) on every run root.
+_TS = pa.timestamp("us", tz="UTC")
+
+# Tables of later stages (caption, align) that named queries read. Where `manifests.schemas` does
+# not register one, queries see an empty view with the columns they use, so every named query
+# runs (and returns no rows for that table) on every run root.
 PLANNED: dict[str, pa.Schema] = {
     "captions": pa.schema([
         ("clip_id", pa.string()), ("caption", pa.string()), ("backend", pa.string()),
         ("model", pa.string()), ("prompt_hash", pa.string()), ("n_tokens", pa.int32()),
-        ("latency_s", pa.float64()), ("status", pa.string()), ("error", pa.string()),
-        ("created_at", pa.timestamp("us", tz="UTC")),
+        ("latency_s", pa.float64()), ("untrained", pa.bool_()), ("status", pa.string()),
+        ("error", pa.string()), ("created_at", _TS),
+    ]),
+    "alignment": pa.schema([
+        ("clip_id", pa.string()), ("caption_model", pa.string()), ("prompt_hash", pa.string()),
+        ("clip_score", pa.float32()), ("clip_model", pa.string()), ("untrained", pa.bool_()),
+        ("status", pa.string()), ("error", pa.string()), ("created_at", _TS),
     ]),
 }
 

@@ -144,6 +144,20 @@ CAPTIONS = pa.schema(
     ]
 )
 
+ALIGNMENT = pa.schema(
+    [
+        pa.field("clip_id", pa.string(), nullable=False),
+        pa.field("caption_model", pa.string(), nullable=False),  # captions.model that was scored
+        pa.field("prompt_hash", pa.string(), nullable=False),  # captions.prompt_hash
+        pa.field("clip_score", pa.float32()),  # cosine(caption text emb, clip_embedding), -1..1
+        pa.field("clip_model", pa.string(), nullable=False),  # CLIP of both embeddings
+        pa.field("untrained", pa.bool_()),  # True: random CLIP, score meaningless
+        pa.field("status", pa.string(), nullable=False),  # ok | error
+        pa.field("error", pa.string()),
+        pa.field("created_at", _TS, nullable=False),
+    ]
+)
+
 # name -> (schema, key column, newest-row-wins?)
 TABLES: dict[str, tuple[pa.Schema, str, bool]] = {
     "videos": (VIDEOS, "path", False),
@@ -151,6 +165,7 @@ TABLES: dict[str, tuple[pa.Schema, str, bool]] = {
     "scores": (SCORES, "clip_id", False),
     "decisions": (DECISIONS, "clip_id", True),
     "captions": (CAPTIONS, "clip_id", True),
+    "alignment": (ALIGNMENT, "clip_id", True),
     "shards": (SHARDS, "clip_id", False),
 }
 

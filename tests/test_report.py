@@ -16,8 +16,9 @@ from curation.report import write_report
 from curation.stages.filter import run_filter
 from curation.status import format_status, funnel_diff, stage_status
 from filters.policy import Bound
+from manifests import queries
 from manifests.db import query
-from manifests.schemas import CLIPS, VIDEOS
+from manifests.schemas import CLIPS, TABLES, VIDEOS
 from manifests.store import Table, rows_to_table
 from tests.test_queries import FILTER, make_run_root
 
@@ -119,3 +120,22 @@ def test_report_renders_in_chromium(report, tmp_path):
     n_img, broken = int(m.group(1)), int(m.group(2))
     assert n_img == report.read_text().count("<img ") and n_img > 0
     assert broken == 0, f"{broken} of {n_img} images failed to load in Chromium"
+
+
+def test_captions_show_in_status_funnel_and_cards(tmp_path, monkeypatch):
+    root = make_run_root(tmp_path)
+    schema = queries.PLANNED["captions"]
+    monkeypatch.setitem(TABLES, "captions", (schema, "clip_id", True))  # whatever schemas.py registers
+    Table(root, "captions").write(rows_to_table([
+        dict(clip_id="a0", caption="noise words", backend="transformers", model="tiny", prompt_hash="p",
+             untrained=True, status="ok"),
+        dict(clip_id="a1", backend="transformers", model="tiny", prompt_hash="p", status="error",
+             error="generation timed out"),
+    ], schema))
+    st = _status(root)
+    assert (st["caption"]["done"], st["caption"]["error"], st["caption"]["pending"]) == (1, 1, 0)
+    funnel = {(r["step"], r["tier"]): r["n"] for r in queries.run(root, "funnel").to_pylist()}
+    assert funnel[("captioned", "all")] == 1
+    page = write_report(root, CurateConfig(filter=FILTER), max_thumbs=1).read_text()
+    assert "noise words <span class=warn-inline>(UNTRAINED captioner)</span>" in page
+    assert "generation timed out" in page and "absent: no caption stage" not in page

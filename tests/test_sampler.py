@@ -22,6 +22,15 @@ from training.sampler import (
 )
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """These shapes are tiny: intra-op threads only add spin-waiting on a busy machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="module")
 def model():
     torch.manual_seed(0)
@@ -159,7 +168,10 @@ def checkpoint(tmp_path_factory):
 
 
 def test_sample_cli_writes_multi_block_mp4(checkpoint, tmp_path):
-    from training.sample_cmd import cmd_sample, register
+    from training.sample_cmd import SOLVER_NAMES, cmd_sample, register
+    from training.sampler import SOLVERS
+
+    assert set(SOLVER_NAMES) == set(SOLVERS)
 
     parser = argparse.ArgumentParser()
     register(parser.add_subparsers(dest="command"))

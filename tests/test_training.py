@@ -68,6 +68,15 @@ def run_root(tmp_path_factory) -> Path:
     return root
 
 
+@pytest.fixture
+def one_thread():
+    """One intra-op thread: on a small shared machine, OpenMP spinning with 2 threads is 10x slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _cfg(root, *overrides):
     base = ["data.num_workers=0", "progress=false", "device=cpu"]
     return load_train_config(OFFLINE, [*base, *overrides], root=root)
@@ -78,7 +87,8 @@ def _cfg(root, *overrides):
 
 def test_config_loads_offline_and_names_bad_keys(tmp_path):
     cfg = load_train_config(OFFLINE, root=tmp_path)
-    assert cfg.model.name == "tiny" and cfg.data.num_frames == 8 and cfg.data.bucket_sizes("256p") == ((64, 64),)
+    assert cfg.model.name == "tiny" and cfg.data.num_frames == 8
+    assert cfg.data.bucket_sizes("256p") == ((64, 64),)
     assert cfg.checkpoint_dir == tmp_path / "checkpoints"
     with pytest.raises(ConfigError, match=r"train\.optim\.lr must be > 0"):
         load_train_config(OFFLINE, ["optim.lr=0"])
@@ -223,7 +233,7 @@ def test_cli_train_overfits_real_shards(run_root, tmp_path):
            "--set", "train.data.num_workers=0", "--set", "log_every=1", "--set", "checkpoint.every=20",
            "--set", "device=cpu"]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "OMP_NUM_THREADS": "2"})
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
     assert summary["step"] == 40
@@ -235,7 +245,7 @@ def test_cli_train_overfits_real_shards(run_root, tmp_path):
     assert sorted(p.name for p in out.glob("step-*.pt")) == ["step-0000020.pt", "step-0000040.pt"]
 
 
-def test_resume_continues_the_same_loss_curve(run_root, tmp_path):
+def test_resume_continues_the_same_loss_curve(run_root, tmp_path, one_thread):
     from training.trainer import Trainer
 
     def cfg_for(out):
@@ -246,7 +256,8 @@ def test_resume_continues_the_same_loss_curve(run_root, tmp_path):
     Trainer(cfg_for(tmp_path / "b")).fit(steps=3)
     resumed = Trainer(cfg_for(tmp_path / "b"), resume=True)
     at3 = torch.load(tmp_path / "a" / "step-0000003.pt", weights_only=False)["data_state"]
-    assert resumed.step == 3 and resumed.data_state.as_dict() == {k: at3[k] for k in resumed.data_state.as_dict()}
+    assert resumed.step == 3
+    assert resumed.data_state.as_dict() == {k: at3[k] for k in resumed.data_state.as_dict()}
     rest = resumed.fit()
     assert [s for s, _ in rest.losses] == [4, 5, 6]
     np.testing.assert_allclose([v for _, v in rest.losses], [v for _, v in full.losses[3:]], rtol=1e-4)

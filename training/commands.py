@@ -19,7 +19,8 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("train", help="train the Linear DiT on a run root's shards")
     _common(p)
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
-    p.add_argument("--steps", type=int, default=None, help="train until this many steps (overrides train.steps)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="train until this many steps in total (overrides train.steps)")
     p.add_argument("--out", default=None, help="checkpoint folder (default: <root>/checkpoints)")
     p.set_defaults(func=cmd_train)
 
@@ -59,8 +60,8 @@ def cmd_train(args) -> int:
     result = trainer.fit()
     if trainer.info.main:
         first, last = (result.losses[0][1], result.losses[-1][1]) if result.losses else (None, None)
-        print(json.dumps({"step": result.step, "checkpoint": str(result.checkpoint) if result.checkpoint else None,
-                          "first_loss": first, "last_loss": last,
+        ckpt = str(result.checkpoint) if result.checkpoint else None
+        print(json.dumps({"step": result.step, "checkpoint": ckpt, "first_loss": first, "last_loss": last,
                           "samples_per_s": round(result.samples_per_s, 2)}))
     return 0
 

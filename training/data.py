@@ -227,7 +227,8 @@ class Prepare:
                 payload, bucket = sample["npy"], self._latent_bucket(meta, key)
             else:
                 payload = sample["mp4"]
-                bucket = nearest_bucket(int(shard["width"]), int(shard["height"]), self.data.bucket_sizes(tier))
+                sizes = self.data.bucket_sizes(tier)
+                bucket = nearest_bucket(int(shard["width"]), int(shard["height"]), sizes)
         except (KeyError, ValueError, TypeError) as exc:
             if isinstance(exc, ConfigError):
                 raise

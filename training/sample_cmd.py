@@ -14,11 +14,8 @@ import argparse
 import logging
 import sys
 
-import torch
-
-from training.sampler import SOLVERS
-
 DEFAULT_BLOCK_FRAMES = 10
+SOLVER_NAMES = ("euler", "heun")  # = training.sampler.SOLVERS; spelled out so `--help` needs no torch
 
 
 def register(subparsers) -> None:
@@ -32,7 +29,7 @@ def register(subparsers) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", type=int, default=20, help="denoising steps per block (or per clip)")
     p.add_argument("--cfg-scale", type=float, default=4.5, help="classifier-free guidance; 1 = none")
-    p.add_argument("--solver", choices=sorted(SOLVERS), default="euler")
+    p.add_argument("--solver", choices=SOLVER_NAMES, default="euler")
     p.add_argument("--shift", type=float, default=None, help="time shift (default: train.flow.shift)")
     p.add_argument("--block-frames", type=int, default=None,
                    help="latent frames per block (default: the model's when trained block-causal, else 10)")
@@ -49,6 +46,8 @@ def register(subparsers) -> None:
 
 
 def cmd_sample(args) -> int:
+    import torch
+
     from curation.configtools import to_dict
     from training.checkpoint import load_for_inference, resolve
     from training.long_video import VideoSpec, generate_video

@@ -468,7 +468,8 @@ class Trainer:
                     self.ema.update(unwrap(self.model), self.step)
                 losses.append((self.step, out["loss"]))
                 if not math.isfinite(out["loss"]):
-                    raise FloatingPointError(f"loss is {out['loss']} at step {self.step}; lower train.optim.lr")
+                    raise FloatingPointError(
+                        f"loss is {out['loss']} at step {self.step}; lower train.optim.lr")
                 if self.step % cfg.log_every == 0 or self.step == end:
                     dt = time.perf_counter() - window["t0"]
                     sps = window["samples"] * info.world / max(dt, 1e-9)

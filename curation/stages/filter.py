@@ -38,33 +38,37 @@ def config_hash(cfg: FilterConfig) -> str:
     return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
 
 
+# Tables whose columns tier bounds may name, joined by clip_id, in lookup order (view, alias, extra ON).
+SCORE_TABLES = (("scores", "s", ""), ("alignment", "a", "AND a.status = 'ok'"))
+NOT_SCORES = {"clip_id", "created_at", "status", "error", "caption_model", "prompt_hash", "clip_model",
+              "untrained"}
+
+
 def _candidates(root: Path, cfg: FilterConfig, batch_rows: int = 8192) -> Iterator[pa.RecordBatch]:
-    """ok clips with their source short side and every score column the tiers mention."""
+    """ok clips with their source short side and every score column the tiers mention
+    (from `scores`, and from `alignment` once align has run: clip_score)."""
     con = connect(root)
-    has_scores = "scores" in TABLES and Table(root, "scores").exists()
+    owner: dict[str, str] = {}
+    for table, alias, _ in SCORE_TABLES:
+        for name in TABLES[table][0].names:
+            if name not in NOT_SCORES:
+                owner.setdefault(name, alias)
     cols = sorted(cfg.score_columns())
-    if has_scores:
-        known = set(TABLES["scores"][0].names)
-        unknown = [c for c in cols if c not in known]
-        if unknown:
-            raise ConfigError(
-                f"filter.tiers: bound(s) on unknown score column(s) {unknown}; "
-                f"score columns are: {sorted(known - {'clip_id', 'created_at'})}"
-            )
-        select = ", ".join(f's."{c}"' for c in cols)
-        join = "LEFT JOIN scores s USING (clip_id)"
-        select = ", " + select if select else ""
-    else:
-        select = "".join(f", NULL AS \"{c}\"" for c in cols)
-        join = ""
+    unknown = [c for c in cols if c not in owner]
+    if unknown:
+        raise ConfigError(
+            f"filter.tiers: bound(s) on unknown score column(s) {unknown}; "
+            f"score columns are: {sorted(owner)}"
+        )
+    select = "".join(f', {owner[c]}."{c}"' for c in cols)
+    joins = " ".join(f"LEFT JOIN {t} {a} ON {a}.clip_id = c.clip_id {on}" for t, a, on in SCORE_TABLES)
     sql = f"""
         SELECT c.clip_id, least(c.width, c.height) AS short_side {select}
-        FROM clips c {join}
+        FROM clips c {joins}
         WHERE c.status = 'ok'
         ORDER BY c.clip_id
     """
-    reader = con.sql(sql).to_arrow_reader(batch_rows)
-    yield from reader
+    yield from con.sql(sql).to_arrow_reader(batch_rows)
 
 
 def decide_batches(root: Path, cfg: FilterConfig, summary: FilterSummary) -> Iterator[pa.Table]:

@@ -171,7 +171,9 @@ def pending_groups(root: Path, filt: FilterConfig, cfg: ShardConfig) -> pa.Table
         scores_join, scores_col = "LEFT JOIN scores s ON s.clip_id = d.clip_id", "to_json(s)"
     captions_join, caption_col = "", "NULL"
     if "captions" in TABLES and Table(root, "captions").exists():
-        captions_join = "LEFT JOIN captions cap ON cap.clip_id = d.clip_id AND cap.status = 'ok'"
+        captions_join = """LEFT JOIN (SELECT clip_id, caption FROM captions_history WHERE status = 'ok'
+            QUALIFY row_number() OVER (PARTITION BY clip_id ORDER BY created_at DESC) = 1) cap
+            ON cap.clip_id = d.clip_id"""
         caption_col = "cap.caption"
     sql = f"""
         SELECT d.clip_id, d.tier, c.path, c.start_frame, c.end_frame, c.fps,

@@ -1,0 +1,166 @@
+"""dedup: near-duplicate clips from the stored CLIP embeddings -> one new `duplicates` run.
+
+Like `filter`, dedup is a pass over stored scores, not over video: it streams
+`scores.clip_embedding` (ok clips only, never all in memory) into filters/dedup.py, picks the
+kept clip of every group by `dedup.score_column`, and appends the whole run as one atomic part.
+Every clip considered gets a row (singletons too), so the newest-row-per-clip view always shows
+the latest run. Embeddings of different `clip_model`s are never compared.
+
+The filter turns a row with `duplicate_of` set into keep=false with reason
+`duplicate_of=<clip_id>` (see `dedup_reasons`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from filters.dedup import DedupConfig, find_groups, pick_kept
+from manifests.db import connect
+from manifests.schemas import TABLES, register
+from manifests.store import Table, now_utc
+
+DUPLICATES = pa.schema(
+    [
+        pa.field("clip_id", pa.string(), nullable=False),
+        pa.field("group_id", pa.string(), nullable=False),  # clip_id of the clip the group keeps
+        pa.field("group_size", pa.int32(), nullable=False),  # 1 = no near-duplicate found
+        pa.field("duplicate_of", pa.string()),  # = group_id for a dropped clip; null when kept
+        pa.field("similarity", pa.float32()),  # cosine to the kept clip; null when kept
+        pa.field("clip_model", pa.string()),  # embeddings compared (only within one model)
+        pa.field("dedup_run", pa.string(), nullable=False),  # one id per dedup run
+        pa.field("config_hash", pa.string()),  # hash of the dedup config used
+        pa.field("created_at", pa.timestamp("us", tz="UTC"), nullable=False),
+    ]
+)
+if "duplicates" not in TABLES:  # until manifests/schemas.py defines it
+    register("duplicates", DUPLICATES, "clip_id", newest_wins=True)
+
+
+@dataclass
+class DedupSummary:
+    run: str
+    clips: int = 0
+    groups: int = 0  # groups of >= 2 clips
+    duplicates: int = 0  # clips marked duplicate_of another
+    clusters: dict[str, int] = field(default_factory=dict)  # clip_model -> k-means clusters
+
+
+def config_hash(cfg: DedupConfig) -> str:
+    text = json.dumps(asdict(cfg), sort_keys=True)
+    return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
+
+
+def _sql_str(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+class _Embeddings:
+    """Re-iterable stream of one clip_model's embeddings from the scores view (fixed order)."""
+
+    def __init__(self, root: Path, model: str, batch_rows: int):
+        self.root, self.batch_rows = root, batch_rows
+        self.sql = f"""
+            SELECT s.clip_embedding FROM scores s JOIN clips c USING (clip_id)
+            WHERE s.status = 'ok' AND c.status = 'ok' AND s.clip_embedding IS NOT NULL
+              AND s.clip_model = {_sql_str(model)}
+            ORDER BY s.clip_id
+        """
+
+    def __call__(self) -> Iterator[np.ndarray]:
+        reader = connect(self.root).sql(self.sql).to_arrow_reader(self.batch_rows)
+        for batch in reader:
+            col = batch.column(0)
+            flat = col.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
+            yield flat.reshape(len(col), -1)  # (n, D); one model -> one D
+
+
+def _one_model(root: Path, model: str, cfg: DedupConfig, summary: DedupSummary, stamp,
+               chash: str, workdir: Path | None) -> pa.Table:
+    con = connect(root)
+    meta = con.sql(f"""
+        SELECT s.clip_id, s."{cfg.score_column}" AS score FROM scores s JOIN clips c USING (clip_id)
+        WHERE s.status = 'ok' AND c.status = 'ok' AND s.clip_embedding IS NOT NULL
+          AND s.clip_model = {_sql_str(model)}
+        ORDER BY s.clip_id
+    """).to_arrow_table()
+    ids = np.asarray(meta.column("clip_id").to_pylist(), dtype=str)
+    scores = meta.column("score").cast(pa.float64()).fill_null(np.nan).to_numpy()
+    stream = _Embeddings(root, model, cfg.batch_rows)
+    res = find_groups(stream, cfg, workdir)
+    kept = pick_kept(res.group, scores, ids)  # (N,) row of each row's kept clip
+    dup = np.nonzero(kept != np.arange(len(ids)))[0]
+    sim = np.full(len(ids), np.nan, np.float32)
+    if len(dup):  # cosine to the kept clip, from one more streamed pass over the dups' rows
+        need = np.union1d(dup, kept[dup])
+        rows = {}
+        start = 0
+        for x in stream():
+            sel = need[(need >= start) & (need < start + len(x))]
+            rows.update(zip(sel.tolist(), x[sel - start], strict=True))
+            start += len(x)
+        sim[dup] = [float(rows[i] @ rows[j]) for i, j in zip(dup.tolist(), kept[dup].tolist(), strict=True)]
+    summary.clips += len(ids)
+    summary.duplicates += len(dup)
+    summary.groups += len(np.unique(res.group[res.group_size > 1]))
+    summary.clusters[model] = res.n_clusters
+    is_dup = kept != np.arange(len(ids))
+    return pa.table(
+        {
+            "clip_id": pa.array(ids.tolist(), pa.string()),
+            "group_id": pa.array(ids[kept].tolist(), pa.string()),
+            "group_size": pa.array(res.group_size, pa.int32()),
+            "duplicate_of": pa.array(np.where(is_dup, ids[kept], None).tolist(), pa.string()),
+            "similarity": pa.array(sim, pa.float32(), mask=~is_dup),
+            "clip_model": pa.array([model] * len(ids), pa.string()),
+            "dedup_run": pa.array([summary.run] * len(ids), pa.string()),
+            "config_hash": pa.array([chash] * len(ids), pa.string()),
+            "created_at": pa.array([stamp] * len(ids), DUPLICATES.field("created_at").type),
+        },
+        schema=DUPLICATES,
+    )
+
+
+def run_dedup(root: str | Path, cfg: DedupConfig, *, workdir: str | Path | None = None,
+              dry_run: bool = False) -> DedupSummary:
+    """Group every ok clip with a stored embedding; write the run as one part unless `dry_run`.
+
+    workdir: where embeddings are spilled while clustering (default: the system temp dir).
+    """
+    root = Path(root)
+    summary = DedupSummary(run=uuid.uuid4().hex[:12])
+    if not cfg.enabled or not Table(root, "scores").exists():
+        return summary
+    known = set(TABLES["scores"][0].names)
+    if cfg.score_column not in known:
+        raise ValueError(f"dedup.score_column: {cfg.score_column!r} is not a scores column; "
+                         f"known: {sorted(known - {'clip_id', 'created_at'})}")
+    models = [r[0] for r in connect(root).sql(
+        "SELECT DISTINCT clip_model FROM scores WHERE status = 'ok' AND clip_embedding IS NOT NULL "
+        "AND clip_model IS NOT NULL ORDER BY 1").fetchall()]
+    chash, stamp = config_hash(cfg), now_utc()
+    tables = (_one_model(root, m, cfg, summary, stamp, chash, workdir) for m in models)
+    if dry_run:
+        for _ in tables:
+            pass
+    else:
+        table = Table(root, "duplicates")
+        table.clean_temp()
+        table.write_stream(tables)
+    return summary
+
+
+def dedup_reasons(root: str | Path) -> dict[str, str]:
+    """clip_id -> 'duplicate_of=<kept clip_id>' for every clip the newest dedup run drops."""
+    if not Table(root, "duplicates").exists():
+        return {}
+    rows = connect(root).sql(
+        "SELECT clip_id, duplicate_of FROM duplicates WHERE duplicate_of IS NOT NULL").fetchall()
+    return {clip_id: f"duplicate_of={kept}" for clip_id, kept in rows}

@@ -1,0 +1,221 @@
+"""Near-duplicate groups from unit-norm clip embeddings, in near-linear time and bounded memory.
+
+Two clips are near-duplicates when the cosine similarity of their embeddings is >= `threshold`;
+a group is a connected component of that relation (so a chain a~b~c is one group even if a and c
+are further apart). Comparing all pairs is quadratic, so the corpus is cut first:
+
+  1. mini-batch spherical k-means over the streamed embeddings (a few passes over batches);
+  2. one more pass assigns every embedding to its `n_probe` nearest centroids and spills it to a
+     float32 memmap on disk (so embeddings never have to fit in RAM);
+  3. per cluster, its "home" members (nearest centroid) are compared with every member (home +
+     boundary guests from neighbouring clusters), pairs above the threshold are joined;
+  4. one global connected-components pass over the per-cluster edges gives the groups.
+
+Cost: O(N * k * D) for k-means plus O(N * n_probe * cluster_size * D) for the comparisons, i.e.
+linear in N at a fixed cluster size. RAM: O(N) small ints/floats plus one cluster's block.
+A pair whose clips land in clusters that neither probes is missed; `n_probe` trades time for
+recall at cluster boundaries. This module measures; which clip of a group is dropped is the
+filter's business (it reads the `duplicates` table written by curation/stages/dedup.py).
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+
+Batches = Callable[[], Iterator[np.ndarray]]
+"""A re-iterable source: each call yields (n, D) float32 unit-norm embedding batches, in the
+same order every time."""
+
+
+@dataclass(frozen=True)
+class DedupConfig:
+    enabled: bool = True
+    """Run the dedup stage; false = no `duplicates` rows are written and the filter ignores it."""
+    threshold: float = 0.95
+    """Cosine similarity at or above which two clips are near-duplicates, in (0, 1]. Real CLIP
+    ViT-L-14 mean-frame embeddings: ~0.95; the tiny random offline CLIP needs ~0.99."""
+    score_column: str = "aesthetic_mean"
+    """scores column whose highest value picks the clip a group keeps (ties: smallest clip_id;
+    a null score ranks last)."""
+    clips_per_cluster: int = 1000
+    """Target mean k-means cluster size (>= 2): n_clusters = ceil(n_clips / clips_per_cluster).
+    Smaller = faster comparisons but more boundary pairs to miss."""
+    n_probe: int = 2
+    """Clusters each clip is compared in: its nearest plus n_probe - 1 neighbours (1..8)."""
+    kmeans_iters: int = 3
+    """Mini-batch k-means passes over the embeddings (>= 1)."""
+    batch_rows: int = 8192
+    """Embeddings streamed per batch from the scores table (>= 256)."""
+    seed: int = 0
+    """Seed of the k-means initialisation (>= 0); a run is deterministic for a seed."""
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.threshold <= 1.0:
+            raise ValueError(f"dedup.threshold must be in (0, 1], got {self.threshold}")
+        if not self.score_column:
+            raise ValueError("dedup.score_column must name a scores column (e.g. aesthetic_mean)")
+        if self.clips_per_cluster < 2:
+            raise ValueError(f"dedup.clips_per_cluster must be >= 2, got {self.clips_per_cluster}")
+        if not 1 <= self.n_probe <= 8:
+            raise ValueError(f"dedup.n_probe must be in [1, 8], got {self.n_probe}")
+        if self.kmeans_iters < 1:
+            raise ValueError(f"dedup.kmeans_iters must be >= 1, got {self.kmeans_iters}")
+        if self.batch_rows < 256:
+            raise ValueError(f"dedup.batch_rows must be >= 256, got {self.batch_rows}")
+        if self.seed < 0:
+            raise ValueError(f"dedup.seed must be >= 0, got {self.seed}")
+
+
+def _normalize(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def spherical_kmeans(batches: Batches, k: int, iters: int, seed: int) -> np.ndarray:
+    """Mini-batch k-means on the unit sphere (cosine): -> (k, D) unit-norm centroids.
+
+    Initial centroids: k distinct rows sampled from the first batches; each batch then moves
+    every centroid towards the mean of its assigned rows with a per-centroid rate 1/count
+    (Sculley 2010), renormalised. Empty centroids keep their position.
+    """
+    rng = np.random.default_rng(seed)
+    seeds: list[np.ndarray] = []
+    have = 0
+    for x in batches():
+        take = min(len(x), k - have)
+        seeds.append(x[rng.choice(len(x), take, replace=False)])
+        have += take
+        if have >= k:
+            break
+    centroids = _normalize(np.concatenate(seeds).astype(np.float32))  # (k, D)
+    counts = np.zeros(len(centroids), np.float64)
+    for _ in range(iters):
+        for x in batches():
+            assign = np.argmax(x @ centroids.T, axis=1)  # (n,)
+            sums = np.zeros_like(centroids)
+            np.add.at(sums, assign, x)
+            n = np.bincount(assign, minlength=len(centroids)).astype(np.float64)
+            hit = n > 0
+            counts[hit] += n[hit]
+            rate = (n[hit] / counts[hit])[:, None].astype(np.float32)  # per-centroid step
+            centroids[hit] = (1 - rate) * centroids[hit] + rate * sums[hit] / n[hit, None]
+            centroids[hit] = _normalize(centroids[hit])
+    return centroids
+
+
+def _top_clusters(x: np.ndarray, centroids: np.ndarray, n_probe: int) -> np.ndarray:
+    """(n, D) -> (n, n_probe) cluster ids, nearest first."""
+    sim = x @ centroids.T  # (n, k)
+    if n_probe == 1:
+        return np.argmax(sim, axis=1)[:, None]
+    top = np.argpartition(-sim, n_probe - 1, axis=1)[:, :n_probe]  # (n, n_probe) unordered
+    order = np.argsort(-np.take_along_axis(sim, top, axis=1), axis=1)
+    return np.take_along_axis(top, order, axis=1)
+
+
+def _cluster_edges(emb: np.ndarray, home: np.ndarray, members: np.ndarray, threshold: float,
+                   block: int = 2048) -> tuple[np.ndarray, np.ndarray]:
+    """Edges (a, b) joining every near-duplicate pair inside one cluster, reduced to a spanning
+    forest: at most len(members) edges however dense the cluster is.
+
+    home: global ids of the cluster's home members; members: all its global ids (home first).
+    """
+    x = np.asarray(emb[members])  # (m, D) gathered from the memmap, sorted reads
+    rows, cols = [], []
+    for start in range(0, len(home), block):
+        s = x[start : start + len(home[start : start + block])] @ x.T  # (b, m)
+        i, j = np.nonzero(s >= threshold)
+        keep = i + start != j
+        rows.append(i[keep] + start)
+        cols.append(j[keep])
+    i, j = np.concatenate(rows), np.concatenate(cols)
+    if len(i) == 0:
+        return i, j
+    m = len(members)
+    n_comp, labels = connected_components(coo_matrix((np.ones(len(i), np.int8), (i, j)), shape=(m, m)),
+                                          directed=False)
+    # link each member to the first member of its component (a star spans the component)
+    first = np.full(n_comp, -1)
+    first[labels[::-1]] = np.arange(m)[::-1]
+    linked = first[labels] != np.arange(m)
+    sizes = np.bincount(labels, minlength=n_comp)
+    linked &= sizes[labels] > 1
+    return members[first[labels[linked]]], members[linked]
+
+
+@dataclass
+class DedupResult:
+    """Groups of near-duplicates over N embeddings (rows in stream order)."""
+
+    group: np.ndarray
+    """(N,) int64 group label; singletons have a group of their own."""
+    group_size: np.ndarray
+    """(N,) int64 size of each row's group."""
+    n_clusters: int
+    pairs_compared: int
+    """Similarities computed in step 3 (the dominant cost)."""
+
+
+def find_groups(batches: Batches, cfg: DedupConfig, workdir: str | Path | None = None) -> DedupResult:
+    """Group near-duplicate embeddings. Embeddings are spilled to a memmap under `workdir`
+    (a temp dir when None) and read back cluster by cluster; the file is removed at the end."""
+    n, dim = 0, None
+    for x in batches():
+        n += len(x)
+        dim = x.shape[1]
+    if n == 0:
+        empty = np.zeros(0, np.int64)
+        return DedupResult(empty, empty, 0, 0)
+    k = max(1, min(n, math.ceil(n / cfg.clips_per_cluster)))
+    n_probe = min(cfg.n_probe, k)
+    centroids = spherical_kmeans(batches, k, cfg.kmeans_iters, cfg.seed)
+    with tempfile.TemporaryDirectory(dir=workdir, prefix="reelsift-dedup-") as tmp:
+        emb = np.lib.format.open_memmap(Path(tmp) / "emb.npy", "w+", np.float32, (n, dim))
+        assign = np.empty((n, n_probe), np.int32)
+        start = 0
+        for x in batches():
+            emb[start : start + len(x)] = x
+            assign[start : start + len(x)] = _top_clusters(x, centroids, n_probe)
+            start += len(x)
+        emb.flush()
+        edges_a, edges_b, compared = [], [], 0
+        by_home = np.argsort(assign[:, 0], kind="stable")
+        home_bounds = np.searchsorted(assign[by_home, 0], np.arange(k + 1))
+        # guests: (row, cluster) for each row's 2nd..n_probe-th nearest cluster
+        guest_ids = np.repeat(np.arange(n), n_probe - 1)  # (n * (n_probe - 1),)
+        guest_cl = assign[:, 1:].ravel()
+        by_guest = np.argsort(guest_cl, kind="stable")
+        guest_bounds = np.searchsorted(guest_cl[by_guest], np.arange(k + 1))
+        for c in range(k):
+            home = by_home[home_bounds[c] : home_bounds[c + 1]]
+            if len(home) == 0:
+                continue
+            guest = guest_ids[by_guest[guest_bounds[c] : guest_bounds[c + 1]]]
+            members = np.concatenate([np.sort(home), np.sort(guest)])
+            a, b = _cluster_edges(emb, members[: len(home)], members, cfg.threshold)
+            compared += len(home) * len(members)
+            edges_a.append(a)
+            edges_b.append(b)
+        del emb
+    a, b = np.concatenate(edges_a), np.concatenate(edges_b)
+    graph = coo_matrix((np.ones(len(a), np.int8), (a, b)), shape=(n, n))
+    _, group = connected_components(graph, directed=False)
+    group = group.astype(np.int64)
+    return DedupResult(group, np.bincount(group)[group], k, compared)
+
+
+def pick_kept(group: np.ndarray, scores: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """(N,) row index of the clip each row's group keeps: highest score, then smallest id;
+    NaN scores rank last."""
+    s = np.where(np.isnan(scores), -np.inf, scores)
+    order = np.lexsort((ids, -s, group))  # by group, best first
+    first = np.empty(group.max() + 1 if len(group) else 0, np.int64)
+    first[group[order[::-1]]] = order[::-1]  # last write wins = first in order
+    return first[group]
