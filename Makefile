@@ -9,7 +9,12 @@ INPUT   ?= demo_data
 SET     ?=
 SETS    := $(foreach s,$(SET),--set $(s))
 
-.PHONY: install demo demo-data run ingest split score filter shard verify summary test test-slow lint clean
+CKPT    ?= $(ROOT)/checkpoints
+PROMPT  ?= a textured disk drifting across a panning background
+SECONDS ?= 4
+OUT     ?= samples/demo.mp4
+
+.PHONY: install demo demo-data run ingest split score filter caption align shard verify summary report status train sample test test-slow lint clean
 
 $(VENV)/.installed: pyproject.toml constraints-ci.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -32,11 +37,17 @@ run: install
 ingest: install
 	$(REELSIFT) ingest --config $(CONFIG) --input $(INPUT) --root $(ROOT) $(SETS)
 
-split score filter shard: install
+split score filter caption align shard: install
 	$(REELSIFT) $@ --config $(CONFIG) --root $(ROOT) $(SETS)
 
-verify summary: install
+verify summary status report: install
 	$(REELSIFT) $@ --root $(ROOT)
+
+train: install
+	$(REELSIFT) train --config $(CONFIG) --root $(ROOT) $(SETS)
+
+sample: install
+	$(REELSIFT) sample --checkpoint $(CKPT) --prompt "$(PROMPT)" --seconds $(SECONDS) --out $(OUT)
 
 test: install
 	$(PY) -m pytest -q

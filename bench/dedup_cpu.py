@@ -4,8 +4,8 @@ The corpus imitates CLIP embeddings: unit vectors around `--topics` topic direct
 unrelated clips of one topic have cosine ~0.4), plus planted near-duplicate groups: a base clip
 and 1-5 copies, each copy at cosine 0.97-0.995 to its base (two copies may be < threshold to each
 other: they must be joined through the base, as connected components do). It reports clips/s of
-`find_groups` (k-means + per-cluster comparisons, embeddings streamed in batches and spilled to
-disk) on one thread, and how well the planted groups are recovered:
+`find_groups` (one streamed read spilled to disk, k-means, per-cluster comparisons, kept-clip
+pick) on one thread, and how well the planted groups are recovered:
 
   group recall  planted groups found whole (every member in one found group)
   pair recall   planted same-group pairs found in one group
@@ -33,7 +33,7 @@ from threadpoolctl import threadpool_limits
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from filters.dedup import DedupConfig, find_groups, pick_kept  # noqa: E402  (after sys.path)
+from filters.dedup import DedupConfig, find_groups  # noqa: E402  (after sys.path)
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -98,8 +98,7 @@ def run_one(x: np.ndarray, planted: np.ndarray, cfg: DedupConfig, workdir: Path 
         return (x[i : i + cfg.batch_rows] for i in range(0, len(x), cfg.batch_rows))
 
     t0, c0 = time.perf_counter(), time.process_time()
-    res = find_groups(batches, cfg, workdir)
-    kept = pick_kept(res.group, np.zeros(len(x)), np.arange(len(x)).astype(str))
+    res = find_groups(batches, np.zeros(len(x)), np.arange(len(x)).astype(str), cfg, workdir)
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     return {
         "clips_per_cluster": cfg.clips_per_cluster,
@@ -109,7 +108,7 @@ def run_one(x: np.ndarray, planted: np.ndarray, cfg: DedupConfig, workdir: Path 
         "wall_s": round(wall, 2),
         "clips_per_cpu_s": round(len(x) / cpu),
         "sims_per_clip": round(res.pairs_compared / len(x)),
-        "dropped": int((kept != np.arange(len(x))).sum()),
+        "dropped": int((res.kept != np.arange(len(x))).sum()),
         **{k: round(v, 4) if isinstance(v, float) else v for k, v in recall(res.group, planted).items()},
     }
 

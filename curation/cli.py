@@ -71,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     from training.sample_cmd import register as register_sample
 
     register_sample(sub)
+    from training.commands import register as register_train
+
+    register_train(sub)
 
     p = sub.add_parser("demo-data", help="write a small demo corpus of real video files")
     p.add_argument("out", help="output folder")
@@ -218,10 +221,13 @@ def cmd_demo_data(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    _setup_logging(getattr(args, "verbose", 0) + (1 if args.command in (*STAGES, "run") else 0))
+    long_running = (*STAGES, "run", "train", "cache-latents", "sample")
+    _setup_logging(getattr(args, "verbose", 0) + (1 if args.command in long_running else 0))
+    from training.commands import cmd_cache_latents, cmd_train
     from training.sample_cmd import cmd_sample
 
     handlers = {"sql": cmd_sql, "verify": cmd_verify, "demo-data": cmd_demo_data, "sample": cmd_sample,
+                "train": cmd_train, "cache-latents": cmd_cache_latents,
                 "summary": lambda a: print_summary(Path(a.root)) or 0}
     try:
         return handlers.get(args.command, cmd_stage)(args)

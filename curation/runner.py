@@ -8,11 +8,13 @@ that were not flushed yet (and those are simply redone by the next run).
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
 import time
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -79,6 +81,26 @@ def map_kwargs(stage_cls: type, cfg: Any, res: Resources, n_items: int) -> dict[
     return kwargs
 
 
+NODE_COLUMN = "_ray_node"
+
+
+def node_tagged(cls: type) -> type:
+    """Subclass of a stage whose output carries the Ray node id that produced each row.
+
+    The sink strips the column and counts rows per node into the stage's metrics, so a cluster
+    run shows where work ran without touching any table schema.
+    """
+
+    def __call__(self, batch):
+        import ray
+
+        out = cls.__call__(self, batch)
+        node = ray.get_runtime_context().get_node_id()
+        return out.append_column(NODE_COLUMN, pa.array([node] * out.num_rows, pa.string()))
+
+    return type(cls.__name__, (cls,), {"__call__": __call__, "__module__": cls.__module__})
+
+
 class PartSink:
     """Collects result tables and writes a part every `rows` rows or `seconds` seconds."""
 
@@ -97,8 +119,13 @@ class PartSink:
         self._last_log = 0.0
         self.written = 0
         self.counts: dict[str, int] = {}
+        self.nodes: dict[str, int] = {}  # Ray node id -> rows produced there
 
     def add(self, batch: pa.Table) -> None:
+        if NODE_COLUMN in batch.column_names:
+            for node in batch.column(NODE_COLUMN).to_pylist():
+                self.nodes[node] = self.nodes.get(node, 0) + 1
+            batch = batch.drop_columns([NODE_COLUMN])
         if self.transform is not None:
             batch = self.transform(batch)
         if batch.num_rows == 0:
@@ -167,7 +194,9 @@ def run_stage(
     # every actor from the start.
     blocks = [items.slice(i, res.batch_size) for i in range(0, items.num_rows, res.batch_size)]
     ds = ray.data.from_arrow(blocks)
-    for op_cls, op_cfg, op_res in ops:
+    for i, (op_cls, op_cfg, op_res) in enumerate(ops):
+        if i == len(ops) - 1:
+            op_cls = node_tagged(op_cls)
         ds = ds.map_batches(op_cls, **map_kwargs(op_cls, op_cfg, op_res, items.num_rows))
     for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
         sink.add(batch)
@@ -178,7 +207,20 @@ def run_stage(
         name, items.num_rows, sink.written, dict(sorted(sink.counts.items())), elapsed,
         items.num_rows / max(elapsed, 1e-9),
     )
+    write_metrics(sink.table.root, name, dict(
+        items=items.num_rows, rows=sink.written, counts=sink.counts, nodes=sink.nodes,
+        seconds=round(elapsed, 3), items_per_s=round(items.num_rows / max(elapsed, 1e-9), 4)))
     return sink
+
+
+def write_metrics(root: Path, stage: str, metrics: dict[str, Any]) -> Path:
+    """One JSON per stage run under `<root>/_metrics/` (what ran where, how fast)."""
+    out = Path(root) / "_metrics"
+    out.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%dT%H%M%S")
+    path = out / f"{stage}-{stamp}-{time.time_ns() % 10**6:06d}.json"
+    path.write_text(json.dumps({"stage": stage, "finished_at": stamp, **metrics}, indent=1))
+    return path
 
 
 def run_local(stage_cls: type, cfg: Any, batches: Iterable[dict[str, Any]]) -> pa.Table:

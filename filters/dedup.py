@@ -4,9 +4,10 @@ Two clips are near-duplicates when the cosine similarity of their embeddings is 
 a group is a connected component of that relation (so a chain a~b~c is one group even if a and c
 are further apart). Comparing all pairs is quadratic, so the corpus is cut first:
 
-  1. mini-batch spherical k-means over the streamed embeddings (a few passes over batches);
-  2. one more pass assigns every embedding to its `n_probe` nearest centroids and spills it to a
-     float32 memmap on disk (so embeddings never have to fit in RAM);
+  0. the stream is read once and spilled to a float32 file on disk (embeddings never have to fit
+     in RAM; every later step reads it back in blocks);
+  1. mini-batch spherical k-means over the embeddings (a few passes over blocks);
+  2. every embedding is assigned to its `n_probe` nearest centroids;
   3. per cluster, its "home" members (nearest centroid) are compared with every member (home +
      boundary guests from neighbouring clusters), pairs above the threshold are joined;
   4. one global connected-components pass over the per-cluster edges gives the groups.
@@ -14,8 +15,8 @@ are further apart). Comparing all pairs is quadratic, so the corpus is cut first
 Cost: O(N * k * D) for k-means plus O(N * n_probe * cluster_size * D) for the comparisons, i.e.
 linear in N at a fixed cluster size. RAM: O(N) small ints/floats plus one cluster's block.
 A pair whose clips land in clusters that neither probes is missed; `n_probe` trades time for
-recall at cluster boundaries. This module measures; which clip of a group is dropped is the
-filter's business (it reads the `duplicates` table written by curation/stages/dedup.py).
+recall at cluster boundaries. Each group keeps its best clip by a score (`pick_kept`); the filter
+turns the others into rejections (via the `duplicates` table of curation/stages/dedup.py).
 """
 
 from __future__ import annotations
@@ -31,8 +32,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 Batches = Callable[[], Iterator[np.ndarray]]
-"""A re-iterable source: each call yields (n, D) float32 unit-norm embedding batches, in the
-same order every time."""
+"""A source of embeddings: calling it yields (n, D) float32 unit-norm batches."""
 
 
 @dataclass(frozen=True)
@@ -158,34 +158,52 @@ class DedupResult:
     """(N,) int64 group label; singletons have a group of their own."""
     group_size: np.ndarray
     """(N,) int64 size of each row's group."""
+    kept: np.ndarray
+    """(N,) int64 row of the clip each row's group keeps (see `pick_kept`); == row when kept."""
+    similarity: np.ndarray
+    """(N,) float32 cosine to the kept clip; NaN for kept rows."""
     n_clusters: int
     pairs_compared: int
     """Similarities computed in step 3 (the dominant cost)."""
 
 
-def find_groups(batches: Batches, cfg: DedupConfig, workdir: str | Path | None = None) -> DedupResult:
-    """Group near-duplicate embeddings. Embeddings are spilled to a memmap under `workdir`
-    (a temp dir when None) and read back cluster by cluster; the file is removed at the end."""
-    n, dim = 0, None
-    for x in batches():
-        n += len(x)
-        dim = x.shape[1]
-    if n == 0:
-        empty = np.zeros(0, np.int64)
-        return DedupResult(empty, empty, 0, 0)
-    k = max(1, min(n, math.ceil(n / cfg.clips_per_cluster)))
-    n_probe = min(cfg.n_probe, k)
-    centroids = spherical_kmeans(batches, k, cfg.kmeans_iters, cfg.seed)
-    with tempfile.TemporaryDirectory(dir=workdir, prefix="reelsift-dedup-") as tmp:
-        emb = np.lib.format.open_memmap(Path(tmp) / "emb.npy", "w+", np.float32, (n, dim))
-        assign = np.empty((n, n_probe), np.int32)
-        start = 0
+def _spill(batches: Batches, path: Path) -> np.ndarray:
+    """Write the stream once to a raw float32 file; -> read-only (N, D) memmap of it."""
+    n, dim = 0, 0
+    with open(path, "wb") as f:
         for x in batches():
-            emb[start : start + len(x)] = x
-            assign[start : start + len(x)] = _top_clusters(x, centroids, n_probe)
-            start += len(x)
-        emb.flush()
-        edges_a, edges_b, compared = [], [], 0
+            f.write(np.ascontiguousarray(x, np.float32).tobytes())
+            n, dim = n + len(x), x.shape[1]
+    if n == 0:
+        return np.zeros((0, 0), np.float32)
+    return np.memmap(path, np.float32, "r", shape=(n, dim))
+
+
+def find_groups(batches: Batches, scores: np.ndarray, ids: np.ndarray, cfg: DedupConfig,
+                workdir: str | Path | None = None) -> DedupResult:
+    """Group near-duplicate embeddings and pick each group's kept clip.
+
+    batches: read exactly once and spilled to a file under `workdir` (a temp dir when None),
+    which k-means, assignment and comparisons then read in blocks; removed at the end.
+    scores, ids: (N,) in stream order, for `pick_kept`.
+    """
+    with tempfile.TemporaryDirectory(dir=workdir, prefix="reelsift-dedup-") as tmp:
+        emb = _spill(batches, Path(tmp) / "emb.f32")
+        n = len(emb)
+        if len(scores) != n or len(ids) != n:
+            raise ValueError(f"{n} embeddings but {len(scores)} scores and {len(ids)} ids")
+        if n == 0:
+            empty = np.zeros(0, np.int64)
+            return DedupResult(empty, empty, empty, np.zeros(0, np.float32), 0, 0)
+        rows = cfg.batch_rows
+
+        def blocks() -> Iterator[np.ndarray]:
+            return (np.asarray(emb[i : i + rows]) for i in range(0, n, rows))
+
+        k = max(1, min(n, math.ceil(n / cfg.clips_per_cluster)))
+        n_probe = min(cfg.n_probe, k)
+        centroids = spherical_kmeans(blocks, k, cfg.kmeans_iters, cfg.seed)
+        assign = np.concatenate([_top_clusters(x, centroids, n_probe) for x in blocks()])  # (n, n_probe)
         by_home = np.argsort(assign[:, 0], kind="stable")
         home_bounds = np.searchsorted(assign[by_home, 0], np.arange(k + 1))
         # guests: (row, cluster) for each row's 2nd..n_probe-th nearest cluster
@@ -193,22 +211,29 @@ def find_groups(batches: Batches, cfg: DedupConfig, workdir: str | Path | None =
         guest_cl = assign[:, 1:].ravel()
         by_guest = np.argsort(guest_cl, kind="stable")
         guest_bounds = np.searchsorted(guest_cl[by_guest], np.arange(k + 1))
+        edges_a, edges_b, compared = [], [], 0
         for c in range(k):
-            home = by_home[home_bounds[c] : home_bounds[c + 1]]
+            home = np.sort(by_home[home_bounds[c] : home_bounds[c + 1]])
             if len(home) == 0:
                 continue
-            guest = guest_ids[by_guest[guest_bounds[c] : guest_bounds[c + 1]]]
-            members = np.concatenate([np.sort(home), np.sort(guest)])
-            a, b = _cluster_edges(emb, members[: len(home)], members, cfg.threshold)
+            guest = np.sort(guest_ids[by_guest[guest_bounds[c] : guest_bounds[c + 1]]])
+            members = np.concatenate([home, guest])
+            a, b = _cluster_edges(emb, home, members, cfg.threshold)
             compared += len(home) * len(members)
             edges_a.append(a)
             edges_b.append(b)
+        a, b = np.concatenate(edges_a), np.concatenate(edges_b)
+        _, group = connected_components(coo_matrix((np.ones(len(a), np.int8), (a, b)), shape=(n, n)),
+                                        directed=False)
+        group = group.astype(np.int64)
+        kept = pick_kept(group, scores, ids)
+        similarity = np.full(n, np.nan, np.float32)
+        dup = np.nonzero(kept != np.arange(n))[0]
+        for i in range(0, len(dup), rows):  # row-wise dot of each dropped clip with its kept clip
+            d = dup[i : i + rows]
+            similarity[d] = np.einsum("nd,nd->n", emb[d], emb[kept[d]])
         del emb
-    a, b = np.concatenate(edges_a), np.concatenate(edges_b)
-    graph = coo_matrix((np.ones(len(a), np.int8), (a, b)), shape=(n, n))
-    _, group = connected_components(graph, directed=False)
-    group = group.astype(np.int64)
-    return DedupResult(group, np.bincount(group)[group], k, compared)
+    return DedupResult(group, np.bincount(group)[group], kept, similarity, k, compared)
 
 
 def pick_kept(group: np.ndarray, scores: np.ndarray, ids: np.ndarray) -> np.ndarray:

@@ -269,7 +269,7 @@ class MixFFN(nn.Module):
             same_block = ((absf + 1) % grid.block_frames != 0).to(y.dtype)  # frame f+1 inside f's block
             w_next = w_next * same_block[:, None, None]
         out[:, :-1].addcmul_(y[:, 1:], w_next)  # frame f+1
-        return self.out(out), y[:, -1:]
+        return self.out(out), y[:, -1:].clone()  # a copy: a view would pin all of y (B, F, S, h)
 
 
 class Block(nn.Module):

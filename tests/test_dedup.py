@@ -56,7 +56,7 @@ def test_planted_groups_are_found_and_strangers_stay_apart():
     x = _unit(np.concatenate([*groups, base[30:]]))  # 120 planted + 370 singletons
     perm = rng.permutation(len(x))
     cfg = DedupConfig(threshold=0.9, clips_per_cluster=20, n_probe=2, batch_rows=256)
-    res = find_groups(_stream(x[perm]), cfg)
+    res = find_groups(_stream(x[perm]), np.zeros(len(x)), np.arange(len(x)).astype(str), cfg)
     group = np.empty_like(res.group)
     group[perm] = res.group  # back to planted order
     for g in range(30):
@@ -127,7 +127,8 @@ def embedded(tmp_path_factory):
 def test_real_copies_group_and_a_different_clip_stays_apart(embedded):
     names = list(embedded)
     x = np.stack([embedded[n][0] for n in names])
-    res = find_groups(_stream(x, 2), DedupConfig(threshold=0.99, clips_per_cluster=2, batch_rows=256))
+    scores = np.array([embedded[n][1] for n in names])
+    res = find_groups(_stream(x, 2), scores, np.array(names), DedupConfig(threshold=0.99, clips_per_cluster=2))
     g = dict(zip(names, res.group.tolist()))
     assert g["china"] == g["china_crf40"] == g["china_crop"]
     assert len({g["china"], g["flower"], g["moving"]}) == 3

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from filters.dedup import DedupConfig, find_groups, pick_kept
+from filters.dedup import DedupConfig, find_groups
 from manifests.db import connect
 from manifests.schemas import TABLES, register
 from manifests.store import Table, now_utc
@@ -62,63 +62,38 @@ def _sql_str(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
-class _Embeddings:
-    """Re-iterable stream of one clip_model's embeddings from the scores view (fixed order)."""
+def _one_model(root: Path, model: str, cfg: DedupConfig, summary: DedupSummary, stamp,
+               chash: str, workdir: str | Path | None) -> pa.Table:
+    where = f"""
+        FROM scores s JOIN clips c USING (clip_id)
+        WHERE s.status = 'ok' AND c.status = 'ok' AND s.clip_embedding IS NOT NULL
+          AND s.clip_model = {_sql_str(model)}
+        ORDER BY s.clip_id
+    """
+    con = connect(root)
+    meta = con.sql(f'SELECT s.clip_id, s."{cfg.score_column}" AS score {where}').to_arrow_table()
+    ids = np.asarray(meta.column("clip_id").to_pylist(), dtype=str)
+    scores = meta.column("score").cast(pa.float64()).fill_null(np.nan).to_numpy()
 
-    def __init__(self, root: Path, model: str, batch_rows: int):
-        self.root, self.batch_rows = root, batch_rows
-        self.sql = f"""
-            SELECT s.clip_embedding FROM scores s JOIN clips c USING (clip_id)
-            WHERE s.status = 'ok' AND c.status = 'ok' AND s.clip_embedding IS NOT NULL
-              AND s.clip_model = {_sql_str(model)}
-            ORDER BY s.clip_id
-        """
-
-    def __call__(self) -> Iterator[np.ndarray]:
-        reader = connect(self.root).sql(self.sql).to_arrow_reader(self.batch_rows)
-        for batch in reader:
+    def embeddings() -> Iterator[np.ndarray]:  # streamed once, in the order of `ids`
+        for batch in con.sql(f"SELECT s.clip_embedding {where}").to_arrow_reader(cfg.batch_rows):
             col = batch.column(0)
             flat = col.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
             yield flat.reshape(len(col), -1)  # (n, D); one model -> one D
 
-
-def _one_model(root: Path, model: str, cfg: DedupConfig, summary: DedupSummary, stamp,
-               chash: str, workdir: Path | None) -> pa.Table:
-    con = connect(root)
-    meta = con.sql(f"""
-        SELECT s.clip_id, s."{cfg.score_column}" AS score FROM scores s JOIN clips c USING (clip_id)
-        WHERE s.status = 'ok' AND c.status = 'ok' AND s.clip_embedding IS NOT NULL
-          AND s.clip_model = {_sql_str(model)}
-        ORDER BY s.clip_id
-    """).to_arrow_table()
-    ids = np.asarray(meta.column("clip_id").to_pylist(), dtype=str)
-    scores = meta.column("score").cast(pa.float64()).fill_null(np.nan).to_numpy()
-    stream = _Embeddings(root, model, cfg.batch_rows)
-    res = find_groups(stream, cfg, workdir)
-    kept = pick_kept(res.group, scores, ids)  # (N,) row of each row's kept clip
-    dup = np.nonzero(kept != np.arange(len(ids)))[0]
-    sim = np.full(len(ids), np.nan, np.float32)
-    if len(dup):  # cosine to the kept clip, from one more streamed pass over the dups' rows
-        need = np.union1d(dup, kept[dup])
-        rows = {}
-        start = 0
-        for x in stream():
-            sel = need[(need >= start) & (need < start + len(x))]
-            rows.update(zip(sel.tolist(), x[sel - start], strict=True))
-            start += len(x)
-        sim[dup] = [float(rows[i] @ rows[j]) for i, j in zip(dup.tolist(), kept[dup].tolist(), strict=True)]
+    res = find_groups(embeddings, scores, ids, cfg, workdir)
+    is_dup = res.kept != np.arange(len(ids))
     summary.clips += len(ids)
-    summary.duplicates += len(dup)
+    summary.duplicates += int(is_dup.sum())
     summary.groups += len(np.unique(res.group[res.group_size > 1]))
     summary.clusters[model] = res.n_clusters
-    is_dup = kept != np.arange(len(ids))
     return pa.table(
         {
             "clip_id": pa.array(ids.tolist(), pa.string()),
-            "group_id": pa.array(ids[kept].tolist(), pa.string()),
+            "group_id": pa.array(ids[res.kept].tolist(), pa.string()),
             "group_size": pa.array(res.group_size, pa.int32()),
-            "duplicate_of": pa.array(np.where(is_dup, ids[kept], None).tolist(), pa.string()),
-            "similarity": pa.array(sim, pa.float32(), mask=~is_dup),
+            "duplicate_of": pa.array(ids[res.kept].tolist(), pa.string(), mask=~is_dup),
+            "similarity": pa.array(res.similarity, pa.float32(), mask=~is_dup),
             "clip_model": pa.array([model] * len(ids), pa.string()),
             "dedup_run": pa.array([summary.run] * len(ids), pa.string()),
             "config_hash": pa.array([chash] * len(ids), pa.string()),
