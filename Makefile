@@ -14,15 +14,25 @@ PROMPT  ?= a textured disk drifting across a panning background
 SECONDS ?= 4
 OUT     ?= samples/demo.mp4
 
-.PHONY: install demo demo-data run ingest split score filter caption align shard verify summary report status train sample test test-slow lint clean
+.PHONY: install browser demo demo-data run ingest split score filter caption align shard verify summary report status train sample test test-slow lint clean
 
 $(VENV)/.installed: pyproject.toml constraints-ci.txt
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install -c constraints-ci.txt -e '.[offline,dev]'
+	# nudenet is used only for the ONNX file it ships; --no-deps keeps its opencv-python-headless
+	# from overwriting opencv-python's cv2 package.
+	$(PY) -m pip install --no-deps 'nudenet==3.4.2'
 	touch $@
 
-install: $(VENV)/.installed
+install: $(VENV)/.installed browser
+
+# Headless Chromium renders the HTML report in its test. Installed from Debian when we are root
+# and it is missing; otherwise that one test is skipped with a note.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 \
+	  && (apt-get update -qq || true) && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null \
+	  || echo "note: chromium not installed; the report's browser test will be skipped"; }
 
 demo-data: install
 	$(REELSIFT) demo-data $(INPUT)

@@ -72,9 +72,11 @@ def recall(found: np.ndarray, planted: np.ndarray) -> dict[str, float]:
     order = np.lexsort((f, p))
     p, f = p[order], f[order]
     starts = np.r_[0, np.nonzero(np.diff(p))[0] + 1]
-    whole = np.array([len(np.unique(f[s:e])) == 1 for s, e in zip(starts, np.r_[starts[1:], len(p)])])
+    whole = np.array(
+        [len(np.unique(f[s:e])) == 1 for s, e in zip(starts, np.r_[starts[1:], len(p)], strict=True)]
+    )
     pairs_planted = pairs_found = 0
-    for s, e in zip(starts, np.r_[starts[1:], len(p)]):
+    for s, e in zip(starts, np.r_[starts[1:], len(p)], strict=True):
         _, counts = np.unique(f[s:e], return_counts=True)
         pairs_planted += (e - s) * (e - s - 1) // 2
         pairs_found += int((counts * (counts - 1) // 2).sum())
@@ -137,20 +139,41 @@ def main() -> None:
                 rows.append(run_one(x, planted, cfg, args.workdir))
                 print(rows[-1], flush=True)
 
-    cols = ["clips_per_cluster", "n_probe", "n_clusters", "cpu_s", "clips_per_cpu_s", "sims_per_clip",
-            "group_recall", "pair_recall", "false_merge_clips"]
-    print(f"\n{args.n} clips x {args.dim}, {int(args.dup_frac * 100)}% in planted groups, "
-          f"threshold {args.threshold}, {args.threads} thread(s)")
+    cols = [
+        "clips_per_cluster",
+        "n_probe",
+        "n_clusters",
+        "cpu_s",
+        "clips_per_cpu_s",
+        "sims_per_clip",
+        "group_recall",
+        "pair_recall",
+        "false_merge_clips",
+    ]
+    print(
+        f"\n{args.n} clips x {args.dim}, {int(args.dup_frac * 100)}% in planted groups, "
+        f"threshold {args.threshold}, {args.threads} thread(s)"
+    )
     print(" | ".join(cols))
     for r in rows:
         print(" | ".join(str(r[c]) for c in cols))
     result = {
         "what": "near-duplicate grouping: clips/s per CPU-second (process time) and planted-group recall",
-        "machine": {"cpu": platform.processor() or platform.machine(), "python": platform.python_version(),
-                    "numpy": np.__version__, "threads": args.threads},
-        "params": {"n": args.n, "dim": args.dim, "topics": args.topics, "dup_frac": args.dup_frac,
-                   "threshold": args.threshold, "seed": args.seed,
-                   "base_config": asdict(DedupConfig(threshold=args.threshold))},
+        "machine": {
+            "cpu": platform.processor() or platform.machine(),
+            "python": platform.python_version(),
+            "numpy": np.__version__,
+            "threads": args.threads,
+        },
+        "params": {
+            "n": args.n,
+            "dim": args.dim,
+            "topics": args.topics,
+            "dup_frac": args.dup_frac,
+            "threshold": args.threshold,
+            "seed": args.seed,
+            "base_config": asdict(DedupConfig(threshold=args.threshold)),
+        },
         "rows": rows,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

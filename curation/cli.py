@@ -3,6 +3,9 @@
     reelsift run     --config C --input DIR --root R      every stage in order
     reelsift ingest  --config C --input DIR --root R      one stage (split, filter, shard, ...)
     reelsift sql     --root R "SELECT ..." [--format table|csv|json]
+    reelsift sql     --root R --named funnel          a query kept in manifests/queries/
+    reelsift status  --root R                         per stage: done/rejected/error/pending
+    reelsift report  --config C --root R              R/report/index.html
     reelsift verify  --root R
     reelsift demo-data OUT
 
@@ -22,7 +25,7 @@ from curation.stages.ingest import InputError
 
 log = logging.getLogger("reelsift")
 
-STAGES = ("ingest", "split", "score", "filter", "caption", "align", "shard")
+STAGES = ("ingest", "split", "score", "dedup", "filter", "caption", "align", "shard")
 
 
 def _common(p: argparse.ArgumentParser, *, root: bool = True, config: bool = True) -> None:
@@ -56,7 +59,10 @@ def build_parser() -> argparse.ArgumentParser:
                            help="ignore bounds on clip_score (run before captions exist)")
 
     p = sub.add_parser("sql", help="run a read-only DuckDB query over the run's tables")
-    p.add_argument("query", help='SQL, e.g. "SELECT status, count(*) FROM clips GROUP BY 1"')
+    p.add_argument("query", nargs="?", help='SQL, e.g. "SELECT status, count(*) FROM clips GROUP BY 1"')
+    p.add_argument("--named", "-n", metavar="NAME",
+                   help="run manifests/queries/NAME.sql instead (funnel, rejected-by-reason, tier-summary, "
+                        "errors, caption-lengths, ...)")
     p.add_argument("--root", "-r", required=True)
     p.add_argument("--format", "-f", choices=("table", "csv", "json"), default="table")
     p.add_argument("--max-rows", type=int, default=200, help="rows shown in table format")
@@ -74,6 +80,13 @@ def build_parser() -> argparse.ArgumentParser:
     from training.commands import register as register_train
 
     register_train(sub)
+
+    p = sub.add_parser("status", help="per stage: done/rejected/error/pending counts and the last run time")
+    p.add_argument("--root", "-r", required=True)
+
+    p = sub.add_parser("report", help="write R/report/index.html: funnel, reasons, histograms, thumbnails")
+    _common(p)
+    p.add_argument("--max-thumbs", type=int, default=12, help="thumbnails per group (tier, reason)")
 
     p = sub.add_parser("demo-data", help="write a small demo corpus of real video files")
     p.add_argument("out", help="output folder")
@@ -116,6 +129,8 @@ def cmd_stage(args) -> int:
         pipeline.split(cfg, root, args.ray_address)
     elif args.command == "score":
         pipeline.score(cfg, root, args.ray_address)
+    elif args.command == "dedup":
+        pipeline.dedup(cfg, root)
     elif args.command == "caption":
         pipeline.caption(cfg, root, args.ray_address)
     elif args.command == "align":
@@ -125,6 +140,10 @@ def cmd_stage(args) -> int:
         print(json.dumps({"decided": s.decided, "kept_per_tier": s.kept_per_tier,
                           "rejected": s.rejected, "reasons": s.reasons,
                           "written": not args.dry_run}, indent=2))
+        if args.dry_run:  # stderr keeps stdout one JSON document
+            from curation.status import funnel_diff
+
+            print(funnel_diff(root, s), file=sys.stderr)
         return 0
     elif args.command == "shard":
         pipeline.shard(cfg, root, args.ray_address)
@@ -153,14 +172,19 @@ def print_summary(root: Path) -> None:
 
 
 def cmd_sql(args) -> int:
+    from manifests import queries
     from manifests.db import ReadOnlyError, query
 
     root = Path(args.root)
     if not root.is_dir():
         raise ConfigError(f"--root {root}: no such run root")
+    if (args.query is None) == (args.named is None):
+        names = ", ".join(queries.names())
+        print(f"error: give a SQL query or --named NAME (one of: {names})", file=sys.stderr)
+        return 2
     try:
-        table = query(root, args.query)
-    except ReadOnlyError as exc:
+        table = queries.run(root, args.named) if args.named else query(root, args.query)
+    except (ReadOnlyError, queries.UnknownQuery) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     write_table(table, args.format, args.max_rows, sys.stdout)
@@ -201,6 +225,26 @@ def _cell(v) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
+def cmd_status(args) -> int:
+    from curation.status import format_status, stage_status
+
+    root = Path(args.root)
+    if not root.is_dir():
+        raise ConfigError(f"--root {root}: no such run root")
+    print(format_status(stage_status(root), root=root))
+    return 0
+
+
+def cmd_report(args) -> int:
+    from curation.report import write_report
+
+    root = Path(args.root)
+    if not root.is_dir():
+        raise ConfigError(f"--root {root}: no such run root")
+    print(f"wrote {write_report(root, _load(args), max_thumbs=args.max_thumbs)}")
+    return 0
+
+
 def cmd_verify(args) -> int:
     from curation.verify import verify
 
@@ -228,6 +272,7 @@ def main(argv: list[str] | None = None) -> int:
 
     handlers = {"sql": cmd_sql, "verify": cmd_verify, "demo-data": cmd_demo_data, "sample": cmd_sample,
                 "train": cmd_train, "cache-latents": cmd_cache_latents,
+                "status": cmd_status, "report": cmd_report,
                 "summary": lambda a: print_summary(Path(a.root)) or 0}
     try:
         return handlers.get(args.command, cmd_stage)(args)

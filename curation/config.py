@@ -5,6 +5,7 @@
       ingest     IngestConfig
       split      SplitConfig
       score      ScoreConfig    (filters/*: motion, ocr, quality, aesthetic)
+      dedup      DedupConfig    (filters/dedup.py: near-duplicates from CLIP embeddings)
       filter     FilterConfig   (filters/policy.py: tiers)
       caption    CaptionConfig  (curation/stages/caption.py: VLM backends, prompt)
       align      AlignConfig    (curation/stages/align.py: CLIP text-video similarity)
@@ -23,6 +24,7 @@ from typing import Literal
 from curation.configtools import ConfigError, Resources, apply_overrides, build, check, read_yaml
 from curation.stages.align import AlignConfig
 from curation.stages.caption import CaptionConfig
+from filters.dedup import DedupConfig
 from filters.policy import FilterConfig
 from filters.scenes import SceneConfig
 from filters.score_config import ScoreConfig
@@ -118,6 +120,7 @@ class CurateConfig:
     ingest: IngestConfig = field(default_factory=IngestConfig)
     split: SplitConfig = field(default_factory=SplitConfig)
     score: ScoreConfig = field(default_factory=ScoreConfig)
+    dedup: DedupConfig = field(default_factory=DedupConfig)
     filter: FilterConfig = field(default_factory=FilterConfig)
     caption: CaptionConfig = field(default_factory=CaptionConfig)
     align: AlignConfig = field(default_factory=AlignConfig)

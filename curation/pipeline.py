@@ -81,10 +81,23 @@ def score(cfg: CurateConfig, root: Path, ray_address: str | None = None) -> Part
     return run_stage("score", ops, None, None, items, sink, ray_address=ray_address, ray_cfg=cfg.ray)
 
 
+def dedup(cfg: CurateConfig, root: Path):
+    from curation.stages.dedup import run_dedup
+
+    if not cfg.dedup.enabled:
+        log.info("dedup: disabled (dedup.enabled=false)")
+        return None
+    summary = run_dedup(root, cfg.dedup)
+    log.info("dedup: %d clips, k-means clusters %s, %d groups, %d near-duplicates dropped",
+             summary.clips, summary.clusters, summary.groups, summary.duplicates)
+    return summary
+
+
 def filter_(cfg: CurateConfig, root: Path, dry_run: bool = False, pre_align: bool = False) -> FilterSummary:
     """pre_align: ignore bounds on alignment columns (the pass that picks clips to caption)."""
     Table(root, "decisions").clean_temp()
-    summary = run_filter(root, pre_align_filter(cfg.filter) if pre_align else cfg.filter, dry_run=dry_run)
+    policy = pre_align_filter(cfg.filter) if pre_align else cfg.filter
+    summary = run_filter(root, policy, dry_run=dry_run, dedup=cfg.dedup.enabled)
     log.info("filter: %d clips decided, kept per tier %s, %d rejected",
              summary.decided, summary.kept_per_tier, summary.rejected)
     return summary
@@ -113,6 +126,7 @@ def stages(cfg: CurateConfig, root: Path, input_spec: str | Path | None,
         ("ingest", lambda: ingest(cfg, root, input_spec, ray_address)),
         ("split", lambda: split(cfg, root, ray_address)),
         ("score", lambda: score(cfg, root, ray_address)),
+        ("dedup", lambda: dedup(cfg, root)),
         ("filter", lambda: filter_(cfg, root, pre_align=True)),
         ("caption", lambda: caption(cfg, root, ray_address)),
         ("align", lambda: align(cfg, root, ray_address)),

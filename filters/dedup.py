@@ -12,8 +12,12 @@ are further apart). Comparing all pairs is quadratic, so the corpus is cut first
      boundary guests from neighbouring clusters), pairs above the threshold are joined;
   4. one global connected-components pass over the per-cluster edges gives the groups.
 
-Cost: O(N * k * D) for k-means plus O(N * n_probe * cluster_size * D) for the comparisons, i.e.
-linear in N at a fixed cluster size. RAM: O(N) small ints/floats plus one cluster's block.
+Cost: ~(kmeans_iters + 1) * N * k * D for k-means and assignment plus n_probe * N * cluster_size * D
+for the comparisons (k = N / clips_per_cluster). The comparisons dominate and cost is linear in N
+up to N ~ clips_per_cluster^2 / 2 (~500k clips at 1000); beyond that the k-means term grows as
+N^2 / clips_per_cluster, so raise clips_per_cluster to ~sqrt(N / 2) (overall O(N^1.5)); a
+two-level centroid index would make it linear again. RAM: O(N) small ints/floats plus one
+cluster's block; the embeddings live in the spill file.
 A pair whose clips land in clusters that neither probes is missed; `n_probe` trades time for
 recall at cluster boundaries. Each group keeps its best clip by a score (`pick_kept`); the filter
 turns the others into rejections (via the `duplicates` table of curation/stages/dedup.py).
@@ -120,8 +124,9 @@ def _top_clusters(x: np.ndarray, centroids: np.ndarray, n_probe: int) -> np.ndar
     return np.take_along_axis(top, order, axis=1)
 
 
-def _cluster_edges(emb: np.ndarray, home: np.ndarray, members: np.ndarray, threshold: float,
-                   block: int = 2048) -> tuple[np.ndarray, np.ndarray]:
+def _cluster_edges(
+    emb: np.ndarray, home: np.ndarray, members: np.ndarray, threshold: float, block: int = 2048
+) -> tuple[np.ndarray, np.ndarray]:
     """Edges (a, b) joining every near-duplicate pair inside one cluster, reduced to a spanning
     forest: at most len(members) edges however dense the cluster is.
 
@@ -139,8 +144,9 @@ def _cluster_edges(emb: np.ndarray, home: np.ndarray, members: np.ndarray, thres
     if len(i) == 0:
         return i, j
     m = len(members)
-    n_comp, labels = connected_components(coo_matrix((np.ones(len(i), np.int8), (i, j)), shape=(m, m)),
-                                          directed=False)
+    n_comp, labels = connected_components(
+        coo_matrix((np.ones(len(i), np.int8), (i, j)), shape=(m, m)), directed=False
+    )
     # link each member to the first member of its component (a star spans the component)
     first = np.full(n_comp, -1)
     first[labels[::-1]] = np.arange(m)[::-1]
@@ -179,8 +185,9 @@ def _spill(batches: Batches, path: Path) -> np.ndarray:
     return np.memmap(path, np.float32, "r", shape=(n, dim))
 
 
-def find_groups(batches: Batches, scores: np.ndarray, ids: np.ndarray, cfg: DedupConfig,
-                workdir: str | Path | None = None) -> DedupResult:
+def find_groups(
+    batches: Batches, scores: np.ndarray, ids: np.ndarray, cfg: DedupConfig, workdir: str | Path | None = None
+) -> DedupResult:
     """Group near-duplicate embeddings and pick each group's kept clip.
 
     batches: read exactly once and spilled to a file under `workdir` (a temp dir when None),
@@ -223,8 +230,9 @@ def find_groups(batches: Batches, scores: np.ndarray, ids: np.ndarray, cfg: Dedu
             edges_a.append(a)
             edges_b.append(b)
         a, b = np.concatenate(edges_a), np.concatenate(edges_b)
-        _, group = connected_components(coo_matrix((np.ones(len(a), np.int8), (a, b)), shape=(n, n)),
-                                        directed=False)
+        _, group = connected_components(
+            coo_matrix((np.ones(len(a), np.int8), (a, b)), shape=(n, n)), directed=False
+        )
         group = group.astype(np.int64)
         kept = pick_kept(group, scores, ids)
         similarity = np.full(n, np.nan, np.float32)
@@ -232,7 +240,6 @@ def find_groups(batches: Batches, scores: np.ndarray, ids: np.ndarray, cfg: Dedu
         for i in range(0, len(dup), rows):  # row-wise dot of each dropped clip with its kept clip
             d = dup[i : i + rows]
             similarity[d] = np.einsum("nd,nd->n", emb[d], emb[kept[d]])
-        del emb
     return DedupResult(group, np.bincount(group)[group], kept, similarity, k, compared)
 
 

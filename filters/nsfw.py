@@ -29,8 +29,13 @@ import pyarrow as pa
 
 from models.clip import MissingWeights
 
-EXPOSED = ("FEMALE_BREAST_EXPOSED", "FEMALE_GENITALIA_EXPOSED", "MALE_GENITALIA_EXPOSED",
-           "BUTTOCKS_EXPOSED", "ANUS_EXPOSED")
+EXPOSED = (
+    "FEMALE_BREAST_EXPOSED",
+    "FEMALE_GENITALIA_EXPOSED",
+    "MALE_GENITALIA_EXPOSED",
+    "BUTTOCKS_EXPOSED",
+    "ANUS_EXPOSED",
+)
 """Classes that count as NSFW for `nsfw_max` (exposed belly, feet, armpits, male chest do not)."""
 
 # output column -> classes whose max confidence it holds
@@ -55,7 +60,9 @@ class NsfwConfig:
 
     def __post_init__(self) -> None:
         if self.input_size % 32 or not 160 <= self.input_size <= 1280:
-            raise ValueError(f"score.nsfw.input_size must be a multiple of 32 in [160, 1280], got {self.input_size}")
+            raise ValueError(
+                f"score.nsfw.input_size must be a multiple of 32 in [160, 1280], got {self.input_size}"
+            )
         if not 1 <= self.n_frames <= 64:
             raise ValueError(f"score.nsfw.n_frames must be in [1, 64], got {self.n_frames}")
         if self.intra_op_threads < 0:
@@ -69,8 +76,10 @@ def _model_path(weights: str) -> str:
 
             path = str(files("nudenet") / "320n.onnx")
         except ModuleNotFoundError as exc:
-            raise MissingWeights("score.nsfw.weights: the nudenet package is not installed "
-                                 "(pip install nudenet), or set a local .onnx path") from exc
+            raise MissingWeights(
+                "score.nsfw.weights: the nudenet package is not installed "
+                "(pip install nudenet), or set a local .onnx path"
+            ) from exc
     else:
         path = os.path.expanduser(weights)
     if not os.path.isfile(path):
@@ -100,14 +109,17 @@ class NsfwScorer:
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = cfg.intra_op_threads
         opts.inter_op_num_threads = 1
-        self._session = ort.InferenceSession(_model_path(cfg.weights), opts, providers=["CPUExecutionProvider"])
+        self._session = ort.InferenceSession(
+            _model_path(cfg.weights), opts, providers=["CPUExecutionProvider"]
+        )
         self._input = self._session.get_inputs()[0].name
         names = ast.literal_eval(self._session.get_modelmeta().custom_metadata_map.get("names", "{}"))
         self.labels = [names[i] for i in sorted(names)]
         missing = sorted(set(EXPOSED) - set(self.labels))
         if missing:
-            raise ValueError(f"score.nsfw.weights: model classes {self.labels} lack {missing}; "
-                             "is this a NudeNet detector?")
+            raise ValueError(
+                f"score.nsfw.weights: model classes {self.labels} lack {missing}; is this a NudeNet detector?"
+            )
         col = {name: i for i, name in enumerate(self.labels)}
         self._exposed = [col[c] for c in EXPOSED]
         self._columns = {k: [col[c] for c in v] for k, v in _COLUMNS.items()}

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from curation.configtools import Resources, check
 from filters.aesthetic import AestheticConfig
 from filters.motion import MotionConfig
+from filters.nsfw import NsfwConfig
 from filters.ocr import OcrConfig
 from filters.quality import QualityConfig
 
@@ -26,6 +27,8 @@ class ScoreConfig:
     """On-screen text scorer (filters/ocr.py)."""
     quality: QualityConfig = field(default_factory=QualityConfig)
     """Low-level quality scorer (filters/quality.py)."""
+    nsfw: NsfwConfig = field(default_factory=NsfwConfig)
+    """NudeNet NSFW detector (filters/nsfw.py)."""
     aesthetic: AestheticConfig = field(default_factory=AestheticConfig)
     """CLIP embedding + LAION aesthetic head (filters/aesthetic.py)."""
     cpu: Resources = field(default_factory=lambda: Resources(batch_size=4))

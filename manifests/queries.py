@@ -117,9 +117,9 @@ def markdown_doc(root: str | Path) -> str:
         f"the demo corpus (`reelsift demo-data`) run with `configs/offline.yaml` into `{root}`, "
         f"written by `python -m manifests.queries --root {root} > docs/queries.md`.",
         "",
-        "With `configs/offline.yaml` the aesthetic/CLIP scores come from untrained, randomly "
-        "initialised tiny models (`scores.aesthetic_untrained = true`): they prove the plumbing and "
-        "carry no meaning.",
+        "With `configs/offline.yaml` the aesthetic/CLIP scores and the captions come from untrained, "
+        "randomly initialised tiny models (`scores.aesthetic_untrained`, `captions.untrained` and "
+        "`alignment.untrained` are true): they prove the plumbing and carry no meaning.",
     ]
     for name in names():
         command = f"reelsift sql --named {name} --root {root}"

@@ -124,6 +124,12 @@ SCORES = pa.schema(
         pa.field("aesthetic_untrained", pa.bool_()),  # True: random weights, scores meaningless
         pa.field("clip_model", pa.string()),  # which CLIP made clip_embedding
         pa.field("clip_embedding", pa.list_(pa.float32())),  # (D,) unit norm
+        # nsfw (filters/nsfw.py): NudeNet detector confidence, max over scored frames, 0..1
+        pa.field("nsfw_max", pa.float32()),  # any exposed-nudity class
+        pa.field("nsfw_mean", pa.float32()),  # mean over frames of the per-frame max
+        pa.field("nsfw_breast", pa.float32()),
+        pa.field("nsfw_genitalia", pa.float32()),
+        pa.field("nsfw_buttocks", pa.float32()),
         pa.field("created_at", _TS, nullable=False),
     ]
 )
@@ -158,6 +164,20 @@ ALIGNMENT = pa.schema(
     ]
 )
 
+DUPLICATES = pa.schema(
+    [
+        pa.field("clip_id", pa.string(), nullable=False),
+        pa.field("group_id", pa.string(), nullable=False),  # clip_id of the clip the group keeps
+        pa.field("group_size", pa.int32(), nullable=False),  # 1 = no near-duplicate found
+        pa.field("duplicate_of", pa.string()),  # = group_id for a dropped clip; null when kept
+        pa.field("similarity", pa.float32()),  # cosine to the kept clip; null when kept
+        pa.field("clip_model", pa.string()),  # embeddings compared (only within one model)
+        pa.field("dedup_run", pa.string(), nullable=False),  # one id per dedup run
+        pa.field("config_hash", pa.string()),  # hash of the dedup config used
+        pa.field("created_at", _TS, nullable=False),
+    ]
+)
+
 # name -> (schema, key column, newest-row-wins?)
 TABLES: dict[str, tuple[pa.Schema, str, bool]] = {
     "videos": (VIDEOS, "path", False),
@@ -167,6 +187,7 @@ TABLES: dict[str, tuple[pa.Schema, str, bool]] = {
     "captions": (CAPTIONS, "clip_id", True),
     "alignment": (ALIGNMENT, "clip_id", True),
     "shards": (SHARDS, "clip_id", False),
+    "duplicates": (DUPLICATES, "clip_id", True),
 }
 
 

@@ -14,7 +14,6 @@ between two seeds vs 0.9992 to a crop), which is why the test uses photographs.
 from __future__ import annotations
 
 import numpy as np
-import pyarrow as pa
 import pytest
 
 from curation.configtools import ConfigError, build
@@ -83,7 +82,9 @@ def _pan(img: np.ndarray) -> np.ndarray:
     h, w = img.shape[:2]
     ch, cw, y = int(h * 0.6), int(w * 0.6), int(h * 0.12)
     xs = np.linspace(0, w - cw, N).astype(int)
-    return np.stack([cv2.resize(img[y : y + ch, x : x + cw], (W, H), interpolation=cv2.INTER_AREA) for x in xs])
+    return np.stack(
+        [cv2.resize(img[y : y + ch, x : x + cw], (W, H), interpolation=cv2.INTER_AREA) for x in xs]
+    )
 
 
 def _crop10(frames: np.ndarray) -> np.ndarray:
@@ -91,7 +92,9 @@ def _crop10(frames: np.ndarray) -> np.ndarray:
     import cv2
 
     dy, dx = H // 10, W // 10
-    return np.stack([cv2.resize(f[dy : H - dy, dx : W - dx], (W, H), interpolation=cv2.INTER_CUBIC) for f in frames])
+    return np.stack(
+        [cv2.resize(f[dy : H - dy, dx : W - dx], (W, H), interpolation=cv2.INTER_CUBIC) for f in frames]
+    )
 
 
 @pytest.fixture(scope="module")
@@ -116,20 +119,35 @@ def embedded(tmp_path_factory):
     scorer = AestheticScorer(AestheticConfig(clip_model="reelsift-tiny", random_init=True, batch_size=16))
     names = ["china", "china_crf40", "china_crop", "flower", "moving"]
     frames = [
-        decode_samples(dict(path=str(d / f"{n}.mp4"), start_frame=0, end_frame=N, fps=FPS,
-                            display_width=W, display_height=H, rotation=0), cfg)[0]
+        decode_samples(
+            dict(
+                path=str(d / f"{n}.mp4"),
+                start_frame=0,
+                end_frame=N,
+                fps=FPS,
+                display_width=W,
+                display_height=H,
+                rotation=0,
+            ),
+            cfg,
+        )[0]
         for n in names
     ]
     out = scorer.score_batch(frames)
-    return {n: (np.asarray(o["clip_embedding"], np.float32), o["aesthetic_mean"]) for n, o in zip(names, out)}
+    return {
+        n: (np.asarray(o["clip_embedding"], np.float32), o["aesthetic_mean"])
+        for n, o in zip(names, out, strict=True)
+    }
 
 
 def test_real_copies_group_and_a_different_clip_stays_apart(embedded):
     names = list(embedded)
     x = np.stack([embedded[n][0] for n in names])
     scores = np.array([embedded[n][1] for n in names])
-    res = find_groups(_stream(x, 2), scores, np.array(names), DedupConfig(threshold=0.99, clips_per_cluster=2))
-    g = dict(zip(names, res.group.tolist()))
+    res = find_groups(
+        _stream(x, 2), scores, np.array(names), DedupConfig(threshold=0.99, clips_per_cluster=2)
+    )
+    g = dict(zip(names, res.group.tolist(), strict=True))
     assert g["china"] == g["china_crf40"] == g["china_crop"]
     assert len({g["china"], g["flower"], g["moving"]}) == 3
 
@@ -139,9 +157,13 @@ def test_stage_writes_duplicates_and_reasons(embedded, tmp_path):
     from manifests.db import query
 
     names = list(embedded)
-    clips = [dict(clip_id=n, video_id=n, status="ok", start_frame=0, end_frame=N, width=W, height=H) for n in names]
-    scores = [dict(clip_id=n, status="ok", aesthetic_mean=s, clip_model="reelsift-tiny", clip_embedding=e.tolist())
-              for n, (e, s) in embedded.items()]
+    clips = [
+        dict(clip_id=n, video_id=n, status="ok", start_frame=0, end_frame=N, width=W, height=H) for n in names
+    ]
+    scores = [
+        dict(clip_id=n, status="ok", aesthetic_mean=s, clip_model="reelsift-tiny", clip_embedding=e.tolist())
+        for n, (e, s) in embedded.items()
+    ]
     scores.append(dict(clip_id="broken", status="error", error="decode failed"))
     Table(tmp_path, "clips").write(rows_to_table(clips, CLIPS))
     Table(tmp_path, "scores").write(rows_to_table(scores, SCORES))

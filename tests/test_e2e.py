@@ -155,3 +155,25 @@ def test_kept_clips_are_captioned_and_aligned_with_untrained_flags(demo_run):
 def test_sql_works_on_every_view(demo_run, view):
     root, _ = demo_run
     assert q(root, f"SELECT count(*) AS n FROM {view}")[0]["n"] >= 0
+
+
+def test_status_report_and_named_queries_through_the_cli(demo_run, capsys):
+    from curation.cli import main
+    from manifests import queries
+
+    root, _ = demo_run
+    assert main(["status", "--root", str(root)]) == 0
+    assert "shards" in capsys.readouterr().out
+    for name in queries.names():
+        assert main(["sql", "--named", name, "--root", str(root), "--format", "json"]) == 0
+        json.loads(capsys.readouterr().out)
+    assert main(["report", "--config", "configs/offline.yaml", "--root", str(root)]) == 0
+    html = (root / "report" / "index.html").read_text()
+    import re
+
+    assert "UNTRAINED" in html.upper()
+    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", html)  # nothing from the network
+    assert main(["filter", "--config", "configs/offline.yaml", "--root", str(root), "--dry-run",
+                 "--set", "filter.tiers.256p.bounds.motion_mean.min=0.01"]) == 0
+    out = capsys.readouterr()
+    assert json.loads(out.out)["written"] is False and "current" in out.err

@@ -33,7 +33,6 @@ def photos() -> np.ndarray:
 
 
 def test_low_scores_on_real_video_frames_and_photos(scorer, photos, tmp_path):
-    from curation.demo_data import write_demo_corpus
     from tests.media import make_video, read_frames
 
     video = make_video(tmp_path / "moving.mp4", 12, (320, 180), kind="moving", seed=1)

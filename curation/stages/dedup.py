@@ -24,24 +24,8 @@ import pyarrow as pa
 
 from filters.dedup import DedupConfig, find_groups
 from manifests.db import connect
-from manifests.schemas import TABLES, register
+from manifests.schemas import DUPLICATES, TABLES
 from manifests.store import Table, now_utc
-
-DUPLICATES = pa.schema(
-    [
-        pa.field("clip_id", pa.string(), nullable=False),
-        pa.field("group_id", pa.string(), nullable=False),  # clip_id of the clip the group keeps
-        pa.field("group_size", pa.int32(), nullable=False),  # 1 = no near-duplicate found
-        pa.field("duplicate_of", pa.string()),  # = group_id for a dropped clip; null when kept
-        pa.field("similarity", pa.float32()),  # cosine to the kept clip; null when kept
-        pa.field("clip_model", pa.string()),  # embeddings compared (only within one model)
-        pa.field("dedup_run", pa.string(), nullable=False),  # one id per dedup run
-        pa.field("config_hash", pa.string()),  # hash of the dedup config used
-        pa.field("created_at", pa.timestamp("us", tz="UTC"), nullable=False),
-    ]
-)
-if "duplicates" not in TABLES:  # until manifests/schemas.py defines it
-    register("duplicates", DUPLICATES, "clip_id", newest_wins=True)
 
 
 @dataclass
@@ -62,8 +46,15 @@ def _sql_str(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
-def _one_model(root: Path, model: str, cfg: DedupConfig, summary: DedupSummary, stamp,
-               chash: str, workdir: str | Path | None) -> pa.Table:
+def _one_model(
+    root: Path,
+    model: str,
+    cfg: DedupConfig,
+    summary: DedupSummary,
+    stamp,
+    chash: str,
+    workdir: str | Path | None,
+) -> pa.Table:
     where = f"""
         FROM scores s JOIN clips c USING (clip_id)
         WHERE s.status = 'ok' AND c.status = 'ok' AND s.clip_embedding IS NOT NULL
@@ -103,8 +94,9 @@ def _one_model(root: Path, model: str, cfg: DedupConfig, summary: DedupSummary, 
     )
 
 
-def run_dedup(root: str | Path, cfg: DedupConfig, *, workdir: str | Path | None = None,
-              dry_run: bool = False) -> DedupSummary:
+def run_dedup(
+    root: str | Path, cfg: DedupConfig, *, workdir: str | Path | None = None, dry_run: bool = False
+) -> DedupSummary:
     """Group every ok clip with a stored embedding; write the run as one part unless `dry_run`.
 
     workdir: where embeddings are spilled while clustering (default: the system temp dir).
@@ -115,11 +107,19 @@ def run_dedup(root: str | Path, cfg: DedupConfig, *, workdir: str | Path | None 
         return summary
     known = set(TABLES["scores"][0].names)
     if cfg.score_column not in known:
-        raise ValueError(f"dedup.score_column: {cfg.score_column!r} is not a scores column; "
-                         f"known: {sorted(known - {'clip_id', 'created_at'})}")
-    models = [r[0] for r in connect(root).sql(
-        "SELECT DISTINCT clip_model FROM scores WHERE status = 'ok' AND clip_embedding IS NOT NULL "
-        "AND clip_model IS NOT NULL ORDER BY 1").fetchall()]
+        raise ValueError(
+            f"dedup.score_column: {cfg.score_column!r} is not a scores column; "
+            f"known: {sorted(known - {'clip_id', 'created_at'})}"
+        )
+    models = [
+        r[0]
+        for r in connect(root)
+        .sql(
+            "SELECT DISTINCT clip_model FROM scores WHERE status = 'ok' AND clip_embedding IS NOT NULL "
+            "AND clip_model IS NOT NULL ORDER BY 1"
+        )
+        .fetchall()
+    ]
     chash, stamp = config_hash(cfg), now_utc()
     tables = (_one_model(root, m, cfg, summary, stamp, chash, workdir) for m in models)
     if dry_run:
@@ -136,6 +136,9 @@ def dedup_reasons(root: str | Path) -> dict[str, str]:
     """clip_id -> 'duplicate_of=<kept clip_id>' for every clip the newest dedup run drops."""
     if not Table(root, "duplicates").exists():
         return {}
-    rows = connect(root).sql(
-        "SELECT clip_id, duplicate_of FROM duplicates WHERE duplicate_of IS NOT NULL").fetchall()
+    rows = (
+        connect(root)
+        .sql("SELECT clip_id, duplicate_of FROM duplicates WHERE duplicate_of IS NOT NULL")
+        .fetchall()
+    )
     return {clip_id: f"duplicate_of={kept}" for clip_id, kept in rows}

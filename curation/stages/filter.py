@@ -18,7 +18,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from curation.configtools import ConfigError, to_dict
-from filters.policy import FilterConfig, decide
+from filters.policy import Decision, FilterConfig, decide
 from manifests.db import connect
 from manifests.schemas import DECISIONS, TABLES
 from manifests.store import Table, now_utc
@@ -44,9 +44,12 @@ NOT_SCORES = {"clip_id", "created_at", "status", "error", "caption_model", "prom
               "untrained"}
 
 
-def _candidates(root: Path, cfg: FilterConfig, batch_rows: int = 8192) -> Iterator[pa.RecordBatch]:
+def _candidates(
+    root: Path, cfg: FilterConfig, batch_rows: int = 8192, dedup: bool = True
+) -> Iterator[pa.RecordBatch]:
     """ok clips with their source short side and every score column the tiers mention
-    (from `scores`, and from `alignment` once align has run: clip_score)."""
+    (from `scores`, and from `alignment` once align has run: clip_score), and with `dedup` the
+    clip each one near-duplicates (newest dedup run; null when kept or never deduplicated)."""
     con = connect(root)
     owner: dict[str, str] = {}
     for table, alias, _ in SCORE_TABLES:
@@ -62,6 +65,11 @@ def _candidates(root: Path, cfg: FilterConfig, batch_rows: int = 8192) -> Iterat
         )
     select = "".join(f', {owner[c]}."{c}"' for c in cols)
     joins = " ".join(f"LEFT JOIN {t} {a} ON {a}.clip_id = c.clip_id {on}" for t, a, on in SCORE_TABLES)
+    if dedup:
+        select += ", d.duplicate_of"
+        joins += " LEFT JOIN duplicates d ON d.clip_id = c.clip_id"
+    else:
+        select += ", NULL::VARCHAR AS duplicate_of"
     sql = f"""
         SELECT c.clip_id, least(c.width, c.height) AS short_side {select}
         FROM clips c {joins}
@@ -71,13 +79,18 @@ def _candidates(root: Path, cfg: FilterConfig, batch_rows: int = 8192) -> Iterat
     yield from con.sql(sql).to_arrow_reader(batch_rows)
 
 
-def decide_batches(root: Path, cfg: FilterConfig, summary: FilterSummary) -> Iterator[pa.Table]:
+def decide_batches(
+    root: Path, cfg: FilterConfig, summary: FilterSummary, dedup: bool = True
+) -> Iterator[pa.Table]:
     chash = config_hash(cfg)
     stamp = now_utc()
-    for batch in _candidates(root, cfg):
+    for batch in _candidates(root, cfg, dedup=dedup):
         rows = []
         for rec in batch.to_pylist():
+            dup_of = rec.pop("duplicate_of")
             d = decide(int(rec.pop("short_side") or 0), rec, cfg)
+            if dup_of is not None:  # a near-duplicate of a better clip: rejected whatever its scores
+                d = Decision(tier=None, keep=False, reasons=[f"duplicate_of={dup_of}", *d.reasons])
             rows.append(dict(clip_id=rec["clip_id"], tier=d.tier, keep=d.keep, reasons=d.reasons,
                              filter_run=summary.run, config_hash=chash, created_at=stamp))
             summary.decided += 1
@@ -86,16 +99,20 @@ def decide_batches(root: Path, cfg: FilterConfig, summary: FilterSummary) -> Ite
             else:
                 summary.rejected += 1
                 for r in d.reasons:
-                    head = r.split("=", 1)[0] + "@" + r.rsplit("@", 1)[-1]
+                    name, _, rest = r.partition("=")
+                    head = f"{name}@{rest.rsplit('@', 1)[-1]}" if "@" in rest else name
                     summary.reasons[head] = summary.reasons.get(head, 0) + 1
         yield pa.Table.from_pylist(rows, schema=DECISIONS)
 
 
-def run_filter(root: str | Path, cfg: FilterConfig, *, dry_run: bool = False) -> FilterSummary:
-    """Decide every ok clip; write the run as one part unless `dry_run`."""
+def run_filter(
+    root: str | Path, cfg: FilterConfig, *, dry_run: bool = False, dedup: bool = True
+) -> FilterSummary:
+    """Decide every ok clip; write the run as one part unless `dry_run`. With `dedup`, a clip
+    the newest `duplicates` run marks duplicate_of another is rejected (`duplicate_of=<id>`)."""
     root = Path(root)
     summary = FilterSummary(run=uuid.uuid4().hex[:12])
-    batches = decide_batches(root, cfg, summary)
+    batches = decide_batches(root, cfg, summary, dedup=dedup)
     if dry_run:
         for _ in batches:
             pass

@@ -1,7 +1,8 @@
 """score: decode each clip ONCE, run every scorer on those frames -> `scores` table.
 
 Two Ray Data operators share the decoded frames through the object store:
-  DecodeAndScoreCpu   decode n sampled frames at the working resolution; motion, OCR, quality
+  DecodeAndScoreCpu   decode n sampled frames at the working resolution; motion, OCR, quality,
+                      NSFW
   ScoreNeural         CLIP embedding + aesthetic head (own resources: GPU actors on GPU nodes)
 Frames travel as raw bytes plus a shape, and are dropped before rows reach the table.
 Scores are stored raw; thresholds are applied later by `filter`.
@@ -18,6 +19,7 @@ import pyarrow as pa
 from curation.video import DecodeTimeout, VideoDecodeError, even_size, iter_frames
 from filters.aesthetic import AestheticScorer
 from filters.motion import MotionScorer
+from filters.nsfw import NsfwScorer
 from filters.ocr import OcrScorer
 from filters.quality import QualityScorer
 from filters.score_config import ScoreConfig
@@ -58,7 +60,8 @@ class DecodeAndScoreCpu:
 
         cv2.setNumThreads(1)  # one actor per core; the scheduler gives the parallelism
         self.cfg = cfg
-        self.scorers = [MotionScorer(cfg.motion), OcrScorer(cfg.ocr), QualityScorer(cfg.quality)]
+        self.scorers = [MotionScorer(cfg.motion), OcrScorer(cfg.ocr), QualityScorer(cfg.quality),
+                        NsfwScorer(cfg.nsfw)]
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         return pa.Table.from_pylist([self.one(c) for c in batch.to_pylist()], schema=CPU_SCHEMA)

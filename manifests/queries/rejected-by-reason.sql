@@ -1,5 +1,5 @@
 -- Why clips were dropped, grouped by `score@tier` (filter), `too_short` (split) or
--- `duplicate_of` (ingest). `rejected`: clips dropped for good with this reason among theirs;
+-- `duplicate_of` (ingest: identical bytes; filter: a near-duplicate clip from dedup). `rejected`: clips dropped for good with this reason among theirs;
 -- `kept_lower`: clips that missed this tier for this reason but were kept in a lower tier.
 -- Hours are source-clip (or, for ingest, video) seconds / 3600. A clip failing several bounds
 -- counts under each of its reasons.
@@ -9,7 +9,9 @@ WITH filter_reasons AS (
 ),
 heads AS (
     SELECT 'filter' AS stage,
-           regexp_extract(reason, '^([^=]*)', 1) || '@' || regexp_extract(reason, '@([^@]*)$', 1) AS reason,
+           CASE WHEN reason LIKE '%@%'
+                THEN regexp_extract(reason, '^([^=]*)', 1) || '@' || regexp_extract(reason, '@([^@]*)$', 1)
+                ELSE regexp_extract(reason, '^([^=]*)', 1) END AS reason,  -- duplicate_of has no tier
            clip_id, keep, duration_s
     FROM filter_reasons
     UNION ALL

@@ -46,6 +46,16 @@ TILES = {
     "bwd_q": dict(BLOCK_N=64, num_warps=8, num_stages=1),
     "bwd_kv": dict(BLOCK_N=64, num_warps=4, num_stages=2),
 }
+# float32 inputs at a padded head dim of 128 (D > 64): every tile is twice the bytes of bf16, and
+# the bf16 configs above need up to 256 KB of shared memory (state: 262,144 > 232,448 on an
+# H100). These keep each kernel <= ~131 KB at DP=128 (Triton 3.8 compiled for sm_90: state 131,072,
+# out 98,432, bwd_q 106,496, bwd_kv 131,072 bytes). float32 is the exact test path, not the fast one.
+TILES_FP32_WIDE = {
+    "state": dict(BLOCK_N=64, num_warps=8, num_stages=2),
+    "out": dict(BLOCK_N=64, num_warps=4, num_stages=1),
+    "bwd_q": dict(BLOCK_N=32, num_warps=4, num_stages=1),
+    "bwd_kv": dict(BLOCK_N=64, num_warps=4, num_stages=1),
+}
 MIN_PROGRAMS = 1056  # splits per block are chosen to launch at least this many programs (8 per SM)
 
 
@@ -341,8 +351,14 @@ def _dense_last(x: torch.Tensor) -> torch.Tensor:
     return x if x.stride(-1) == 1 else x.contiguous()
 
 
+def _tiles(name: str, dtype: torch.dtype, dp: int) -> dict:
+    """Launch config of one kernel: the tuned (16-bit) TILES, or TILES_FP32_WIDE where float32
+    tiles at DP >= 128 would not fit shared memory."""
+    return TILES_FP32_WIDE[name] if dtype == torch.float32 and dp >= 128 else TILES[name]
+
+
 def _launch(kernel, name, grid_bh, nsplit, nblk, *args, d, dp, ref):
-    cfg = TILES[name]
+    cfg = _tiles(name, ref.dtype, dp)
     kernel[(grid_bh, nsplit, nblk)](
         *args,
         D=d,
@@ -361,7 +377,7 @@ class _LinearAttention(torch.autograd.Function):
         q, k, v = _dense_last(q), _dense_last(k), _dense_last(v)
         cos, sin = _tables(cos, q.dtype), _tables(sin, q.dtype)
         dp = max(16, triton.next_power_of_2(d))
-        bs, nblk, split_len, nsplit = _geometry(n, block_size, b * h, TILES["state"]["BLOCK_N"])
+        bs, nblk, split_len, nsplit = _geometry(n, block_size, b * h, _tiles("state", q.dtype, dp)["BLOCK_N"])
         sbuf = torch.empty(b * h, nblk, nsplit, dp, dp, device=q.device, dtype=torch.float32)
         zbuf = torch.empty(b * h, nblk, nsplit, dp, device=q.device, dtype=torch.float32)
         _launch(
@@ -390,7 +406,7 @@ class _LinearAttention(torch.autograd.Function):
         z = zbuf.sum(2).cumsum(1)  # (BH, nblk, DP)
         # output laid out (B, N, H, D) so that merging heads afterwards is a free view
         o = torch.empty(b, n, h, d, device=q.device, dtype=q.dtype).transpose(1, 2)  # (B, H, N, D) view
-        _, _, split_len, nsplit = _geometry(n, bs, b * h, TILES["out"]["BLOCK_N"])
+        _, _, split_len, nsplit = _geometry(n, bs, b * h, _tiles("out", q.dtype, dp)["BLOCK_N"])
         _launch(
             _out_kernel,
             "out",
@@ -424,7 +440,7 @@ class _LinearAttention(torch.autograd.Function):
         b, h, n, d = q.shape
         bs, nblk, dp = ctx.bs, ctx.nblk, S.shape[-1]
         do = _dense_last(do)
-        _, _, split_len, nsplit = _geometry(n, bs, b * h, TILES["bwd_q"]["BLOCK_N"])
+        _, _, split_len, nsplit = _geometry(n, bs, b * h, _tiles("bwd_q", q.dtype, dp)["BLOCK_N"])
         dq = torch.empty_like(q)
         dsbuf = torch.empty(b * h, nblk, nsplit, dp, dp, device=q.device, dtype=torch.float32)
         dzbuf = torch.empty(b * h, nblk, nsplit, dp, device=q.device, dtype=torch.float32)
@@ -459,7 +475,7 @@ class _LinearAttention(torch.autograd.Function):
         dS = dsbuf.sum(2).flip(1).cumsum(1).flip(1).contiguous()  # (BH, nblk, DP, DP)
         dz = dzbuf.sum(2).flip(1).cumsum(1).flip(1).contiguous()  # (BH, nblk, DP)
         dk, dv = torch.empty_like(k), torch.empty_like(v)
-        _, _, split_len, nsplit = _geometry(n, bs, b * h, TILES["bwd_kv"]["BLOCK_N"])
+        _, _, split_len, nsplit = _geometry(n, bs, b * h, _tiles("bwd_kv", q.dtype, dp)["BLOCK_N"])
         _launch(
             _bwd_kv_kernel,
             "bwd_kv",
