@@ -168,6 +168,7 @@ def test_status_report_and_named_queries_through_the_cli(demo_run, capsys):
         assert main(["sql", "--named", name, "--root", str(root), "--format", "json"]) == 0
         json.loads(capsys.readouterr().out)
     assert main(["report", "--config", "configs/offline.yaml", "--root", str(root)]) == 0
+    assert "index.html" in capsys.readouterr().out
     html = (root / "report" / "index.html").read_text()
     import re
 
