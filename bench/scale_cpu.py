@@ -100,26 +100,39 @@ def main() -> None:
         step()
         timings[name] = time.monotonic() - t
     sampler.stop()
-    counts = {tbl: query(root, f"SELECT count(*) AS n FROM {tbl}").column("n")[0].as_py()
-              for tbl in ("videos", "clips", "scores", "decisions", "shards")}
+    counts = {
+        tbl: query(root, f"SELECT count(*) AS n FROM {tbl}").column("n")[0].as_py()
+        for tbl in ("videos", "clips", "scores", "decisions", "shards")
+    }
     video_s = query(root, "SELECT sum(duration_s) AS s FROM videos WHERE status='ok'").column("s")[0].as_py()
     result = {
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
-        "videos": args.videos, "seconds_each": args.seconds, "size": "320x256@12fps",
-        "input_generation_s": round(gen_s, 1), "stage_wall_s": {k: round(v, 1) for k, v in timings.items()},
-        "total_wall_s": round(sum(timings.values()), 1), "rows": counts,
+        "videos": args.videos,
+        "seconds_each": args.seconds,
+        "size": "320x256@12fps",
+        "input_generation_s": round(gen_s, 1),
+        "stage_wall_s": {k: round(v, 1) for k, v in timings.items()},
+        "total_wall_s": round(sum(timings.values()), 1),
+        "rows": counts,
         "videos_per_s": round(args.videos / sum(timings.values()), 2),
         "video_seconds_per_wall_s": round((video_s or 0) / sum(timings.values()), 2),
         "peak_rss_mb_driver_plus_ray": round(sampler.peak, 1),
         "rss_timeline_mb": sampler.samples[:: max(1, len(sampler.samples) // 60)],
     }
     print(f"{'stage':10s} {'wall s':>8s} {'items/s':>8s}")
-    per = {"ingest": counts["videos"], "split": counts["videos"], "score": counts["scores"],
-           "filter": counts["decisions"], "shard": counts["shards"]}
+    per = {
+        "ingest": counts["videos"],
+        "split": counts["videos"],
+        "score": counts["scores"],
+        "filter": counts["decisions"],
+        "shard": counts["shards"],
+    }
     for k, v in timings.items():
         print(f"{k:10s} {v:8.1f} {per.get(k, 0) / max(v, 1e-9):8.2f}")
-    print(f"total {result['total_wall_s']} s, {result['videos_per_s']} videos/s, "
-          f"peak RSS (driver + Ray) {result['peak_rss_mb_driver_plus_ray']} MiB, rows {counts}")
+    print(
+        f"total {result['total_wall_s']} s, {result['videos_per_s']} videos/s, "
+        f"peak RSS (driver + Ray) {result['peak_rss_mb_driver_plus_ray']} MiB, rows {counts}"
+    )
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(result, indent=1))
 

@@ -31,8 +31,14 @@ STAGES = ("ingest", "split", "score", "dedup", "filter", "caption", "align", "sh
 def _common(p: argparse.ArgumentParser, *, root: bool = True, config: bool = True) -> None:
     if config:
         p.add_argument("--config", "-c", help="YAML config (default: built-in defaults)")
-        p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                       help="override a config key, e.g. --set split.min_clip_s=1.5 (repeatable)")
+        p.add_argument(
+            "--set",
+            dest="overrides",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="override a config key, e.g. --set split.min_clip_s=1.5 (repeatable)",
+        )
     if root:
         p.add_argument("--root", "-r", required=True, help="run root folder (tables, shards)")
     p.add_argument("--ray-address", default=None, help="join this Ray cluster (else RAY_ADDRESS, else local)")
@@ -41,7 +47,9 @@ def _common(p: argparse.ArgumentParser, *, root: bool = True, config: bool = Tru
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="reelsift", description="Video-data curation for video generation models.")
+    parser = argparse.ArgumentParser(
+        prog="reelsift", description="Video-data curation for video generation models."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("run", help="run every curation stage in order")
@@ -55,14 +63,21 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--input", "-i", required=True, help="folder, glob or list file of videos")
         if stage == "filter":
             p.add_argument("--dry-run", action="store_true", help="decide and print, write nothing")
-            p.add_argument("--pre-align", action="store_true",
-                           help="ignore bounds on clip_score (run before captions exist)")
+            p.add_argument(
+                "--pre-align",
+                action="store_true",
+                help="ignore bounds on clip_score (run before captions exist)",
+            )
 
     p = sub.add_parser("sql", help="run a read-only DuckDB query over the run's tables")
     p.add_argument("query", nargs="?", help='SQL, e.g. "SELECT status, count(*) FROM clips GROUP BY 1"')
-    p.add_argument("--named", "-n", metavar="NAME",
-                   help="run manifests/queries/NAME.sql instead (funnel, rejected-by-reason, tier-summary, "
-                        "errors, caption-lengths, ...)")
+    p.add_argument(
+        "--named",
+        "-n",
+        metavar="NAME",
+        help="run manifests/queries/NAME.sql instead (funnel, rejected-by-reason, tier-summary, "
+        "errors, caption-lengths, ...)",
+    )
     p.add_argument("--root", "-r", required=True)
     p.add_argument("--format", "-f", choices=("table", "csv", "json"), default="table")
     p.add_argument("--max-rows", type=int, default=200, help="rows shown in table format")
@@ -137,9 +152,18 @@ def cmd_stage(args) -> int:
         pipeline.align(cfg, root, args.ray_address)
     elif args.command == "filter":
         s = pipeline.filter_(cfg, root, dry_run=args.dry_run, pre_align=args.pre_align)
-        print(json.dumps({"decided": s.decided, "kept_per_tier": s.kept_per_tier,
-                          "rejected": s.rejected, "reasons": s.reasons,
-                          "written": not args.dry_run}, indent=2))
+        print(
+            json.dumps(
+                {
+                    "decided": s.decided,
+                    "kept_per_tier": s.kept_per_tier,
+                    "rejected": s.rejected,
+                    "reasons": s.reasons,
+                    "written": not args.dry_run,
+                },
+                indent=2,
+            )
+        )
         if args.dry_run:  # stderr keeps stdout one JSON document
             from curation.status import funnel_diff
 
@@ -210,7 +234,7 @@ def format_table(table, max_rows: int = 200) -> str:
     names = table.column_names
     rows = [[_cell(v) for v in r.values()] for r in table.slice(0, max_rows).to_pylist()]
     widths = [max([len(n)] + [len(r[i]) for r in rows]) for i, n in enumerate(names)]
-    line = lambda cells: " | ".join(c.ljust(w) for c, w in zip(cells, widths))  # noqa: E731
+    line = lambda cells: " | ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True))  # noqa: E731
     out = [line(names), "-+-".join("-" * w for w in widths)] + [line(r) for r in rows]
     if table.num_rows > max_rows:
         out.append(f"... {table.num_rows - max_rows} more rows (use --format csv for all)")
@@ -270,10 +294,17 @@ def main(argv: list[str] | None = None) -> int:
     from training.commands import cmd_cache_latents, cmd_train
     from training.sample_cmd import cmd_sample
 
-    handlers = {"sql": cmd_sql, "verify": cmd_verify, "demo-data": cmd_demo_data, "sample": cmd_sample,
-                "train": cmd_train, "cache-latents": cmd_cache_latents,
-                "status": cmd_status, "report": cmd_report,
-                "summary": lambda a: print_summary(Path(a.root)) or 0}
+    handlers = {
+        "sql": cmd_sql,
+        "verify": cmd_verify,
+        "demo-data": cmd_demo_data,
+        "sample": cmd_sample,
+        "train": cmd_train,
+        "cache-latents": cmd_cache_latents,
+        "status": cmd_status,
+        "report": cmd_report,
+        "summary": lambda a: print_summary(Path(a.root)) or 0,
+    }
     try:
         return handlers.get(args.command, cmd_stage)(args)
     except (ConfigError, InputError) as exc:

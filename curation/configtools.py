@@ -112,9 +112,7 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
         if not isinstance(value, dict):
             raise ConfigError(f"{key}: expected a mapping, got {value!r}")
         key_tp, val_tp = args if args else (Any, Any)
-        return {
-            _coerce(key_tp, k, key): _coerce(val_tp, v, _join(key, str(k))) for k, v in value.items()
-        }
+        return {_coerce(key_tp, k, key): _coerce(val_tp, v, _join(key, str(k))) for k, v in value.items()}
     if tp is bool:
         if isinstance(value, bool):
             return value

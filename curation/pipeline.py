@@ -32,15 +32,27 @@ def ingest(cfg: CurateConfig, root: Path, input_spec: str | Path, ray_address: s
     table.clean_temp()
     done = table.keys()
     todo = [p for p in paths if p not in done]
-    log.info("ingest: %d input files, %d already ingested, %d to probe",
-             len(paths), len(paths) - len(todo), len(todo))
+    log.info(
+        "ingest: %d input files, %d already ingested, %d to probe",
+        len(paths),
+        len(paths) - len(todo),
+        len(todo),
+    )
     ok = table.read(["video_id", "path", "status"]).to_pylist()
     seen = {r["video_id"]: r["path"] for r in ok if r["status"] == "ok"}
     sink = PartSink(table, rows=cfg.ray.flush_rows, seconds=cfg.ray.flush_s, transform=DuplicateMarker(seen))
     sink.expected = len(todo)
     items = pa.table({"path": pa.array(todo, pa.string())})
-    return run_stage("ingest", IngestStage, cfg.ingest, cfg.ingest.resources, items, sink,
-                     ray_address=ray_address, ray_cfg=cfg.ray)
+    return run_stage(
+        "ingest",
+        IngestStage,
+        cfg.ingest,
+        cfg.ingest.resources,
+        items,
+        sink,
+        ray_address=ray_address,
+        ray_cfg=cfg.ray,
+    )
 
 
 def split(cfg: CurateConfig, root: Path, ray_address: str | None = None) -> PartSink:
@@ -54,8 +66,16 @@ def split(cfg: CurateConfig, root: Path, ray_address: str | None = None) -> Part
     """).to_arrow_table()
     log.info("split: %d videos to split", items.num_rows)
     sink = PartSink(clips, rows=cfg.ray.flush_rows, seconds=cfg.ray.flush_s)
-    return run_stage("split", SplitStage, cfg.split, cfg.split.resources, items, sink,
-                     ray_address=ray_address, ray_cfg=cfg.ray)
+    return run_stage(
+        "split",
+        SplitStage,
+        cfg.split,
+        cfg.split.resources,
+        items,
+        sink,
+        ray_address=ray_address,
+        ray_cfg=cfg.ray,
+    )
 
 
 def score(cfg: CurateConfig, root: Path, ray_address: str | None = None) -> PartSink:
@@ -72,8 +92,10 @@ def score(cfg: CurateConfig, root: Path, ray_address: str | None = None) -> Part
         ORDER BY c.clip_id
     """).to_arrow_table()
     if cfg.score.aesthetic.random_init:
-        log.warning("score: aesthetic/CLIP scores come from UNTRAINED random weights "
-                    "(score.aesthetic.random_init=true); they carry no meaning")
+        log.warning(
+            "score: aesthetic/CLIP scores come from UNTRAINED random weights "
+            "(score.aesthetic.random_init=true); they carry no meaning"
+        )
     log.info("score: %d clips to score", items.num_rows)
     sink = PartSink(scores, rows=cfg.ray.flush_rows, seconds=cfg.ray.flush_s)
     sink.expected = items.num_rows
@@ -88,8 +110,13 @@ def dedup(cfg: CurateConfig, root: Path):
         log.info("dedup: disabled (dedup.enabled=false)")
         return None
     summary = run_dedup(root, cfg.dedup)
-    log.info("dedup: %d clips, k-means clusters %s, %d groups, %d near-duplicates dropped",
-             summary.clips, summary.clusters, summary.groups, summary.duplicates)
+    log.info(
+        "dedup: %d clips, k-means clusters %s, %d groups, %d near-duplicates dropped",
+        summary.clips,
+        summary.clusters,
+        summary.groups,
+        summary.duplicates,
+    )
     return summary
 
 
@@ -98,8 +125,12 @@ def filter_(cfg: CurateConfig, root: Path, dry_run: bool = False, pre_align: boo
     Table(root, "decisions").clean_temp()
     policy = pre_align_filter(cfg.filter) if pre_align else cfg.filter
     summary = run_filter(root, policy, dry_run=dry_run, dedup=cfg.dedup.enabled)
-    log.info("filter: %d clips decided, kept per tier %s, %d rejected",
-             summary.decided, summary.kept_per_tier, summary.rejected)
+    log.info(
+        "filter: %d clips decided, kept per tier %s, %d rejected",
+        summary.decided,
+        summary.kept_per_tier,
+        summary.rejected,
+    )
     return summary
 
 
@@ -110,17 +141,27 @@ def shard(cfg: CurateConfig, root: Path, ray_address: str | None = None) -> Part
     if removed:
         log.info("shard: removed %d unindexed tar(s) left by an interrupted run", removed)
     groups = pending_groups(root, cfg.filter, cfg.shard)
-    log.info("shard: %d clips to write in %d task(s)",
-             sum(groups.column("n_clips").to_pylist()), groups.num_rows)
+    log.info(
+        "shard: %d clips to write in %d task(s)", sum(groups.column("n_clips").to_pylist()), groups.num_rows
+    )
     sink = PartSink(table, rows=1)  # index each finished tar at once
     sink.expected = sum(groups.column("n_clips").to_pylist())
     job = ShardJob(cfg=cfg.shard, root=str(root))
-    return run_stage("shard", ShardWriter, job, cfg.shard.resources, groups.drop(["n_clips"]),
-                     sink, ray_address=ray_address, ray_cfg=cfg.ray)
+    return run_stage(
+        "shard",
+        ShardWriter,
+        job,
+        cfg.shard.resources,
+        groups.drop(["n_clips"]),
+        sink,
+        ray_address=ray_address,
+        ray_cfg=cfg.ray,
+    )
 
 
-def stages(cfg: CurateConfig, root: Path, input_spec: str | Path | None,
-           ray_address: str | None) -> list[tuple[str, Callable[[], object]]]:
+def stages(
+    cfg: CurateConfig, root: Path, input_spec: str | Path | None, ray_address: str | None
+) -> list[tuple[str, Callable[[], object]]]:
     """The whole pipeline as a flat, ordered list of (name, step)."""
     return [
         ("ingest", lambda: ingest(cfg, root, input_spec, ray_address)),

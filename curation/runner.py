@@ -104,8 +104,13 @@ def node_tagged(cls: type) -> type:
 class PartSink:
     """Collects result tables and writes a part every `rows` rows or `seconds` seconds."""
 
-    def __init__(self, table: Table, rows: int = 256, seconds: float = 20.0,
-                 transform: Callable[[pa.Table], pa.Table] | None = None):
+    def __init__(
+        self,
+        table: Table,
+        rows: int = 256,
+        seconds: float = 20.0,
+        transform: Callable[[pa.Table], pa.Table] | None = None,
+    ):
         self.table = table
         self.rows = rows
         self.seconds = seconds
@@ -158,8 +163,14 @@ class PartSink:
         rate = self.written / max(elapsed, 1e-9)
         if self.expected:
             eta = max(self.expected - self.written, 0) / max(rate, 1e-9)
-            log.info("%s: %d/%d rows written, %.2f rows/s, ETA %.0fs",
-                     self.name, self.written, self.expected, rate, eta)
+            log.info(
+                "%s: %d/%d rows written, %.2f rows/s, ETA %.0fs",
+                self.name,
+                self.written,
+                self.expected,
+                rate,
+                eta,
+            )
         else:
             log.info("%s: %d rows written, %.2f rows/s", self.name, self.written, rate)
 
@@ -204,12 +215,25 @@ def run_stage(
     elapsed = time.monotonic() - t0
     log.info(
         "%s: %d in, %d rows out %s in %.1fs (%.2f items/s)",
-        name, items.num_rows, sink.written, dict(sorted(sink.counts.items())), elapsed,
+        name,
+        items.num_rows,
+        sink.written,
+        dict(sorted(sink.counts.items())),
+        elapsed,
         items.num_rows / max(elapsed, 1e-9),
     )
-    write_metrics(sink.table.root, name, dict(
-        items=items.num_rows, rows=sink.written, counts=sink.counts, nodes=sink.nodes,
-        seconds=round(elapsed, 3), items_per_s=round(items.num_rows / max(elapsed, 1e-9), 4)))
+    write_metrics(
+        sink.table.root,
+        name,
+        dict(
+            items=items.num_rows,
+            rows=sink.written,
+            counts=sink.counts,
+            nodes=sink.nodes,
+            seconds=round(elapsed, 3),
+            items_per_s=round(items.num_rows / max(elapsed, 1e-9), 4),
+        ),
+    )
     return sink
 
 

@@ -98,12 +98,16 @@ def _check_sample(shard: str, key: str, parts: dict[str, bytes], row: dict, deco
             out.append(Problem(shard, f"sample {key}: json does not parse"))
     if "mp4" in parts:
         if row.get("bytes") is not None and len(parts["mp4"]) != row["bytes"]:
-            out.append(Problem(shard, f"sample {key}: mp4 is {len(parts['mp4'])} bytes, table says {row['bytes']}"))
+            out.append(
+                Problem(shard, f"sample {key}: mp4 is {len(parts['mp4'])} bytes, table says {row['bytes']}")
+            )
         elif decode:
             try:
                 n = _count_frames(parts["mp4"])
                 if row.get("n_frames") is not None and n != row["n_frames"]:
-                    out.append(Problem(shard, f"sample {key}: {n} frames decoded, table says {row['n_frames']}"))
+                    out.append(
+                        Problem(shard, f"sample {key}: {n} frames decoded, table says {row['n_frames']}")
+                    )
             except (av.error.FFmpegError, IndexError) as exc:
                 out.append(Problem(shard, f"sample {key}: mp4 does not decode ({exc})"))
     return out

@@ -94,5 +94,5 @@ def detect_scenes(path: str, cfg: SceneConfig, timeout_s: float | None = None) -
     fps = float(video.frame_rate)
     cuts = sorted({int(c.frame_num) for c in manager.get_cut_list()})
     bounds = [0, *[c for c in cuts if 0 < c < n_frames], n_frames]
-    ranges = [(a, b) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+    ranges = [(a, b) for a, b in zip(bounds[:-1], bounds[1:], strict=True) if b > a]
     return Scenes(ranges=ranges, n_frames=n_frames, fps=fps)

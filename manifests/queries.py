@@ -25,17 +25,34 @@ _TS = pa.timestamp("us", tz="UTC")
 # not register one, queries see an empty view with the columns they use, so every named query
 # runs (and returns no rows for that table) on every run root.
 PLANNED: dict[str, pa.Schema] = {
-    "captions": pa.schema([
-        ("clip_id", pa.string()), ("caption", pa.string()), ("backend", pa.string()),
-        ("model", pa.string()), ("prompt_hash", pa.string()), ("n_tokens", pa.int32()),
-        ("latency_s", pa.float64()), ("untrained", pa.bool_()), ("status", pa.string()),
-        ("error", pa.string()), ("created_at", _TS),
-    ]),
-    "alignment": pa.schema([
-        ("clip_id", pa.string()), ("caption_model", pa.string()), ("prompt_hash", pa.string()),
-        ("clip_score", pa.float32()), ("clip_model", pa.string()), ("untrained", pa.bool_()),
-        ("status", pa.string()), ("error", pa.string()), ("created_at", _TS),
-    ]),
+    "captions": pa.schema(
+        [
+            ("clip_id", pa.string()),
+            ("caption", pa.string()),
+            ("backend", pa.string()),
+            ("model", pa.string()),
+            ("prompt_hash", pa.string()),
+            ("n_tokens", pa.int32()),
+            ("latency_s", pa.float64()),
+            ("untrained", pa.bool_()),
+            ("status", pa.string()),
+            ("error", pa.string()),
+            ("created_at", _TS),
+        ]
+    ),
+    "alignment": pa.schema(
+        [
+            ("clip_id", pa.string()),
+            ("caption_model", pa.string()),
+            ("prompt_hash", pa.string()),
+            ("clip_score", pa.float32()),
+            ("clip_model", pa.string()),
+            ("untrained", pa.bool_()),
+            ("status", pa.string()),
+            ("error", pa.string()),
+            ("created_at", _TS),
+        ]
+    ),
 }
 
 
@@ -113,7 +130,7 @@ def markdown_doc(root: str | Path) -> str:
         "# Named queries",
         "",
         "`reelsift sql --named NAME --root R` runs `manifests/queries/NAME.sql` (read-only) over the "
-        "run root's tables; `reelsift sql \"SELECT ...\"` accepts the same SQL. The output below is real: "
+        'run root\'s tables; `reelsift sql "SELECT ..."` accepts the same SQL. The output below is real: '
         f"the demo corpus (`reelsift demo-data`) run with `configs/offline.yaml` into `{root}`, "
         f"written by `python -m manifests.queries --root {root} > docs/queries.md`.",
         "",
@@ -123,8 +140,18 @@ def markdown_doc(root: str | Path) -> str:
     ]
     for name in names():
         command = f"reelsift sql --named {name} --root {root}"
-        parts += ["", f"## {name}", "", describe(name), "", "```", command, "```", "",
-                  format_markdown(run(root, name))]
+        parts += [
+            "",
+            f"## {name}",
+            "",
+            describe(name),
+            "",
+            "```",
+            command,
+            "```",
+            "",
+            format_markdown(run(root, name)),
+        ]
     return "\n".join(parts) + "\n"
 
 

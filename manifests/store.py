@@ -93,7 +93,9 @@ class Table:
             return empty.select(columns) if columns else empty
         return dset.to_table(columns=columns, filter=filter)
 
-    def iter_batches(self, columns: list[str] | None = None, batch_size: int = 4096) -> Iterator[pa.RecordBatch]:
+    def iter_batches(
+        self, columns: list[str] | None = None, batch_size: int = 4096
+    ) -> Iterator[pa.RecordBatch]:
         dset = self.dataset()
         if dset is None:
             return iter(())

@@ -52,12 +52,28 @@ def cluster(tmp_path):
     # Ray's token authentication, with a token of this test's own shared by every process
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=os.urandom(16).hex())
-    head = [RAY, "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1", "--num-cpus=1",
-            "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={temp_dir}",
-            "--object-store-memory=200000000"]
-    worker = [RAY, "start", f"--address=127.0.0.1:{port}", "--node-ip-address=127.0.0.1", "--num-cpus=1",
-              '--resources={"reelsift_worker": 1}', "--disable-usage-stats",
-              "--object-store-memory=200000000"]
+    head = [
+        RAY,
+        "start",
+        "--head",
+        f"--port={port}",
+        "--node-ip-address=127.0.0.1",
+        "--num-cpus=1",
+        "--include-dashboard=false",
+        "--disable-usage-stats",
+        f"--temp-dir={temp_dir}",
+        "--object-store-memory=200000000",
+    ]
+    worker = [
+        RAY,
+        "start",
+        f"--address=127.0.0.1:{port}",
+        "--node-ip-address=127.0.0.1",
+        "--num-cpus=1",
+        '--resources={"reelsift_worker": 1}',
+        "--disable-usage-stats",
+        "--object-store-memory=200000000",
+    ]
     try:
         for cmd in (head, worker):
             out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
@@ -74,10 +90,26 @@ def test_pipeline_runs_on_both_nodes_of_a_cluster(cluster, tmp_path):
         make_video(inputs / f"v{i}.mp4", n_frames=96, size=(320, 256), kind="cuts", cuts=(48,), seed=i)
     root = tmp_path / "root"
     env = dict(cluster_env, RAY_ADDRESS=address)
-    cmd = [sys.executable, "-m", "curation.cli", "run", "--config", "configs/offline.yaml",
-           "--input", str(inputs), "--root", str(root), "--set", "split.resources.batch_size=1",
-           "--set", "ingest.resources.batch_size=1", "--set", "score.cpu.batch_size=1",
-           "--set", "ray.progress=false"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "curation.cli",
+        "run",
+        "--config",
+        "configs/offline.yaml",
+        "--input",
+        str(inputs),
+        "--root",
+        str(root),
+        "--set",
+        "split.resources.batch_size=1",
+        "--set",
+        "ingest.resources.batch_size=1",
+        "--set",
+        "score.cpu.batch_size=1",
+        "--set",
+        "ray.progress=false",
+    ]
     t0 = time.monotonic()
     out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]

@@ -19,11 +19,14 @@ def q(root: Path, sql: str) -> list[dict]:
 
 
 def clips_of(root: Path, name: str) -> list[dict]:
-    return q(root, f"""
+    return q(
+        root,
+        f"""
         SELECT c.*, d.keep, d.tier, d.reasons AS decision_reasons, s.ocr_text, s.motion_mean
         FROM clips c JOIN videos v USING (video_id)
         LEFT JOIN decisions d USING (clip_id) LEFT JOIN scores s USING (clip_id)
-        WHERE v.path LIKE '%/{name}' ORDER BY c.start_frame""")
+        WHERE v.path LIKE '%/{name}' ORDER BY c.start_frame""",
+    )
 
 
 def test_every_input_file_has_exactly_one_video_row(demo_run, demo_corpus):
@@ -75,8 +78,11 @@ def test_moving_texture_is_kept_at_720p(demo_run):
 
 def test_a_360p_source_never_lands_in_the_720p_tier(demo_run):
     root, _ = demo_run
-    bad = q(root, """SELECT count(*) AS n FROM decisions d JOIN clips c USING (clip_id)
-                     WHERE d.tier = '720p' AND least(c.width, c.height) < 720""")
+    bad = q(
+        root,
+        """SELECT count(*) AS n FROM decisions d JOIN clips c USING (clip_id)
+                     WHERE d.tier = '720p' AND least(c.width, c.height) < 720""",
+    )
     assert bad[0]["n"] == 0
     reasons = [r for row in clips_of(root, "cuts_three_scenes.mp4") for r in row["decision_reasons"]]
     assert "short_side=360<720@720p" in reasons
@@ -100,8 +106,10 @@ def test_shards_read_back_and_match_the_table(demo_run):
         assert s["txt"].decode() == (row["caption"] or "")
         with av.open(io.BytesIO(s["mp4"])) as c:
             stream = c.streams.video[0]
-            assert min(stream.codec_context.width, stream.codec_context.height) == \
-                {"720p": 720, "480p": 480, "256p": 256}[row["tier"]]
+            assert (
+                min(stream.codec_context.width, stream.codec_context.height)
+                == {"720p": 720, "480p": 480, "256p": 256}[row["tier"]]
+            )
             assert sum(1 for _ in c.decode(stream)) == row["n_frames"]
 
 
@@ -132,8 +140,10 @@ def test_refilter_with_new_thresholds_changes_decisions_not_scores(demo_run, tmp
     before_scores = query(copy, "SELECT * FROM scores ORDER BY clip_id")
     before = {r["clip_id"]: r["keep"] for r in q(copy, "SELECT clip_id, keep FROM decisions")}
     runs = q(copy, "SELECT count(DISTINCT filter_run) AS n FROM decisions_history")[0]["n"]
-    cfg = load_config(Path(__file__).parent.parent / "configs" / "offline.yaml",
-                      ["filter.tiers.256p.bounds.motion_mean.min=15"])
+    cfg = load_config(
+        Path(__file__).parent.parent / "configs" / "offline.yaml",
+        ["filter.tiers.256p.bounds.motion_mean.min=15"],
+    )
     pipeline.filter_(cfg, copy)
     after = {r["clip_id"]: r["keep"] for r in q(copy, "SELECT clip_id, keep FROM decisions")}
     assert query(copy, "SELECT * FROM scores ORDER BY clip_id").equals(before_scores)
@@ -145,13 +155,18 @@ def test_refilter_with_new_thresholds_changes_decisions_not_scores(demo_run, tmp
 
 def test_kept_clips_are_captioned_and_aligned_with_untrained_flags(demo_run):
     root, _ = demo_run
-    rows = q(root, """SELECT c.status, c.untrained, a.clip_score, a.untrained AS a_untrained
-                      FROM captions c LEFT JOIN alignment a USING (clip_id)""")
+    rows = q(
+        root,
+        """SELECT c.status, c.untrained, a.clip_score, a.untrained AS a_untrained
+                      FROM captions c LEFT JOIN alignment a USING (clip_id)""",
+    )
     assert rows and all(r["untrained"] for r in rows)  # offline VLM has random weights
     assert all(r["a_untrained"] for r in rows if r["clip_score"] is not None)
 
 
-@pytest.mark.parametrize("view", ["videos", "clips", "scores", "decisions", "shards", "captions", "alignment"])
+@pytest.mark.parametrize(
+    "view", ["videos", "clips", "scores", "decisions", "shards", "captions", "alignment"]
+)
 def test_sql_works_on_every_view(demo_run, view):
     root, _ = demo_run
     assert q(root, f"SELECT count(*) AS n FROM {view}")[0]["n"] >= 0
@@ -174,7 +189,20 @@ def test_status_report_and_named_queries_through_the_cli(demo_run, capsys):
 
     assert "UNTRAINED" in html.upper()
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", html)  # nothing from the network
-    assert main(["filter", "--config", "configs/offline.yaml", "--root", str(root), "--dry-run",
-                 "--set", "filter.tiers.256p.bounds.motion_mean.min=0.01"]) == 0
+    assert (
+        main(
+            [
+                "filter",
+                "--config",
+                "configs/offline.yaml",
+                "--root",
+                str(root),
+                "--dry-run",
+                "--set",
+                "filter.tiers.256p.bounds.motion_mean.min=0.01",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr()
     assert json.loads(out.out)["written"] is False and "current" in out.err

@@ -39,13 +39,16 @@ def test_decisions_view_shows_the_newest_row_per_clip(tmp_path):
     assert query(tmp_path, "SELECT count(*) n FROM decisions_history").column("n")[0].as_py() == 2
 
 
-@pytest.mark.parametrize("sql", [
-    "COPY (SELECT 1) TO '/tmp/reelsift_should_not_exist.csv'",
-    "CREATE TABLE t AS SELECT 1",
-    "INSERT INTO clips SELECT * FROM clips",
-    "ATTACH '/tmp/x.db'",
-    "SELECT 1; DROP VIEW clips",
-])
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "COPY (SELECT 1) TO '/tmp/reelsift_should_not_exist.csv'",
+        "CREATE TABLE t AS SELECT 1",
+        "INSERT INTO clips SELECT * FROM clips",
+        "ATTACH '/tmp/x.db'",
+        "SELECT 1; DROP VIEW clips",
+    ],
+)
 def test_writes_are_refused(tmp_path, sql):
     with pytest.raises(ReadOnlyError, match="read-only"):
         query(tmp_path, sql)
@@ -53,10 +56,16 @@ def test_writes_are_refused(tmp_path, sql):
 
 
 def test_sql_cli_formats(tmp_path):
-    Table(tmp_path, "clips").write(rows_to_table(
-        [dict(clip_id=c, video_id="v", status="ok") for c in "ab"], CLIPS))
-    run = lambda *a: subprocess.run([sys.executable, "-m", "curation.cli", "sql", "--root", str(tmp_path), *a],
-                                    cwd=REPO, capture_output=True, text=True, timeout=60)
+    Table(tmp_path, "clips").write(
+        rows_to_table([dict(clip_id=c, video_id="v", status="ok") for c in "ab"], CLIPS)
+    )
+    run = lambda *a: subprocess.run(
+        [sys.executable, "-m", "curation.cli", "sql", "--root", str(tmp_path), *a],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     table = run("SELECT clip_id FROM clips ORDER BY 1")
     assert table.returncode == 0 and "(2 rows)" in table.stdout
     csv = run("SELECT clip_id FROM clips ORDER BY 1", "--format", "csv")

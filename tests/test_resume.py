@@ -19,13 +19,29 @@ from tests.media import make_video
 
 REPO = Path(__file__).resolve().parent.parent
 # small parts and one clip per shard task, so a kill lands between many small commits
-SETS = ["ray.flush_rows=1", "ray.flush_s=0.01", "split.resources.batch_size=1",
-        "shard.clips_per_task=1", "score.cpu.batch_size=1", "ray.progress=false"]
+SETS = [
+    "ray.flush_rows=1",
+    "ray.flush_s=0.01",
+    "split.resources.batch_size=1",
+    "shard.clips_per_task=1",
+    "score.cpu.batch_size=1",
+    "ray.progress=false",
+]
 
 
 def command(inputs: Path, root: Path) -> list[str]:
-    cmd = [sys.executable, "-m", "curation.cli", "run", "--config", str(REPO / "configs/offline.yaml"),
-           "--input", str(inputs), "--root", str(root)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "curation.cli",
+        "run",
+        "--config",
+        str(REPO / "configs/offline.yaml"),
+        "--input",
+        str(inputs),
+        "--root",
+        str(root),
+    ]
     for s in SETS:
         cmd += ["--set", s]
     return cmd
@@ -38,8 +54,13 @@ def run_to_end(inputs: Path, root: Path) -> None:
 
 def run_and_kill(inputs: Path, root: Path, ready) -> bool:
     """Start a run and SIGKILL its whole process group once `ready(root)`; True if killed."""
-    proc = subprocess.Popen(command(inputs, root), cwd=REPO, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        command(inputs, root),
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     deadline = time.monotonic() + 300
     try:
         while proc.poll() is None and time.monotonic() < deadline:
@@ -68,8 +89,9 @@ def keys(root: Path) -> dict[str, list]:
 def inputs(tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("resume_inputs")
     for i in range(4):
-        make_video(d / f"moving_{i}.mp4", n_frames=96, size=(320, 256), fps=24, kind="cuts",
-                   cuts=(48,), seed=i)
+        make_video(
+            d / f"moving_{i}.mp4", n_frames=96, size=(320, 256), fps=24, kind="cuts", cuts=(48,), seed=i
+        )
     return d
 
 

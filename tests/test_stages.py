@@ -38,7 +38,7 @@ def test_walk_finds_every_video_once_despite_a_symlink_loop(bad):
     paths = list_inputs(root, CFG.ingest)
     assert sum(p.endswith("/tree/inside.mp4") for p in paths) == 1
     wanted = {k for k, e in expect.items() if e.probe != "skip" and k.endswith(".mp4")}
-    assert {str(p)[len(str(root)) + 1:] for p in paths} >= wanted - {"dangling.mp4"}
+    assert {str(p)[len(str(root)) + 1 :] for p in paths} >= wanted - {"dangling.mp4"}
 
 
 def test_ingest_gives_every_bad_input_a_clear_row(bad):
@@ -101,8 +101,16 @@ def test_score_and_shard_writers_without_ray(tmp_path):
     from curation.verify import _read_tar
 
     src = make_video(tmp_path / "m.mp4", n_frames=48, size=(320, 256), kind="moving", seed=3)
-    clip = dict(clip_id="c1", path=str(src), start_frame=0, end_frame=48, fps=24.0, rotation=0,
-                display_width=320, display_height=256)
+    clip = dict(
+        clip_id="c1",
+        path=str(src),
+        start_frame=0,
+        end_frame=48,
+        fps=24.0,
+        rotation=0,
+        display_width=320,
+        display_height=256,
+    )
     broken = dict(clip, clip_id="c2", path=str(tmp_path / "gone.mp4"))
     cpu = DecodeAndScoreCpu(CFG.score)(pa.Table.from_pylist([clip, broken]))
     scored = ScoreNeural(CFG.score)(cpu).to_pylist()

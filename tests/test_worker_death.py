@@ -35,8 +35,15 @@ def test_killed_worker_is_retried_without_duplicates(ray_local, tmp_path):
     paths.append(make_video(vids / "die.mp4", n_frames=6, seed=9))
     items = pa.table({"path": [str(p) for p in paths]})
     sink = PartSink(Table(tmp_path / "root", "videos"), rows=1)
-    run_stage("ingest", DyingIngest, cfg.ingest, Resources(num_cpus=1, batch_size=2, concurrency=2),
-              items, sink, ray_cfg=cfg.ray)
+    run_stage(
+        "ingest",
+        DyingIngest,
+        cfg.ingest,
+        Resources(num_cpus=1, batch_size=2, concurrency=2),
+        items,
+        sink,
+        ray_cfg=cfg.ray,
+    )
     assert (vids / "died.marker").exists()
     got = Table(tmp_path / "root", "videos").read(["path"]).column("path").to_pylist()
     assert sorted(got) == sorted(str(p) for p in paths)

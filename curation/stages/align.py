@@ -65,8 +65,11 @@ class AlignConfig:
 
     def __post_init__(self):
         check(self.batch_size >= 1, "align.batch_size", "must be >= 1")
-        check(self.device is None or self.device.startswith(("cpu", "cuda", "mps")),
-              "align.device", f"must be cpu, cuda[:N], mps or null, got {self.device!r}")
+        check(
+            self.device is None or self.device.startswith(("cpu", "cuda", "mps")),
+            "align.device",
+            f"must be cpu, cuda[:N], mps or null, got {self.device!r}",
+        )
 
 
 @dataclass(frozen=True)
@@ -88,22 +91,37 @@ class AlignCaptions:
         torch.set_num_threads(1)
         clip = job.clip
         self.job = job
-        self.encoder = ClipEncoder(clip.clip_model, None if clip.random_init else clip.clip_pretrained,
-                                   device=job.align.device or clip.device, precision=clip.precision,
-                                   seed=clip.seed, key="score.aesthetic")
+        self.encoder = ClipEncoder(
+            clip.clip_model,
+            None if clip.random_init else clip.clip_pretrained,
+            device=job.align.device or clip.device,
+            precision=clip.precision,
+            seed=clip.seed,
+            key="score.aesthetic",
+        )
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         clip = self.job.clip
         rows = []
         for r in batch.to_pylist():
-            row = dict(clip_id=r["clip_id"], caption_model=r["caption_model"], prompt_hash=r["prompt_hash"],
-                       clip_model=clip.clip_model, untrained=clip.random_init, status="ok")
+            row = dict(
+                clip_id=r["clip_id"],
+                caption_model=r["caption_model"],
+                prompt_hash=r["prompt_hash"],
+                clip_model=clip.clip_model,
+                untrained=clip.random_init,
+                status="ok",
+            )
             if not r["clip_embedding"]:
-                row.update(status="error",
-                           error="clip has no clip_embedding in scores (not scored, or score error)")
+                row.update(
+                    status="error", error="clip has no clip_embedding in scores (not scored, or score error)"
+                )
             elif r["clip_model"] != clip.clip_model:
-                row.update(status="error", error=f"clip_embedding was made by {r['clip_model']!r} but "
-                           f"score.aesthetic.clip_model is {clip.clip_model!r}; set it back to compare")
+                row.update(
+                    status="error",
+                    error=f"clip_embedding was made by {r['clip_model']!r} but "
+                    f"score.aesthetic.clip_model is {clip.clip_model!r}; set it back to compare",
+                )
             rows.append(row)
         ok = [(row, r) for row, r in zip(rows, batch.to_pylist(), strict=True) if row["status"] == "ok"]
         if ok:
@@ -118,7 +136,10 @@ class AlignCaptions:
 
 def pending_alignments(root: Path, clip_model: str) -> pa.Table:
     """Each clip's newest ok caption, with its stored CLIP embedding, not yet aligned by `clip_model`."""
-    return connect(root).sql("""
+    return (
+        connect(root)
+        .sql(
+            """
         WITH cap AS (
             SELECT clip_id, caption, model, prompt_hash FROM captions_history WHERE status = 'ok'
             QUALIFY row_number() OVER (PARTITION BY clip_id ORDER BY created_at DESC) = 1)
@@ -130,11 +151,21 @@ def pending_alignments(root: Path, clip_model: str) -> pa.Table:
             WHERE a.clip_id = cap.clip_id AND a.caption_model = cap.model
               AND a.prompt_hash = cap.prompt_hash AND a.clip_model = $clip_model)
         ORDER BY cap.clip_id
-    """, params={"clip_model": clip_model}).to_arrow_table()
+    """,
+            params={"clip_model": clip_model},
+        )
+        .to_arrow_table()
+    )
 
 
-def run_align(root: str | Path, cfg: AlignConfig, clip: AestheticConfig, *, ray_address: str | None = None,
-              ray_cfg: Any = None) -> PartSink:
+def run_align(
+    root: str | Path,
+    cfg: AlignConfig,
+    clip: AestheticConfig,
+    *,
+    ray_address: str | None = None,
+    ray_cfg: Any = None,
+) -> PartSink:
     from curation.runner import PartSink, run_stage
 
     root = Path(root)
@@ -142,12 +173,22 @@ def run_align(root: str | Path, cfg: AlignConfig, clip: AestheticConfig, *, ray_
     table.clean_temp()
     items = pending_alignments(root, clip.clip_model)
     if clip.random_init:
-        log.warning("align: clip_score comes from an UNTRAINED random CLIP "
-                    "(score.aesthetic.random_init=true); it carries no meaning")
+        log.warning(
+            "align: clip_score comes from an UNTRAINED random CLIP "
+            "(score.aesthetic.random_init=true); it carries no meaning"
+        )
     log.info("align: %d captions to score with %s", items.num_rows, clip.clip_model)
     sink = PartSink(table, rows=1024)
-    return run_stage("align", AlignCaptions, AlignJob(cfg, clip), cfg.resources, items, sink,
-                     ray_address=ray_address, ray_cfg=ray_cfg)
+    return run_stage(
+        "align",
+        AlignCaptions,
+        AlignJob(cfg, clip),
+        cfg.resources,
+        items,
+        sink,
+        ray_address=ray_address,
+        ray_cfg=ray_cfg,
+    )
 
 
 def align(cfg: Any, root: Path, ray_address: str | None = None) -> PartSink:
@@ -158,7 +199,11 @@ def align(cfg: Any, root: Path, ray_address: str | None = None) -> PartSink:
 def pre_align_filter(cfg: FilterConfig) -> FilterConfig:
     """`cfg` without bounds on alignment columns: the filter pass that picks clips to caption
     (before any caption exists, clip_score would be missing and reject every clip)."""
-    return FilterConfig(tiers={
-        name: dataclasses.replace(tier, bounds={c: b for c, b in tier.bounds.items()
-                                                 if c not in ALIGN_COLUMNS})
-        for name, tier in cfg.tiers.items()})
+    return FilterConfig(
+        tiers={
+            name: dataclasses.replace(
+                tier, bounds={c: b for c, b in tier.bounds.items() if c not in ALIGN_COLUMNS}
+            )
+            for name, tier in cfg.tiers.items()
+        }
+    )

@@ -84,8 +84,10 @@ class CaptionConfig:
         try:
             render_prompt(self.prompt, **PROMPT_FIELDS)
         except (KeyError, IndexError, ValueError) as exc:
-            raise ConfigError(f"caption.prompt: bad template ({exc!r}); placeholders allowed: "
-                              f"{sorted(PROMPT_FIELDS)}; write literal braces as {{{{ }}}}") from exc
+            raise ConfigError(
+                f"caption.prompt: bad template ({exc!r}); placeholders allowed: "
+                f"{sorted(PROMPT_FIELDS)}; write literal braces as {{{{ }}}}"
+            ) from exc
 
     @property
     def model_name(self) -> str:
@@ -101,11 +103,21 @@ class CaptionConfig:
         return prompt_hash(self.prompt if self.backend != "sidecar" else "")
 
 
-FRAME_FIELDS = [pa.field("frames", pa.binary()), pa.field("frames_shape", pa.list_(pa.int32())),
-                pa.field("sampled_fps", pa.float64())]
-DECODED = pa.schema([pa.field("clip_id", pa.string()), pa.field("path", pa.string()),
-                     pa.field("duration_s", pa.float64()), pa.field("status", pa.string()),
-                     pa.field("error", pa.string()), *FRAME_FIELDS])
+FRAME_FIELDS = [
+    pa.field("frames", pa.binary()),
+    pa.field("frames_shape", pa.list_(pa.int32())),
+    pa.field("sampled_fps", pa.float64()),
+]
+DECODED = pa.schema(
+    [
+        pa.field("clip_id", pa.string()),
+        pa.field("path", pa.string()),
+        pa.field("duration_s", pa.float64()),
+        pa.field("status", pa.string()),
+        pa.field("error", pa.string()),
+        *FRAME_FIELDS,
+    ]
+)
 
 
 class DecodeForCaption:
@@ -124,16 +136,24 @@ class DecodeForCaption:
         return pa.Table.from_pylist([self.one(c) for c in batch.to_pylist()], schema=DECODED)
 
     def one(self, clip: dict) -> dict[str, Any]:
-        row = {"clip_id": clip["clip_id"], "path": clip["path"], "duration_s": clip["duration_s"],
-               "status": "ok"}
+        row = {
+            "clip_id": clip["clip_id"],
+            "path": clip["path"],
+            "duration_s": clip["duration_s"],
+            "status": "ok",
+        }
         if not self.needs_frames:
             return row
         try:
             frames, step = decode_samples(clip, self.cfg)
         except (VideoDecodeError, DecodeTimeout) as exc:
             return {**row, "status": "error", "error": f"decode failed: {exc}"}
-        return {**row, "frames": frames.tobytes(), "frames_shape": list(frames.shape),
-                "sampled_fps": float(clip["fps"]) / step}
+        return {
+            **row,
+            "frames": frames.tobytes(),
+            "frames_shape": list(frames.shape),
+            "sampled_fps": float(clip["fps"]) / step,
+        }
 
 
 class CaptionClips:
@@ -144,13 +164,20 @@ class CaptionClips:
     def __init__(self, cfg: CaptionConfig):
         self.cfg = cfg
         self.backend = BACKENDS[cfg.backend](getattr(cfg, cfg.backend))
-        self.common = dict(backend=cfg.backend, model=cfg.model_name, prompt_hash=cfg.prompt_hash,
-                           untrained=self.backend.untrained)
+        self.common = dict(
+            backend=cfg.backend,
+            model=cfg.model_name,
+            prompt_hash=cfg.prompt_hash,
+            untrained=self.backend.untrained,
+        )
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         rows = batch.to_pylist()
-        out = {r["clip_id"]: dict(clip_id=r["clip_id"], status="error", error=r["error"], **self.common)
-               for r in rows if r["status"] != "ok"}
+        out = {
+            r["clip_id"]: dict(clip_id=r["clip_id"], status="error", error=r["error"], **self.common)
+            for r in rows
+            if r["status"] != "ok"
+        }
         todo = [r for r in rows if r["status"] == "ok"]
         items = [CaptionInput(r["clip_id"], r["path"], _frames(r), r["sampled_fps"] or 0.0) for r in todo]
         prompts = [render_prompt(self.cfg.prompt, self.cfg.n_frames, r["duration_s"] or 0.0) for r in todo]
@@ -177,7 +204,10 @@ def _frames(row: dict) -> np.ndarray | None:
 def pending_clips(root: Path, cfg: CaptionConfig) -> pa.Table:
     """Kept clips (latest filter run) with no row yet for (clip_id, model, prompt_hash)."""
     done_filter = "AND status = 'ok'" if cfg.retry_errors else ""
-    return connect(root).sql(f"""
+    return (
+        connect(root)
+        .sql(
+            f"""
         SELECT c.clip_id, c.path, c.start_frame, c.end_frame, c.fps, c.duration_s, v.rotation,
                c.width AS display_width, c.height AS display_height
         FROM decisions d
@@ -186,11 +216,16 @@ def pending_clips(root: Path, cfg: CaptionConfig) -> pa.Table:
         WHERE d.keep AND c.clip_id NOT IN (
             SELECT clip_id FROM captions_history WHERE model = $model AND prompt_hash = $hash {done_filter})
         ORDER BY c.clip_id
-    """, params={"model": cfg.model_name, "hash": cfg.prompt_hash}).to_arrow_table()
+    """,
+            params={"model": cfg.model_name, "hash": cfg.prompt_hash},
+        )
+        .to_arrow_table()
+    )
 
 
-def run_caption(root: str | Path, cfg: CaptionConfig, *, ray_address: str | None = None,
-                ray_cfg: Any = None) -> PartSink:
+def run_caption(
+    root: str | Path, cfg: CaptionConfig, *, ray_address: str | None = None, ray_cfg: Any = None
+) -> PartSink:
     from curation.runner import PartSink, run_stage
 
     root = Path(root)
@@ -198,17 +233,29 @@ def run_caption(root: str | Path, cfg: CaptionConfig, *, ray_address: str | None
     table.clean_temp()
     items = pending_clips(root, cfg)
     if cfg.backend == "transformers" and is_untrained(cfg.transformers.model):
-        log.warning("caption: %s has RANDOM weights; captions are meaningless and rows are flagged "
-                    "untrained (set caption.transformers.model to a real VLM)", cfg.transformers.model)
-    log.info("caption: %d kept clips to caption with %s (%s, prompt %s)",
-             items.num_rows, cfg.model_name, cfg.backend, cfg.prompt_hash)
+        log.warning(
+            "caption: %s has RANDOM weights; captions are meaningless and rows are flagged "
+            "untrained (set caption.transformers.model to a real VLM)",
+            cfg.transformers.model,
+        )
+    log.info(
+        "caption: %d kept clips to caption with %s (%s, prompt %s)",
+        items.num_rows,
+        cfg.model_name,
+        cfg.backend,
+        cfg.prompt_hash,
+    )
     t0 = time.monotonic()
     sink = PartSink(table, rows=64)
     ops = [(DecodeForCaption, cfg, cfg.decode), (CaptionClips, cfg, cfg.captioner)]
     run_stage("caption", ops, None, None, items, sink, ray_address=ray_address, ray_cfg=ray_cfg)
     if sink.counts.get("error"):
-        log.warning("caption: %d of %d clips got no caption (see captions.error) in %.0fs",
-                    sink.counts["error"], sink.written, time.monotonic() - t0)
+        log.warning(
+            "caption: %d of %d clips got no caption (see captions.error) in %.0fs",
+            sink.counts["error"],
+            sink.written,
+            time.monotonic() - t0,
+        )
     return sink
 
 

@@ -40,8 +40,16 @@ def config_hash(cfg: FilterConfig) -> str:
 
 # Tables whose columns tier bounds may name, joined by clip_id, in lookup order (view, alias, extra ON).
 SCORE_TABLES = (("scores", "s", ""), ("alignment", "a", "AND a.status = 'ok'"))
-NOT_SCORES = {"clip_id", "created_at", "status", "error", "caption_model", "prompt_hash", "clip_model",
-              "untrained"}
+NOT_SCORES = {
+    "clip_id",
+    "created_at",
+    "status",
+    "error",
+    "caption_model",
+    "prompt_hash",
+    "clip_model",
+    "untrained",
+}
 
 
 def _candidates(
@@ -60,8 +68,7 @@ def _candidates(
     unknown = [c for c in cols if c not in owner]
     if unknown:
         raise ConfigError(
-            f"filter.tiers: bound(s) on unknown score column(s) {unknown}; "
-            f"score columns are: {sorted(owner)}"
+            f"filter.tiers: bound(s) on unknown score column(s) {unknown}; score columns are: {sorted(owner)}"
         )
     select = "".join(f', {owner[c]}."{c}"' for c in cols)
     joins = " ".join(f"LEFT JOIN {t} {a} ON {a}.clip_id = c.clip_id {on}" for t, a, on in SCORE_TABLES)
@@ -91,8 +98,17 @@ def decide_batches(
             d = decide(int(rec.pop("short_side") or 0), rec, cfg)
             if dup_of is not None:  # a near-duplicate of a better clip: rejected whatever its scores
                 d = Decision(tier=None, keep=False, reasons=[f"duplicate_of={dup_of}", *d.reasons])
-            rows.append(dict(clip_id=rec["clip_id"], tier=d.tier, keep=d.keep, reasons=d.reasons,
-                             filter_run=summary.run, config_hash=chash, created_at=stamp))
+            rows.append(
+                dict(
+                    clip_id=rec["clip_id"],
+                    tier=d.tier,
+                    keep=d.keep,
+                    reasons=d.reasons,
+                    filter_run=summary.run,
+                    config_hash=chash,
+                    created_at=stamp,
+                )
+            )
             summary.decided += 1
             if d.keep:
                 summary.kept_per_tier[d.tier] = summary.kept_per_tier.get(d.tier, 0) + 1

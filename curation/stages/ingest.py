@@ -98,10 +98,20 @@ class IngestStage:
             return row
         dw, dh = info.display_size
         row.update(
-            status="ok", duration_s=info.duration_s, fps=info.fps, vfr=info.vfr,
-            n_frames=info.n_frames, width=info.width, height=info.height,
-            rotation=info.rotation, display_width=dw, display_height=dh, codec=info.codec,
-            pix_fmt=info.pix_fmt, has_audio=info.has_audio, bitrate=info.bitrate,
+            status="ok",
+            duration_s=info.duration_s,
+            fps=info.fps,
+            vfr=info.vfr,
+            n_frames=info.n_frames,
+            width=info.width,
+            height=info.height,
+            rotation=info.rotation,
+            display_width=dw,
+            display_height=dh,
+            codec=info.codec,
+            pix_fmt=info.pix_fmt,
+            has_audio=info.has_audio,
+            bitrate=info.bitrate,
         )
         return row
 

@@ -42,9 +42,19 @@ def decode_samples(clip: dict, cfg: ScoreConfig) -> tuple[np.ndarray, float]:
     idx = sample_indices(start, end, cfg.n_frames)
     size = even_size(int(clip["display_width"]), int(clip["display_height"]), cfg.short_side)
     deadline = time.monotonic() + cfg.timeout_s
-    frames = [f for _, f in iter_frames(clip["path"], start, end, float(clip["fps"]), size=size,
-                                        rotation=int(clip["rotation"] or 0), indices=idx,
-                                        deadline=deadline)]
+    frames = [
+        f
+        for _, f in iter_frames(
+            clip["path"],
+            start,
+            end,
+            float(clip["fps"]),
+            size=size,
+            rotation=int(clip["rotation"] or 0),
+            indices=idx,
+            deadline=deadline,
+        )
+    ]
     if len(frames) < 2:
         raise VideoDecodeError(clip["path"], f"only {len(frames)} of {len(idx)} sampled frames decoded")
     return np.stack(frames), (end - start) / len(idx)
@@ -60,8 +70,12 @@ class DecodeAndScoreCpu:
 
         cv2.setNumThreads(1)  # one actor per core; the scheduler gives the parallelism
         self.cfg = cfg
-        self.scorers = [MotionScorer(cfg.motion), OcrScorer(cfg.ocr), QualityScorer(cfg.quality),
-                        NsfwScorer(cfg.nsfw)]
+        self.scorers = [
+            MotionScorer(cfg.motion),
+            OcrScorer(cfg.ocr),
+            QualityScorer(cfg.quality),
+            NsfwScorer(cfg.nsfw),
+        ]
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         return pa.Table.from_pylist([self.one(c) for c in batch.to_pylist()], schema=CPU_SCHEMA)
@@ -73,9 +87,15 @@ class DecodeAndScoreCpu:
         except (VideoDecodeError, DecodeTimeout) as exc:
             row["error"] = f"decode failed: {exc}"
             return row
-        row.update(status="ok", n_frames_scored=len(frames), frame_step=step,
-                   work_width=frames.shape[2], work_height=frames.shape[1],
-                   frames=frames.tobytes(), frames_shape=list(frames.shape))
+        row.update(
+            status="ok",
+            n_frames_scored=len(frames),
+            frame_step=step,
+            work_width=frames.shape[2],
+            work_height=frames.shape[1],
+            frames=frames.tobytes(),
+            frames_shape=list(frames.shape),
+        )
         for scorer in self.scorers:
             row.update(scorer(frames, frame_step=step))
         return row
@@ -101,7 +121,7 @@ class ScoreNeural:
                 by_shape.setdefault(tuple(r["frames_shape"][1:]), []).append(r)
         for group in by_shape.values():  # CLIP batches need one frame size
             clips = [np.frombuffer(r["frames"], np.uint8).reshape(r["frames_shape"]) for r in group]
-            for r, scores in zip(group, self.scorer.score_batch(clips)):
+            for r, scores in zip(group, self.scorer.score_batch(clips), strict=True):
                 r.update(scores, clip_model=self.cfg.aesthetic.clip_model)
         for r in rows:
             r.pop("frames", None)

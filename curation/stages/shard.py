@@ -39,7 +39,9 @@ class ShardJob:
     root: str
 
 
-def output_indices(start: int, end: int, src_fps: float, out_fps: float | None) -> tuple[list[int] | None, float]:
+def output_indices(
+    start: int, end: int, src_fps: float, out_fps: float | None
+) -> tuple[list[int] | None, float]:
     """Source frames to keep for `out_fps` (nearest in time) -> (indices or None=all, fps)."""
     if out_fps is None or out_fps >= src_fps - 1e-6:
         return None, src_fps
@@ -48,15 +50,27 @@ def output_indices(start: int, end: int, src_fps: float, out_fps: float | None) 
     return [start + int(round(k * step)) for k in range(n)], out_fps
 
 
-def cut_clip(clip: dict, short_side: int, out_fps: float | None, cfg: ShardConfig,
-             deadline: float | None = None) -> tuple[bytes, int, int, float, int]:
+def cut_clip(
+    clip: dict, short_side: int, out_fps: float | None, cfg: ShardConfig, deadline: float | None = None
+) -> tuple[bytes, int, int, float, int]:
     """Decode [start_frame, end_frame) of the source, resize, re-encode -> (mp4, w, h, fps, n)."""
     w, h = even_size(int(clip["display_width"]), int(clip["display_height"]), short_side)
-    indices, fps = output_indices(int(clip["start_frame"]), int(clip["end_frame"]),
-                                  float(clip["fps"]), out_fps)
-    frames = [f for _, f in iter_frames(
-        clip["path"], int(clip["start_frame"]), int(clip["end_frame"]), float(clip["fps"]),
-        size=(w, h), rotation=int(clip["rotation"] or 0), indices=indices, deadline=deadline)]
+    indices, fps = output_indices(
+        int(clip["start_frame"]), int(clip["end_frame"]), float(clip["fps"]), out_fps
+    )
+    frames = [
+        f
+        for _, f in iter_frames(
+            clip["path"],
+            int(clip["start_frame"]),
+            int(clip["end_frame"]),
+            float(clip["fps"]),
+            size=(w, h),
+            rotation=int(clip["rotation"] or 0),
+            indices=indices,
+            deadline=deadline,
+        )
+    ]
     if not frames:
         raise VideoDecodeError(clip["path"], "no frame decoded in the clip's range")
     return encode_mp4(frames, fps, crf=cfg.crf, preset=cfg.preset), w, h, fps, len(frames)
@@ -117,31 +131,47 @@ class ShardWriter:
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
         rows = []
         for i in range(len(batch["group"])):
-            rows.extend(self.write_group(
-                str(batch["group"][i]), str(batch["tier"][i]), int(batch["short_side"][i]),
-                None if np.isnan(batch["fps"][i]) else float(batch["fps"][i]),
-                json.loads(str(batch["clips_json"][i]))))
+            rows.extend(
+                self.write_group(
+                    str(batch["group"][i]),
+                    str(batch["tier"][i]),
+                    int(batch["short_side"][i]),
+                    None if np.isnan(batch["fps"][i]) else float(batch["fps"][i]),
+                    json.loads(str(batch["clips_json"][i])),
+                )
+            )
         return rows_to_table(rows, SHARDS)
 
-    def write_group(self, group: str, tier: str, short_side: int, out_fps: float | None,
-                    clips: list[dict]) -> list[dict]:
+    def write_group(
+        self, group: str, tier: str, short_side: int, out_fps: float | None, clips: list[dict]
+    ) -> list[dict]:
         cfg = self.job.cfg
         tars = _TarSet(Path(self.job.root), tier, group, cfg)
         errors = []
         for clip in clips:
             key = clip["clip_id"]
             try:
-                mp4, w, h, fps, n = cut_clip(clip, short_side, out_fps, cfg,
-                                             deadline=time.monotonic() + 600)
+                mp4, w, h, fps, n = cut_clip(clip, short_side, out_fps, cfg, deadline=time.monotonic() + 600)
             except (VideoDecodeError, DecodeTimeout, ValueError) as exc:
-                errors.append(dict(clip_id=key, key=key, tier=tier, status="error",
-                                   error=f"could not cut clip: {exc}"))
+                errors.append(
+                    dict(clip_id=key, key=key, tier=tier, status="error", error=f"could not cut clip: {exc}")
+                )
                 continue
             meta = dict(clip["meta"])
             meta["shard"] = dict(tier=tier, width=w, height=h, fps=fps, n_frames=n)
             caption = clip.get("caption") or ""
-            row = dict(clip_id=key, key=key, tier=tier, status="ok", width=w, height=h,
-                       fps=fps, n_frames=n, bytes=len(mp4), caption=caption)
+            row = dict(
+                clip_id=key,
+                key=key,
+                tier=tier,
+                status="ok",
+                width=w,
+                height=h,
+                fps=fps,
+                n_frames=n,
+                bytes=len(mp4),
+                caption=caption,
+            )
             tars.add(key, mp4, caption, meta, row)
         return tars.close() + errors
 
@@ -191,22 +221,39 @@ def pending_groups(root: Path, filt: FilterConfig, cfg: ShardConfig) -> pa.Table
     rows = con.sql(sql).to_arrow_table().to_pylist()
     by_tier: dict[str, list[dict]] = {}
     for r in rows:
-        meta = {name: json.loads(r.pop(f"{name}_json")) if r.get(f"{name}_json") else None
-                for name in ("clip", "video", "scores", "decision")}
+        meta = {
+            name: json.loads(r.pop(f"{name}_json")) if r.get(f"{name}_json") else None
+            for name in ("clip", "video", "scores", "decision")
+        }
         r["meta"] = meta
         by_tier.setdefault(r["tier"], []).append(r)
     groups = []
     for tier, clips in by_tier.items():
         if tier not in filt.tiers:
-            raise ConfigError(f"decisions name tier {tier!r}, which filter.tiers no longer has; re-run filter")
+            raise ConfigError(
+                f"decisions name tier {tier!r}, which filter.tiers no longer has; re-run filter"
+            )
         tcfg = filt.tiers[tier]
         for i in range(0, len(clips), cfg.clips_per_task):
-            chunk = clips[i: i + cfg.clips_per_task]
-            groups.append(dict(
-                group=key_hash(*sorted(c["clip_id"] for c in chunk)), tier=tier,
-                short_side=tcfg.short_side, fps=float("nan") if tcfg.fps is None else tcfg.fps,
-                clips_json=json.dumps(chunk, default=str), n_clips=len(chunk)))
-    schema = pa.schema([("group", pa.string()), ("tier", pa.string()), ("short_side", pa.int32()),
-                        ("fps", pa.float64()), ("clips_json", pa.string()), ("n_clips", pa.int32())])
+            chunk = clips[i : i + cfg.clips_per_task]
+            groups.append(
+                dict(
+                    group=key_hash(*sorted(c["clip_id"] for c in chunk)),
+                    tier=tier,
+                    short_side=tcfg.short_side,
+                    fps=float("nan") if tcfg.fps is None else tcfg.fps,
+                    clips_json=json.dumps(chunk, default=str),
+                    n_clips=len(chunk),
+                )
+            )
+    schema = pa.schema(
+        [
+            ("group", pa.string()),
+            ("tier", pa.string()),
+            ("short_side", pa.int32()),
+            ("fps", pa.float64()),
+            ("clips_json", pa.string()),
+            ("n_clips", pa.int32()),
+        ]
+    )
     return pa.Table.from_pylist(groups, schema=schema)
-

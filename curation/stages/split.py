@@ -32,17 +32,31 @@ def plan_clips(ranges: list[tuple[int, int]], n_frames: int, fps: float, cfg: Sp
         length = end - start
         if length <= 0 or length / fps < cfg.min_clip_s:
             seconds = max(length, 0) / fps
-            rows.append(dict(scene_index=scene_index, piece_index=0, start_frame=a, end_frame=b,
-                             status="rejected",
-                             reasons=[f"too_short={seconds:.2f}s<{cfg.min_clip_s:g}s"]))
+            rows.append(
+                dict(
+                    scene_index=scene_index,
+                    piece_index=0,
+                    start_frame=a,
+                    end_frame=b,
+                    status="rejected",
+                    reasons=[f"too_short={seconds:.2f}s<{cfg.min_clip_s:g}s"],
+                )
+            )
             continue
         pieces = max(1, -(-length // max_len))
         edges = [start + round(i * length / pieces) for i in range(pieces + 1)]
-        for piece_index, (s, e) in enumerate(zip(edges[:-1], edges[1:])):
+        for piece_index, (s, e) in enumerate(zip(edges[:-1], edges[1:], strict=True)):
             ok = (e - s) / fps >= cfg.min_clip_s
-            rows.append(dict(scene_index=scene_index, piece_index=piece_index, start_frame=s,
-                             end_frame=e, status="ok" if ok else "rejected",
-                             reasons=[] if ok else [f"too_short={(e - s) / fps:.2f}s<{cfg.min_clip_s:g}s"]))
+            rows.append(
+                dict(
+                    scene_index=scene_index,
+                    piece_index=piece_index,
+                    start_frame=s,
+                    end_frame=e,
+                    status="ok" if ok else "rejected",
+                    reasons=[] if ok else [f"too_short={(e - s) / fps:.2f}s<{cfg.min_clip_s:g}s"],
+                )
+            )
     return rows
 
 
@@ -60,8 +74,9 @@ class SplitStage:
 
     def one(self, video: dict) -> list[dict]:
         vid, path = str(video["video_id"]), str(video["path"])
-        base = dict(video_id=vid, path=path, width=int(video["display_width"]),
-                    height=int(video["display_height"]))
+        base = dict(
+            video_id=vid, path=path, width=int(video["display_width"]), height=int(video["display_height"])
+        )
         try:
             scenes = detect_scenes(path, self.cfg.scenes, timeout_s=self.cfg.timeout_s)
         except (VideoDecodeError, SceneTimeout) as exc:
@@ -74,11 +89,19 @@ class SplitStage:
         rows = []
         for r in plan_clips(scenes.ranges, scenes.n_frames, fps, self.cfg):
             s, e = r["start_frame"], r["end_frame"]
-            rows.append({**base, **r, "clip_id": clip_id(vid, s, e), "fps": fps,
-                         "start_s": s / fps, "end_s": e / fps, "duration_s": (e - s) / fps})
+            rows.append(
+                {
+                    **base,
+                    **r,
+                    "clip_id": clip_id(vid, s, e),
+                    "fps": fps,
+                    "start_s": s / fps,
+                    "end_s": e / fps,
+                    "duration_s": (e - s) / fps,
+                }
+            )
         return rows
 
     @staticmethod
     def _error(base: dict, message: str) -> dict:
-        return {**base, "clip_id": clip_id(base["video_id"], -1, -1), "status": "error",
-                "error": message}
+        return {**base, "clip_id": clip_id(base["video_id"], -1, -1), "status": "error", "error": message}
