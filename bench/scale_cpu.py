@@ -40,22 +40,46 @@ def _rss_mb() -> float:
     return total / 1024
 
 
+def _object_store() -> tuple[float, float]:
+    """(plasma MiB in use now, MiB spilled so far) across the cluster, from Ray's memory summary."""
+    import re
+
+    import ray
+    from ray._private.internal_api import memory_summary
+
+    text = memory_summary(address=ray.get_runtime_context().gcs_address, stats_only=True)
+    used = re.search(r"Plasma memory usage (\d+) MiB", text)
+    spilled = re.search(r"Spilled (\d+) MiB", text)
+    return float(used.group(1)) if used else 0.0, float(spilled.group(1)) if spilled else 0.0
+
+
 class PeakSampler(threading.Thread):
     def __init__(self):
         super().__init__(daemon=True)
         self.peak = 0.0
+        self.plasma_peak = 0.0
+        self.spilled = 0.0
         self.samples: list[tuple[float, float]] = []
-        self._stop = threading.Event()
+        self._halt = threading.Event()
         self.t0 = time.monotonic()
 
     def run(self):
-        while not self._stop.wait(0.5):
+        tick = 0
+        while not self._halt.wait(0.5):
             rss = _rss_mb()
             self.peak = max(self.peak, rss)
+            tick += 1
+            if tick % 4 == 0:
+                try:
+                    used, spilled = _object_store()
+                except Exception:  # noqa: BLE001 - Ray not up yet, or between stages
+                    continue
+                self.plasma_peak = max(self.plasma_peak, used)
+                self.spilled = max(self.spilled, spilled)
             self.samples.append((round(time.monotonic() - self.t0, 1), round(rss, 1)))
 
     def stop(self):
-        self._stop.set()
+        self._halt.set()
         self.join()
 
 
@@ -78,8 +102,10 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--videos", type=int, default=2000)
     ap.add_argument("--seconds", type=float, default=2.0)
+    ap.add_argument("--size", default="320x256", help="WxH of the generated videos, e.g. 1280x720")
+    ap.add_argument("--fps", type=int, default=12)
     ap.add_argument("--out", default="/tmp/reelsift-scale")
-    ap.add_argument("--json", default=str(REPO / "bench/results/scale_cpu.json"))
+    ap.add_argument("--json", default=None, help="default: bench/results/scale_cpu_<size>.json")
     args = ap.parse_args()
 
     from curation import pipeline
@@ -87,9 +113,11 @@ def main() -> None:
     from manifests.db import query
 
     work = Path(args.out)
-    inputs, root = work / "videos", work / f"run-{int(time.time())}"
+    root = work / f"run-{int(time.time())}"
     t = time.monotonic()
-    make_inputs(inputs, args.videos, args.seconds, (320, 256), 12)
+    size = tuple(int(v) for v in args.size.split("x"))
+    inputs = work / f"videos-{args.size}-{args.fps}"
+    make_inputs(inputs, args.videos, args.seconds, size, args.fps)
     gen_s = time.monotonic() - t
     cfg = load_config(REPO / "configs/offline.yaml", ["ray.progress=false", "ray.flush_rows=256"])
     sampler = PeakSampler()
@@ -117,6 +145,9 @@ def main() -> None:
         "videos_per_s": round(args.videos / sum(timings.values()), 2),
         "video_seconds_per_wall_s": round((video_s or 0) / sum(timings.values()), 2),
         "peak_rss_mb_driver_plus_ray": round(sampler.peak, 1),
+        "object_store_peak_mb": sampler.plasma_peak,
+        "object_store_capacity_mb": cfg.ray.object_store_mb,
+        "spilled_mb": sampler.spilled,
         "rss_timeline_mb": sampler.samples[:: max(1, len(sampler.samples) // 60)],
     }
     print(f"{'stage':10s} {'wall s':>8s} {'items/s':>8s}")
@@ -133,8 +164,9 @@ def main() -> None:
         f"total {result['total_wall_s']} s, {result['videos_per_s']} videos/s, "
         f"peak RSS (driver + Ray) {result['peak_rss_mb_driver_plus_ray']} MiB, rows {counts}"
     )
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(result, indent=1))
+    out = Path(args.json or REPO / f"bench/results/scale_cpu_{args.size}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1))
 
 
 if __name__ == "__main__":
