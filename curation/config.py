@@ -104,6 +104,8 @@ class ShardConfig:
     """x264 preset (ultrafast .. veryslow)."""
     clips_per_task: int = 16
     """Clips handed to one shard-writer task; each task writes its own tar(s) (>= 1)."""
+    timeout_s: float = 600.0
+    """Per-clip time limit for cutting and encoding, seconds; over it the clip is an error row."""
     resources: Resources = field(default_factory=lambda: Resources(batch_size=1))
     """Scheduling of the shard writers (batch = one group of clips_per_task clips)."""
 
@@ -112,6 +114,7 @@ class ShardConfig:
         check(self.max_bytes >= 1 << 20, "shard.max_bytes", "must be >= 1 MiB")
         check(0 <= self.crf <= 51, "shard.crf", "must be in 0..51")
         check(self.clips_per_task >= 1, "shard.clips_per_task", "must be >= 1")
+        check(self.timeout_s > 0, "shard.timeout_s", "must be > 0")
 
 
 @dataclass(frozen=True)

@@ -11,8 +11,6 @@ import time
 from dataclasses import dataclass
 from typing import Literal
 
-import numpy as np
-
 from curation.configtools import check
 
 
@@ -83,13 +81,17 @@ def detect_scenes(path: str, cfg: SceneConfig, timeout_s: float | None = None) -
         manager.auto_downscale = False
         manager.downscale = cfg.downscale
     manager.add_detector(_make_detector(cfg))
-    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    if timeout_s is not None:
+        deadline = time.monotonic() + timeout_s
+        read = video.read
 
-    def _check_deadline(_frame: np.ndarray, _timecode) -> None:
-        if deadline is not None and time.monotonic() > deadline:
-            raise SceneTimeout(f"scene detection took longer than {timeout_s:g}s")
+        def read_with_deadline(*args, **kwargs):  # the detector pulls every frame through read()
+            if time.monotonic() > deadline:
+                raise SceneTimeout(f"scene detection took longer than {timeout_s:g}s")
+            return read(*args, **kwargs)
 
-    manager.detect_scenes(video=video, callback=_check_deadline)
+        video.read = read_with_deadline
+    manager.detect_scenes(video=video)
     n_frames = int(video.frame_number)
     fps = float(video.frame_rate)
     cuts = sorted({int(c.frame_num) for c in manager.get_cut_list()})
