@@ -118,3 +118,38 @@ def test_sigkill_mid_split_and_mid_shard_then_rerun(inputs, tmp_path):
     assert problems == [] and checked == len(expected["shards"])
     dup = query(root, "SELECT clip_id, count(*) n FROM shards GROUP BY 1 HAVING n > 1").num_rows
     assert dup == 0
+
+
+def all_parts_readable(root: Path) -> None:
+    import pyarrow.parquet as pq
+
+    for part in root.glob("*/part-*.parquet"):
+        pq.read_metadata(part)  # raises on a partial file
+
+
+@pytest.mark.slow
+def test_random_sigkills_in_every_stage_then_rerun(inputs, tmp_path):
+    """Kill the run at random moments, again and again (bounded in time), then finish it."""
+    import random
+
+    reference = tmp_path / "reference"
+    t0 = time.monotonic()
+    run_to_end(inputs, reference)
+    full = time.monotonic() - t0
+    expected = keys(reference)
+    root = tmp_path / "killed"
+    rng = random.Random(7)
+    kills, deadline = 0, time.monotonic() + 8 * 60
+    while time.monotonic() < deadline:
+        delay = rng.uniform(2.0, full)
+        start = time.monotonic()
+        if not run_and_kill(inputs, root, lambda r, s=start, d=delay: time.monotonic() - s > d):
+            break  # the run finished before the kill: done
+        kills += 1
+        all_parts_readable(root)
+    run_to_end(inputs, root)
+    assert kills >= 3
+    assert keys(root) == expected
+    all_parts_readable(root)
+    checked, problems = verify(root)
+    assert problems == [] and checked == len(expected["shards"])
