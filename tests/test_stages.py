@@ -146,3 +146,15 @@ def test_time_limits_turn_slow_videos_into_error_rows(tmp_path):
     assert scored["status"] == "error" and "time limit" in scored["error"]
     rows = ShardWriter(ShardJob(cfg=cfg.shard, root=str(tmp_path))).write_group("g", "256p", 256, None, [clip])
     assert rows[0]["status"] == "error" and "time limit" in rows[0]["error"]
+
+
+def test_a_long_low_res_video_is_probed_and_split(tmp_path):
+    """Over 30 minutes at 2 fps and 64x48: probing stays cheap, split cuts it into max-length
+    clips, and the clip count follows the duration."""
+    src = make_video(tmp_path / "long.mp4", n_frames=3700, size=(64, 48), fps=2, kind="static", seed=4)
+    row = IngestStage(CFG.ingest).one(str(src))
+    assert row["status"] == "ok" and row["duration_s"] > 30 * 60
+    clips = SplitStage(CFG.split).one(row)
+    assert all(r["status"] == "ok" for r in clips)
+    assert len(clips) >= row["duration_s"] / CFG.split.max_clip_s - 1
+    assert max(r["duration_s"] for r in clips) <= CFG.split.max_clip_s + 1e-6
