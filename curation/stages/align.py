@@ -23,6 +23,7 @@ from curation.configtools import Resources, check
 from filters.aesthetic import AestheticConfig
 from filters.policy import FilterConfig
 from manifests.db import connect
+from manifests.schemas import ALIGNMENT
 from manifests.store import Table
 from models.clip import ClipEncoder
 
@@ -31,25 +32,6 @@ if TYPE_CHECKING:  # curation.config imports this module for its config; runner 
 
 log = logging.getLogger("reelsift")
 
-try:
-    from manifests.schemas import ALIGNMENT
-except ImportError:  # until manifests/schemas.py defines it (same schema, see the caption/align README)
-    from manifests.schemas import register
-
-    ALIGNMENT = pa.schema(
-        [
-            pa.field("clip_id", pa.string(), nullable=False),
-            pa.field("caption_model", pa.string(), nullable=False),  # captions.model that was scored
-            pa.field("prompt_hash", pa.string(), nullable=False),  # captions.prompt_hash
-            pa.field("clip_score", pa.float32()),  # cosine(caption text emb, clip_embedding), -1..1
-            pa.field("clip_model", pa.string(), nullable=False),  # CLIP of both embeddings
-            pa.field("untrained", pa.bool_()),  # True: random CLIP, score meaningless
-            pa.field("status", pa.string(), nullable=False),  # ok | error
-            pa.field("error", pa.string()),
-            pa.field("created_at", pa.timestamp("us", tz="UTC"), nullable=False),
-        ]
-    )
-    register("alignment", ALIGNMENT, "clip_id", newest_wins=True)
 
 ALIGN_COLUMNS = frozenset({"clip_score"})  # score columns the alignment table provides
 
