@@ -356,9 +356,11 @@ def build_vlm(sizes: dict, device: str, dtype):
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=512, special_tokens=_TINY_SPECIAL,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator([DEFAULT_PROMPT, "A person walks a brown dog through a sunlit park."] * 4, trainer)
+    corpus = [DEFAULT_PROMPT, "A person walks a brown dog through a sunlit park."] * 4
+    tok.train_from_iterator(corpus, trainer)
     ids = {t: tok.token_to_id(t) for t in _TINY_SPECIAL}
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>")
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>",
+                                        pad_token="<|endoftext|>")
     # processors at their class defaults = Qwen2.5-VL's (video: 128..768 x 28x28 pixels a frame)
     processor = Qwen2_5_VLProcessor(image_processor=Qwen2VLImageProcessor(), tokenizer=tokenizer,
                                     video_processor=Qwen2VLVideoProcessor(), chat_template=_TINY_TEMPLATE)
@@ -379,16 +381,24 @@ def build_vlm(sizes: dict, device: str, dtype):
 def bench_caption(cfg: BenchConfig, files: list[dict], res: Results, workdir: Path) -> None:
     import torch
 
-    from curation.stages.caption import CaptionConfig
     from curation.stages.score import decode_samples
-    from models.captioner import CaptionInput, TransformersCaptioner, TransformersCaptionerConfig, render_prompt
+    from filters.score_config import ScoreConfig
+    from models.captioner import (
+        DEFAULT_PROMPT,
+        CaptionInput,
+        TransformersCaptioner,
+        TransformersCaptionerConfig,
+        render_prompt,
+    )
 
     t_phase = time.monotonic()
     budget = cfg.budget_s["caption"]
     out = res.data["phases"].setdefault("caption", {"runs": []})
     device = "cpu" if cfg.smoke else "cuda"
     dtype = torch.float32 if cfg.smoke else torch.bfloat16
-    ccfg = CaptionConfig()  # n_frames 8, short_side 448, DEFAULT_PROMPT
+    # caption.CaptionConfig's defaults (n_frames 8, short_side 448); that module imports duckdb,
+    # which the GPU image lacks, and decode_samples reads only these keys
+    ccfg = ScoreConfig(n_frames=8, short_side=448)
     t0 = time.perf_counter()
     model, processor = build_vlm(SMOKE_VLM if cfg.smoke else QWEN25_VL_7B, device, dtype)
     sync()
@@ -417,8 +427,9 @@ def bench_caption(cfg: BenchConfig, files: list[dict], res: Results, workdir: Pa
     with ThreadPoolExecutor(16) as pool:
         decoded = list(pool.map(lambda c: decode_samples(c, ccfg), clips))
     out["decode_448_clips_per_s_16threads"] = round(len(clips) / (time.perf_counter() - t0), 2)
-    items = [CaptionInput(c["clip_id"], c["path"], f, c["fps"] / s) for c, (f, s) in zip(clips, decoded)]
-    prompts = [render_prompt(ccfg.prompt, ccfg.n_frames, c["duration_s"]) for c in clips]
+    items = [CaptionInput(c["clip_id"], c["path"], f, c["fps"] / s)
+             for c, (f, s) in zip(clips, decoded, strict=True)]
+    prompts = [render_prompt(DEFAULT_PROMPT, ccfg.n_frames, c["duration_s"]) for c in clips]
     # prompt length as the model sees it (video tokens + text)
     one = processor(text=[processor.apply_chat_template(
         [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": prompts[0]}]}],
@@ -443,8 +454,9 @@ def bench_caption(cfg: BenchConfig, files: list[dict], res: Results, workdir: Pa
             dt = time.perf_counter() - t0
         errors = [r.error for r in raw if r.error]
         n_tok = sum(r.n_tokens or 0 for r in raw)
-        return {"batch": bs, "new_tokens": new, "s": round(dt, 3), "generate_s": round(raw[0].latency_s, 3),
-                "clips_per_s": round(bs / dt, 3), "gen_tokens": n_tok, "gen_tokens_per_s": round(n_tok / dt, 1),
+        return {"batch": bs, "new_tokens": new, "s": round(dt, 3),
+                "generate_s": round(raw[0].latency_s, 3), "clips_per_s": round(bs / dt, 3),
+                "gen_tokens": n_tok, "gen_tokens_per_s": round(n_tok / dt, 1),
                 "errors": errors[:1], **smi.stats}
 
     # warm-up (kernels, cuBLAS handles) at a small size, then prefill-only per batch
@@ -471,8 +483,8 @@ def bench_caption(cfg: BenchConfig, files: list[dict], res: Results, workdir: Pa
             torch.cuda.empty_cache()
         r["what"] = "caption: preprocess + generate"
         out["runs"].append(r)
-        print(f"caption bs={bs} new={new}: {r.get('clips_per_s')} clips/s {r.get('gen_tokens_per_s')} tok/s "
-              f"util {r.get('gpu_util_mean')}", flush=True)
+        print(f"caption bs={bs} new={new}: {r.get('clips_per_s')} clips/s "
+              f"{r.get('gen_tokens_per_s')} tok/s util {r.get('gpu_util_mean')}", flush=True)
         res.save()
     out["peak_mem_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 1) if device == "cuda" else None
     out["phase_s"] = round(time.monotonic() - t_phase, 1)
@@ -484,7 +496,8 @@ def table(res: Results) -> str:
     d, lines = res.data, [f"== reelsift curate GPU bench: {res.data['card']} =="]
     clip = d["phases"].get("clip", {})
     for r in clip.get("decode", []):
-        lines.append(f"CLIP decode only      {r['workers']:>2} threads          {r['clips_per_s']:>8.1f} clips/s")
+        lines.append(f"CLIP decode only      {r['workers']:>2} threads          "
+                     f"{r['clips_per_s']:>8.1f} clips/s")
     for r in clip.get("model", []):
         label = ("CLIP forward only" if "frames_per_s" in r else
                  f"CLIP score_batch fb={r['frames_per_fwd']} cb={r['clips_per_call']}")
@@ -498,8 +511,8 @@ def table(res: Results) -> str:
             lines.append(f"VLM bs={r['batch']} new={r['new_tokens']}: {r['error'][:60]}")
             continue
         what = "prefill" if r["new_tokens"] == 1 else f"new={r['new_tokens']}"
-        lines.append(f"VLM 7B bs={r['batch']:<2} {what:<8} {r['s']:>7.2f} s {r['clips_per_s']:>7.3f} clips/s "
-                     f"{r['gen_tokens_per_s']:>8.1f} tok/s  util {r.get('gpu_util_mean', '-')}%")
+        lines.append(f"VLM 7B bs={r['batch']:<2} {what:<8} {r['s']:>7.2f} s {r['clips_per_s']:>7.3f} "
+                     f"clips/s {r['gen_tokens_per_s']:>8.1f} tok/s  util {r.get('gpu_util_mean', '-')}%")
     for name, p in PUBLISHED.items():
         lo, hi = p["clips_per_s_per_gpu"]
         lines.append(f"published {name}: {lo:.3f}-{hi:.3f} clips/s per GPU")

@@ -23,13 +23,31 @@ def ray_local():
 
 @pytest.fixture(scope="session")
 def demo_corpus(tmp_path_factory):
+    import shutil
+
     from curation.demo_data import write_demo_corpus
 
-    return write_demo_corpus(tmp_path_factory.mktemp("demo") / "videos", with_samples=True)
+    corpus = write_demo_corpus(tmp_path_factory.mktemp("demo") / "videos", with_samples=True)
+    # a name with spaces, non-ASCII and shell metacharacters must not leak into outputs
+    odd = corpus.root / "a b $(echo x);'q' vidéo.mp4"
+    shutil.copy(corpus.root / "cuts_three_scenes.mp4", odd)
+    with open(odd, "ab") as fh:  # trailing bytes after the moov box: still plays, new video_id
+        fh.write(b"\0" * 16)
+    for f in corpus.root.iterdir():
+        f.chmod(0o444)  # the pipeline must only ever read its inputs
+    return corpus
 
 
 @pytest.fixture(scope="session")
-def demo_run(ray_local, demo_corpus, tmp_path_factory) -> tuple[Path, object]:
+def demo_digests(demo_corpus) -> dict[str, str]:
+    """sha256 of every input before the pipeline runs."""
+    import hashlib
+
+    return {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in demo_corpus.root.iterdir()}
+
+
+@pytest.fixture(scope="session")
+def demo_run(ray_local, demo_corpus, demo_digests, tmp_path_factory) -> tuple[Path, object]:
     """The whole pipeline over the demo corpus through real Ray, with configs/offline.yaml."""
     from curation import pipeline
     from curation.config import load_config

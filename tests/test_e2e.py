@@ -37,6 +37,26 @@ def test_every_input_file_has_exactly_one_video_row(demo_run, demo_corpus):
     assert len({r["path"] for r in rows}) == len(rows)
 
 
+def test_inputs_are_untouched_and_outputs_are_named_by_keys(demo_run, demo_corpus, demo_digests):
+    import hashlib
+    import re
+    import tarfile
+
+    root, _ = demo_run
+    now = {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in demo_corpus.root.iterdir()}
+    assert now == demo_digests
+    odd = q(root, """SELECT v.status, count(s.clip_id) AS sharded FROM videos v
+                     JOIN clips c USING (video_id) LEFT JOIN shards s USING (clip_id)
+                     WHERE v.path LIKE '%$(echo x)%' GROUP BY 1""")
+    assert odd[0]["status"] == "ok" and odd[0]["sharded"] > 0
+    for tar in (root / "shards").glob("*/*.tar"):
+        assert re.fullmatch(r"[0-9a-f]{16}-\d{3}\.tar", tar.name)
+        with tarfile.open(tar) as t:
+            assert all(re.fullmatch(r"[0-9a-f]{16}\.(mp4|txt|json)", m.name) for m in t.getmembers())
+    for path in root.rglob("*"):
+        assert path.resolve().is_relative_to(root.resolve())
+
+
 def test_corrupt_file_is_an_error_row_with_a_message(demo_run):
     root, _ = demo_run
     (row,) = q(root, "SELECT status, error FROM videos WHERE path LIKE '%/corrupt.mp4'")
