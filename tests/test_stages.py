@@ -135,16 +135,29 @@ def test_time_limits_turn_slow_videos_into_error_rows(tmp_path):
     from curation.stages.shard import ShardJob, ShardWriter
 
     src = make_video(tmp_path / "slow.mp4", n_frames=72, size=(320, 256), kind="moving", seed=5)
-    cfg = load_config("configs/offline.yaml", ["split.timeout_s=0.000001", "score.timeout_s=0.000001",
-                                               "shard.timeout_s=0.000001"])
+    cfg = load_config(
+        "configs/offline.yaml",
+        ["split.timeout_s=0.000001", "score.timeout_s=0.000001", "shard.timeout_s=0.000001"],
+    )
     row = IngestStage(cfg.ingest).one(str(src))
     (split_row,) = SplitStage(cfg.split).one(row)
     assert split_row["status"] == "error" and "longer than" in split_row["error"]
-    clip = dict(clip_id="c", path=str(src), start_frame=0, end_frame=72, fps=24.0, rotation=0,
-                display_width=320, display_height=256, meta={})
+    clip = dict(
+        clip_id="c",
+        path=str(src),
+        start_frame=0,
+        end_frame=72,
+        fps=24.0,
+        rotation=0,
+        display_width=320,
+        display_height=256,
+        meta={},
+    )
     scored = DecodeAndScoreCpu(cfg.score).one(clip)
     assert scored["status"] == "error" and "time limit" in scored["error"]
-    rows = ShardWriter(ShardJob(cfg=cfg.shard, root=str(tmp_path))).write_group("g", "256p", 256, None, [clip])
+    rows = ShardWriter(ShardJob(cfg=cfg.shard, root=str(tmp_path))).write_group(
+        "g", "256p", 256, None, [clip]
+    )
     assert rows[0]["status"] == "error" and "time limit" in rows[0]["error"]
 
 

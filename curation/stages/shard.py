@@ -151,7 +151,9 @@ class ShardWriter:
         for clip in clips:
             key = clip["clip_id"]
             try:
-                mp4, w, h, fps, n = cut_clip(clip, short_side, out_fps, cfg, deadline=time.monotonic() + cfg.timeout_s)
+                mp4, w, h, fps, n = cut_clip(
+                    clip, short_side, out_fps, cfg, deadline=time.monotonic() + cfg.timeout_s
+                )
             except (VideoDecodeError, DecodeTimeout, ValueError) as exc:
                 errors.append(
                     dict(clip_id=key, key=key, tier=tier, status="error", error=f"could not cut clip: {exc}")
