@@ -339,9 +339,7 @@ def build_vlm(sizes: dict, device: str, dtype):
     """Random Qwen2.5-VL of `sizes` created on `device`, + a processor whose small BPE tokenizer
     (as models.captioner.build_tiny_vlm) maps into the big vocabulary; default video processor."""
     import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import (
-        PreTrainedTokenizerFast,
         Qwen2_5_VLConfig,
         Qwen2_5_VLForConditionalGeneration,
         Qwen2_5_VLProcessor,
@@ -349,18 +347,9 @@ def build_vlm(sizes: dict, device: str, dtype):
         Qwen2VLVideoProcessor,
     )
 
-    from models.captioner import _TINY_SPECIAL, _TINY_TEMPLATE, DEFAULT_PROMPT
+    from models.captioner import _TINY_TEMPLATE, synthetic_tokenizer
 
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=512, special_tokens=_TINY_SPECIAL,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    corpus = [DEFAULT_PROMPT, "A person walks a brown dog through a sunlit park."] * 4
-    tok.train_from_iterator(corpus, trainer)
-    ids = {t: tok.token_to_id(t) for t in _TINY_SPECIAL}
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>",
-                                        pad_token="<|endoftext|>")
+    tokenizer, ids = synthetic_tokenizer()
     # processors at their class defaults = Qwen2.5-VL's (video: 128..768 x 28x28 pixels a frame)
     processor = Qwen2_5_VLProcessor(image_processor=Qwen2VLImageProcessor(), tokenizer=tokenizer,
                                     video_processor=Qwen2VLVideoProcessor(), chat_template=_TINY_TEMPLATE)

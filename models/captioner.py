@@ -342,23 +342,11 @@ _TINY_TEMPLATE = (
 )
 
 
-def build_tiny_vlm(path: str | Path, seed: int = 0) -> str:
-    """Write a tiny random Qwen2.5-VL (~0.1 M parameters) + processor to `path`; returns it.
-
-    The byte-level BPE tokenizer is trained from scratch on a few sentences (no download); the
-    image/video processors are their class defaults with a small pixel budget. config.json
-    carries `reelsift_untrained: true`, which the loader turns into untrained rows.
-    """
-    import torch
+def synthetic_tokenizer():
+    """A 512-token byte-level BPE trained here on the default prompt, with Qwen's chat special
+    tokens: no download. -> (PreTrainedTokenizerFast, {special token: id})."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import (
-        PreTrainedTokenizerFast,
-        Qwen2_5_VLConfig,
-        Qwen2_5_VLForConditionalGeneration,
-        Qwen2_5_VLProcessor,
-        Qwen2VLImageProcessor,
-        Qwen2VLVideoProcessor,
-    )
+    from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -370,13 +358,33 @@ def build_tiny_vlm(path: str | Path, seed: int = 0) -> str:
     ids = {t: tok.token_to_id(t) for t in _TINY_SPECIAL}
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>",
                                         pad_token="<|endoftext|>")
+    return tokenizer, ids
+
+
+def build_tiny_vlm(path: str | Path, seed: int = 0) -> str:
+    """Write a tiny random Qwen2.5-VL (~0.1 M parameters) + processor to `path`; returns it.
+
+    The byte-level BPE tokenizer is trained from scratch on a few sentences (no download); the
+    image/video processors are their class defaults with a small pixel budget. config.json
+    carries `reelsift_untrained: true`, which the loader turns into untrained rows.
+    """
+    import torch
+    from transformers import (
+        Qwen2_5_VLConfig,
+        Qwen2_5_VLForConditionalGeneration,
+        Qwen2_5_VLProcessor,
+        Qwen2VLImageProcessor,
+        Qwen2VLVideoProcessor,
+    )
+
+    tokenizer, ids = synthetic_tokenizer()
     pixels = dict(min_pixels=28 * 28 * 4, max_pixels=28 * 28 * 16)
     processor = Qwen2_5_VLProcessor(
         image_processor=Qwen2VLImageProcessor(**pixels), tokenizer=tokenizer,
         video_processor=Qwen2VLVideoProcessor(**pixels), chat_template=_TINY_TEMPLATE)
     config = Qwen2_5_VLConfig(
         text_config=dict(
-            vocab_size=tok.get_vocab_size(), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+            vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
             num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=4096,
             rope_parameters={"rope_type": "default", "mrope_section": [2, 3, 3], "rope_theta": 10000.0},
             bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"],
