@@ -53,22 +53,41 @@ def init_ray(cfg: RayConfig, address: str | None = None) -> None:
     ctx.enable_operator_progress_bars = show
 
 
-def cluster_cpus() -> int:
+def cluster_cpus() -> float:
     import ray
 
-    return max(1, int(ray.cluster_resources().get("CPU", 1)))
+    return max(1.0, float(ray.cluster_resources().get("CPU", 1)))
 
 
-def map_kwargs(stage_cls: type, cfg: Any, res: Resources, n_items: int) -> dict[str, Any]:
-    """map_batches arguments for one stage from its Resources block."""
+def plan_concurrency(ops: list[Resources], total_cpus: float, n_items: int) -> list[int]:
+    """Actors per operator of one stage's chain, so that every operator can hold its actors at
+    the same time (an operator that can't get a CPU stalls the whole stream).
+
+    Operators with a fixed `concurrency` keep it; the others share what is left in equal
+    parts; every operator gets at least one actor and no more than it has batches.
+    """
+    fixed = sum(r.num_cpus * r.concurrency for r in ops if r.concurrency)
+    auto = [r for r in ops if not r.concurrency]
+    left = max(0.0, total_cpus - fixed)
+    out = []
+    for r in ops:
+        if r.concurrency:
+            n = r.concurrency
+        else:
+            share = left / len(auto)
+            n = int(share // r.num_cpus) if r.num_cpus > 0 else int(total_cpus)
+        out.append(max(1, min(n, -(-n_items // r.batch_size))))
+    need = sum(r.num_cpus * n for r, n in zip(ops, out, strict=True))
+    if need > total_cpus + 1e-9:
+        log.warning("stage operators ask for %.2f CPUs, the cluster has %.0f: the stream may stall; "
+                    "lower num_cpus/concurrency of the stage's resources", need, total_cpus)
+    return out
+
+
+def map_kwargs(stage_cls: type, cfg: Any, res: Resources, concurrency: int) -> dict[str, Any]:
+    """map_batches arguments for one operator from its Resources block."""
     from ray.data import ActorPoolStrategy
 
-    if res.concurrency:
-        concurrency = res.concurrency
-    else:
-        per_actor = res.num_cpus if res.num_cpus > 0 else 1
-        concurrency = max(1, int(cluster_cpus() // per_actor))
-    concurrency = max(1, min(concurrency, max(1, -(-n_items // res.batch_size))))
     kwargs: dict[str, Any] = dict(
         fn_constructor_args=(cfg,),
         batch_size=res.batch_size,
@@ -205,10 +224,11 @@ def run_stage(
     # every actor from the start.
     blocks = [items.slice(i, res.batch_size) for i in range(0, items.num_rows, res.batch_size)]
     ds = ray.data.from_arrow(blocks)
-    for i, (op_cls, op_cfg, op_res) in enumerate(ops):
+    actors = plan_concurrency([r for _, _, r in ops], cluster_cpus(), items.num_rows)
+    for i, ((op_cls, op_cfg, op_res), n) in enumerate(zip(ops, actors, strict=True)):
         if i == len(ops) - 1:
             op_cls = node_tagged(op_cls)
-        ds = ds.map_batches(op_cls, **map_kwargs(op_cls, op_cfg, op_res, items.num_rows))
+        ds = ds.map_batches(op_cls, **map_kwargs(op_cls, op_cfg, op_res, n))
     for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
         sink.add(batch)
     sink.flush()

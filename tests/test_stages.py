@@ -171,3 +171,15 @@ def test_a_long_low_res_video_is_probed_and_split(tmp_path):
     assert all(r["status"] == "ok" for r in clips)
     assert len(clips) >= row["duration_s"] / CFG.split.max_clip_s - 1
     assert max(r["duration_s"] for r in clips) <= CFG.split.max_clip_s + 1e-6
+
+
+def test_chained_operators_leave_room_for_each_other():
+    from curation.configtools import Resources
+    from curation.runner import plan_concurrency
+
+    cpu, neural = Resources(num_cpus=1, batch_size=4), Resources(num_cpus=1, concurrency=1)
+    assert plan_concurrency([cpu, neural], 2, 1000) == [1, 1]  # not [2, 1]: that would stall
+    assert plan_concurrency([Resources(num_cpus=0.875, batch_size=4),
+                             Resources(num_cpus=0.25, concurrency=1)], 2, 1000) == [2, 1]
+    assert plan_concurrency([cpu, neural], 16, 1000) == [15, 1]
+    assert plan_concurrency([cpu], 16, 8) == [2]  # no more actors than batches
