@@ -198,7 +198,9 @@ class LinearSelfAttention(nn.Module):
         b, f, s, c = x.shape
         qkv = self.qkv(x).view(b, f * s, 3, self.heads, self.head_dim)  # (B, N, 3, H, D)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B, H, N, D)
-        q, k = self.q_norm(q), self.k_norm(k)
+        # back to v's dtype: CUDA autocast runs rms_norm in float32, and the fused kernels need
+        # one dtype for q, k and v
+        q, k = self.q_norm(q).to(v.dtype), self.k_norm(k).to(v.dtype)
         if state is None:
             block = None if grid.block_frames is None else grid.block_frames * grid.tokens_per_frame
             out = ops.linear_attention(
