@@ -36,6 +36,7 @@ sys.path.insert(0, str(ROOT))
 
 from filters.aesthetic import AestheticConfig, AestheticScorer  # noqa: E402  (after sys.path)
 from filters.motion import MotionConfig, MotionScorer  # noqa: E402
+from filters.nsfw import NsfwConfig, NsfwScorer  # noqa: E402
 from filters.ocr import OcrConfig, OcrScorer  # noqa: E402
 from filters.quality import QualityConfig, QualityScorer  # noqa: E402
 
@@ -222,6 +223,7 @@ def main() -> None:
         "motion": MotionScorer(motion_cfg),
         "ocr": OcrScorer(ocr_cfg),
         "quality": QualityScorer(quality_cfg),
+        "nsfw": NsfwScorer(NsfwConfig(n_frames=2, intra_op_threads=1)),
         "aesthetic_tiny": AestheticScorer(aes_cfg),
     }
 
@@ -253,9 +255,12 @@ def main() -> None:
             _, row["motion+ocr+quality"] = cpu_time(together, args.repeats)
             row["decode_floor"] = min(row["decode_seq"], row["decode_skip"])
             row["ratio"] = row["motion+ocr+quality"] / row["decode_floor"]
+            # the whole score stage as the pipeline runs it: sequential decode + every scorer
+            row["stage"] = row["decode_seq"] + sum(row[k] for k in scorers)
             rows.append(row)
 
-    cols = ["decode_seq", "decode_skip", "motion", "ocr", "quality", "aesthetic_tiny", "motion+ocr+quality"]
+    cols = ["decode_seq", "decode_skip", "motion", "ocr", "quality", "nsfw", "aesthetic_tiny",
+            "motion+ocr+quality", "stage"]
     total_s = sum(r["seconds"] for r in rows)
     summary = {c: sum(r[c] for r in rows) for c in cols + ["decode_floor"]}
     hd = f"{'clip':<34}{'src':>16}{'work':>9}" + "".join(f"{c[:14]:>15}" for c in cols) + f"{'ratio':>7}"
