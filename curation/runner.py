@@ -59,12 +59,15 @@ def cluster_cpus() -> float:
     return max(1.0, float(ray.cluster_resources().get("CPU", 1)))
 
 
-def plan_concurrency(ops: list[Resources], total_cpus: float, n_items: int) -> list[int]:
-    """Actors per operator of one stage's chain, so that every operator can hold its actors at
-    the same time (an operator that can't get a CPU stalls the whole stream).
+def plan_concurrency(ops: list[Resources], total_cpus: float, n_items: int) -> tuple[list[int], float]:
+    """Actors per operator of one stage's chain, and a factor for their CPU requests, so that
+    every operator can hold its actors at the same time (an operator that can't get a CPU
+    stalls the whole stream).
 
     Operators with a fixed `concurrency` keep it; the others share what is left in equal
-    parts; every operator gets at least one actor and no more than it has batches.
+    parts; every operator gets at least one actor and no more than it has batches. When even
+    one actor each asks for more CPUs than the cluster has (a 1-core machine, a cluster that
+    lost a node), every request is scaled down by the returned factor (< 1).
     """
     fixed = sum(r.num_cpus * r.concurrency for r in ops if r.concurrency)
     auto = [r for r in ops if not r.concurrency]
@@ -78,13 +81,20 @@ def plan_concurrency(ops: list[Resources], total_cpus: float, n_items: int) -> l
             n = int(share // r.num_cpus) if r.num_cpus > 0 else int(total_cpus)
         out.append(max(1, min(n, -(-n_items // r.batch_size))))
     need = sum(r.num_cpus * n for r, n in zip(ops, out, strict=True))
-    if need > total_cpus + 1e-9:
-        log.warning("stage operators ask for %.2f CPUs, the cluster has %.0f: the stream may stall; "
-                    "lower num_cpus/concurrency of the stage's resources", need, total_cpus)
-    return out
+    factor = 1.0 if need <= total_cpus + 1e-9 else total_cpus / need
+    if factor < 1.0:
+        log.info(
+            "stage operators ask for %.2f CPUs, the cluster has %.2f: CPU requests scaled by %.2f",
+            need,
+            total_cpus,
+            factor,
+        )
+    return out, factor
 
 
-def map_kwargs(stage_cls: type, cfg: Any, res: Resources, concurrency: int) -> dict[str, Any]:
+def map_kwargs(
+    stage_cls: type, cfg: Any, res: Resources, concurrency: int, cpu_factor: float = 1.0
+) -> dict[str, Any]:
     """map_batches arguments for one operator from its Resources block."""
     from ray.data import ActorPoolStrategy
 
@@ -92,7 +102,7 @@ def map_kwargs(stage_cls: type, cfg: Any, res: Resources, concurrency: int) -> d
         fn_constructor_args=(cfg,),
         batch_size=res.batch_size,
         batch_format=getattr(stage_cls, "BATCH_FORMAT", "numpy"),
-        num_cpus=res.num_cpus,
+        num_cpus=res.num_cpus * cpu_factor,
         compute=ActorPoolStrategy(size=concurrency),
     )
     if res.num_gpus:
@@ -224,11 +234,11 @@ def run_stage(
     # every actor from the start.
     blocks = [items.slice(i, res.batch_size) for i in range(0, items.num_rows, res.batch_size)]
     ds = ray.data.from_arrow(blocks)
-    actors = plan_concurrency([r for _, _, r in ops], cluster_cpus(), items.num_rows)
+    actors, cpu_factor = plan_concurrency([r for _, _, r in ops], cluster_cpus(), items.num_rows)
     for i, ((op_cls, op_cfg, op_res), n) in enumerate(zip(ops, actors, strict=True)):
         if i == len(ops) - 1:
             op_cls = node_tagged(op_cls)
-        ds = ds.map_batches(op_cls, **map_kwargs(op_cls, op_cfg, op_res, n))
+        ds = ds.map_batches(op_cls, **map_kwargs(op_cls, op_cfg, op_res, n, cpu_factor))
     for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
         sink.add(batch)
     sink.flush()

@@ -178,11 +178,14 @@ def test_chained_operators_leave_room_for_each_other():
     from curation.runner import plan_concurrency
 
     cpu, neural = Resources(num_cpus=1, batch_size=4), Resources(num_cpus=1, concurrency=1)
-    assert plan_concurrency([cpu, neural], 2, 1000) == [1, 1]  # not [2, 1]: that would stall
-    assert plan_concurrency([Resources(num_cpus=0.875, batch_size=4),
-                             Resources(num_cpus=0.25, concurrency=1)], 2, 1000) == [2, 1]
-    assert plan_concurrency([cpu, neural], 16, 1000) == [15, 1]
-    assert plan_concurrency([cpu], 16, 8) == [2]  # no more actors than batches
+    assert plan_concurrency([cpu, neural], 2, 1000) == ([1, 1], 1.0)  # not [2, 1]: that would stall
+    assert plan_concurrency(
+        [Resources(num_cpus=0.875, batch_size=4), Resources(num_cpus=0.25, concurrency=1)], 2, 1000
+    ) == ([2, 1], 1.0)
+    assert plan_concurrency([cpu, neural], 16, 1000) == ([15, 1], 1.0)
+    assert plan_concurrency([cpu], 16, 8) == ([2], 1.0)  # no more actors than batches
+    # one core (or a cluster that lost a node): requests shrink so both operators still fit
+    assert plan_concurrency([cpu, neural], 1, 1000) == ([1, 1], 0.5)
 
 
 def test_transnetv2_backend_finds_known_cuts(tmp_path):
