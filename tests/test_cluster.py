@@ -120,3 +120,100 @@ def test_pipeline_runs_on_both_nodes_of_a_cluster(cluster, tmp_path):
     n = query(root, "SELECT count(*) AS n FROM clips").column("n")[0].as_py()
     dup = query(root, "SELECT count(*) - count(DISTINCT clip_id) AS d FROM clips").column("d")[0].as_py()
     assert n >= 8 and dup == 0
+
+
+def _kill_worker_node() -> int:
+    """SIGKILL the raylet of the node started with the `reelsift_worker` resource."""
+    killed = 0
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"raylet" in cmd and b"reelsift_worker" in cmd and b"ray start" not in cmd:
+            os.kill(int(pid), signal.SIGKILL)
+            killed += 1
+    return killed
+
+
+def test_a_node_dying_mid_stage_costs_retries_not_keys(cluster, tmp_path):
+    """Kill the second node's raylet while split runs; the run (re-run if it must) ends with the
+    keys of a local reference run, without duplicates."""
+    address, cluster_env = cluster
+    inputs = tmp_path / "in"
+    for i in range(6):
+        make_video(inputs / f"v{i}.mp4", n_frames=96, size=(320, 256), kind="cuts", cuts=(48,), seed=i)
+    sets = [
+        "--set",
+        "split.resources.batch_size=1",
+        "--set",
+        "ray.flush_rows=1",
+        "--set",
+        "ray.progress=false",
+    ]
+    base = [
+        sys.executable,
+        "-m",
+        "curation.cli",
+        "run",
+        "--config",
+        "configs/offline.yaml",
+        "--input",
+        str(inputs),
+    ]
+    local_env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    ref = subprocess.run(
+        [*base, "--root", str(tmp_path / "ref"), *sets],
+        cwd=REPO,
+        env=local_env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert ref.returncode == 0, ref.stderr[-2000:]
+
+    root = tmp_path / "root"
+    env = dict(cluster_env, RAY_ADDRESS=address)
+    proc = subprocess.Popen(
+        [*base, "--root", str(root), *sets],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 300
+    while proc.poll() is None and time.monotonic() < deadline and not list((root / "clips").glob("part-*")):
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before split wrote anything"
+    assert _kill_worker_node() == 1
+    try:
+        proc.wait(timeout=600)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    print(f"run after node death: exit code {proc.returncode}")
+    if proc.returncode != 0:  # the stage may give up when its node vanished: re-run finishes it
+        again = subprocess.run(
+            [*base, "--root", str(root), *sets],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
+        assert again.returncode == 0, again.stderr[-2000:]
+
+    def keys(r, table, col):
+        return query(r, f"SELECT {col} FROM {table} ORDER BY 1").column(col).to_pylist()
+
+    for table, col in (
+        ("videos", "path"),
+        ("clips", "clip_id"),
+        ("scores", "clip_id"),
+        ("shards", "clip_id"),
+    ):
+        got, want = keys(root, table, col), keys(tmp_path / "ref", table, col)
+        assert got == want, table  # same keys, and no duplicates (lists, not sets)
