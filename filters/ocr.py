@@ -33,6 +33,9 @@ class OcrConfig:
     min_chars: int = 2
     """With `recognize`, a box counts only if its text has at least this many non-space
     characters: lone glyphs read off textures ('8', 'I') are the usual false positives. >= 1."""
+    min_distinct_chars: int = 2
+    """...and at least this many distinct alphanumeric characters: checkerboard and grid
+    textures are read as '88', '888', '8.8'. 1 keeps such strings. >= 1."""
     intra_op_threads: int = 1
     """onnxruntime intra-op threads per actor; 0 = onnxruntime default (all cores). >= 0."""
 
@@ -47,6 +50,8 @@ class OcrConfig:
             raise ValueError("score.ocr.text_score must be in [0, 1]")
         if self.min_chars < 1:
             raise ValueError("score.ocr.min_chars must be >= 1")
+        if self.min_distinct_chars < 1:
+            raise ValueError("score.ocr.min_distinct_chars must be >= 1")
         if self.intra_op_threads < 0:
             raise ValueError("score.ocr.intra_op_threads must be >= 0")
 
@@ -88,6 +93,12 @@ class OcrScorer:
         n = min(self.cfg.n_frames, num_frames)
         return ((np.arange(n) + 0.5) * num_frames / n).astype(int)
 
+    def _is_text(self, text: str) -> bool:
+        """A recognised string long and varied enough to be real on-screen text."""
+        chars = "".join(text.split())
+        distinct = {c.lower() for c in chars if c.isalnum()}
+        return len(chars) >= self.cfg.min_chars and len(distinct) >= self.cfg.min_distinct_chars
+
     def _one(self, frame: np.ndarray) -> tuple[float, int, list[str]]:
         """(text area fraction, box count, texts) for one RGB frame."""
         h, w = frame.shape[:2]
@@ -100,7 +111,7 @@ class OcrScorer:
             return 0.0, 0, []
         if self.cfg.recognize:
             # [box(4x2), text, score]; drop lone glyphs that textures are misread as
-            kept = [item for item in result if len("".join(str(item[1]).split())) >= self.cfg.min_chars]
+            kept = [item for item in result if self._is_text(str(item[1]))]
             boxes = [item[0] for item in kept]
             texts = [str(item[1]) for item in kept]
         else:
