@@ -14,7 +14,7 @@ PROMPT  ?= a textured disk drifting across a panning background
 SECONDS ?= 4
 OUT     ?= samples/demo.mp4
 
-.PHONY: install browser demo demo-data run ingest split score filter caption align shard verify summary report status train sample test test-slow lint clean
+.PHONY: install browser demo demo-data run ingest split score dedup filter caption align shard verify summary report status train cache-latents sample test test-slow lint clean
 
 $(VENV)/.installed: pyproject.toml constraints-ci.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -50,11 +50,17 @@ run: install
 ingest: install
 	$(REELSIFT) ingest --config $(CONFIG) --input $(INPUT) --root $(ROOT) $(SETS)
 
-split score filter caption align shard: install
+split score dedup filter caption align shard: install
 	$(REELSIFT) $@ --config $(CONFIG) --root $(ROOT) $(SETS)
 
-verify summary status report: install
+verify summary status: install
 	$(REELSIFT) $@ --root $(ROOT)
+
+report: install
+	$(REELSIFT) report --config $(CONFIG) --root $(ROOT) $(SETS)
+
+cache-latents: install
+	$(REELSIFT) cache-latents --config $(CONFIG) --root $(ROOT) $(SETS)
 
 train: install
 	$(REELSIFT) train --config $(CONFIG) --root $(ROOT) $(SETS)
