@@ -11,6 +11,7 @@ self-attention (RoPE on q and k). Prints a table and writes JSON naming the card
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import platform
@@ -127,6 +128,103 @@ def sweep_tiles(q, k, v, cos, sin, log):
     return best
 
 
+OLD = dict(
+    state=dict(BLOCK_N=128, num_warps=8, num_stages=2),  # committed default (one 8-warp program per SM)
+    out=dict(BLOCK_N=64, num_warps=4, num_stages=2),
+)
+COMPARE = {  # forward variants timed side by side on one card (--compare); add any TILES config
+    "v3_old": OLD,
+    "v3_state_64_4_3": dict(OLD, state=dict(BLOCK_N=64, num_warps=4, num_stages=3)),
+    "v3_state_64_4_3_out_64_4_3": dict(
+        state=dict(BLOCK_N=64, num_warps=4, num_stages=3), out=dict(BLOCK_N=64, num_warps=4, num_stages=3)
+    ),
+}
+
+
+def compare(bw, out_dir, card):
+    """Time COMPARE's forward variants at 720p (full), twice in alternation; then the old config,
+    the new default and the fastest at both shapes, full and block-causal. Writes JSON."""
+    saved = {k: dict(v) for k, v in T.TILES.items()}
+
+    def use(cfg):
+        T.TILES.update({k: dict(v) for k, v in cfg.items()})
+
+    res = {
+        "card": torch.cuda.get_device_name(),
+        "copy_bandwidth_GBps": bw / 1e9,
+        "variants": {},
+        "shapes": {},
+    }
+    q, k, v, cos, sin = attention_inputs(*SHAPES["720p"])
+    ref = chunked.linear_attention(q.float(), k.float(), v.float(), cos, sin)
+    times = {name: [] for name in COMPARE}
+    for rnd in range(2):
+        for name, cfg in COMPARE.items():
+            use(cfg)
+            try:
+                if rnd == 0:
+                    res["variants"][name] = dict(
+                        cfg=cfg, rel_err=rel(T.linear_attention(q, k, v, cos, sin), ref)
+                    )
+                times[name].append(bench(lambda: T.linear_attention(q, k, v, cos, sin)))
+            except Exception as e:
+                res["variants"][name] = dict(cfg=cfg, error=f"{type(e).__name__}: {str(e)[:200]}")
+                times[name].append(math.inf)
+            print(f"round {rnd} {name:24s} {times[name][-1]:.4f} ms", flush=True)
+    for name in COMPARE:
+        res["variants"][name]["fwd_ms_720p"] = times[name]
+    del ref
+    best = min(COMPARE, key=lambda n: min(times[n]))
+    res["best"] = best
+    # per-kernel split of the old and best variants (one profiled call each)
+    from torch.profiler import ProfilerActivity, profile
+
+    for name in dict.fromkeys(["v3_old", best]):
+        use(COMPARE[name])
+        T.linear_attention(q, k, v, cos, sin)
+        with profile(activities=[ProfilerActivity.CUDA]) as p:
+            for _ in range(5):
+                T.linear_attention(q, k, v, cos, sin)
+            torch.cuda.synchronize()
+        res["variants"][name]["kernel_us_per_call"] = {
+            e.key[:40]: e.device_time_total / 5 for e in p.key_averages() if e.device_time_total > 0
+        }
+        print(
+            name, {k: round(x, 1) for k, x in res["variants"][name]["kernel_us_per_call"].items()}, flush=True
+        )
+    q = k = v = None
+    for shape, (f, h, w) in SHAPES.items():
+        q, k, v, cos, sin = attention_inputs(f, h, w)
+        n, bs = f * h * w, BLOCK_FRAMES * h * w
+        row = {"floor_ms": 4 * n * HEADS * HEAD_DIM * 2 / bw * 1e3}
+        ref_bc = chunked.linear_attention(q.float(), k.float(), v.float(), cos, sin, block_size=bs)
+        full = functools.partial(T.linear_attention, q, k, v, cos, sin)
+        causal = functools.partial(T.linear_attention, q, k, v, cos, sin, block_size=bs)
+        for rnd in range(2):
+            for name in dict.fromkeys(["v3_old", best]):
+                use(COMPARE[name])
+                r = row.setdefault(name, {"fwd_ms": [], "block_causal_fwd_ms": []})
+                if rnd == 0:
+                    r["rel_err_block_causal"] = rel(causal(), ref_bc)
+                r["fwd_ms"].append(bench(full))
+                r["block_causal_fwd_ms"].append(bench(causal))
+                r["fwd_over_floor"] = min(r["fwd_ms"]) / row["floor_ms"]
+                print(
+                    f"{shape} round {rnd} {name:24s} fwd {r['fwd_ms'][-1]:.4f}"
+                    f" bc {r['block_causal_fwd_ms'][-1]:.4f}"
+                    f" ({r['fwd_over_floor']:.3f}x floor)",
+                    flush=True,
+                )
+        res["shapes"][shape] = row
+        q = k = v = ref_bc = full = causal = None
+        torch.cuda.empty_cache()
+    T.TILES.update(saved)
+    path = Path(out_dir) / f"attention_gpu_compare_{card}.json"
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(res, indent=2, default=str))
+    print(f"best {best}; wrote {path}")
+
+
 def sdpa_block_forward(block, cfg):
     """Replace the block's linear self-attention by softmax SDPA over the same projections."""
     attn = block.attn
@@ -228,12 +326,17 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="bench/results", help="folder for attention_gpu_<card>.json")
     ap.add_argument("--no-sweep", action="store_true")
+    ap.add_argument(
+        "--compare", action="store_true", help="only time COMPARE's forward variants side by side"
+    )
     ap.add_argument("--profile", action="store_true", help="print per-kernel times of the 720p DiT blocks")
     args = ap.parse_args()
 
     props = torch.cuda.get_device_properties(0)
     card = re.sub(r"[^a-z0-9]+", "_", props.name.lower()).strip("_")
     bw = copy_bandwidth()
+    if args.compare:
+        return compare(bw, args.out, card)
     log: list[str] = []
     result = {
         "card": props.name,
