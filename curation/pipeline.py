@@ -30,7 +30,8 @@ def ingest(cfg: CurateConfig, root: Path, input_spec: str | Path, ray_address: s
     paths = list_inputs(input_spec, cfg.ingest)
     table = Table(root, "videos")
     table.clean_temp()
-    done = table.keys()
+    known = table.read(["video_id", "path", "status"]).to_pylist()
+    done = {r["path"] for r in known}
     todo = [p for p in paths if p not in done]
     log.info(
         "ingest: %d input files, %d already ingested, %d to probe",
@@ -38,8 +39,7 @@ def ingest(cfg: CurateConfig, root: Path, input_spec: str | Path, ray_address: s
         len(paths) - len(todo),
         len(todo),
     )
-    ok = table.read(["video_id", "path", "status"]).to_pylist()
-    seen = {r["video_id"]: r["path"] for r in ok if r["status"] == "ok"}
+    seen = {r["video_id"]: r["path"] for r in known if r["status"] == "ok"}
     sink = PartSink(table, rows=cfg.ray.flush_rows, seconds=cfg.ray.flush_s, transform=DuplicateMarker(seen))
     sink.expected = len(todo)
     items = pa.table({"path": pa.array(todo, pa.string())})

@@ -13,7 +13,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -275,9 +275,3 @@ def write_metrics(root: Path, stage: str, metrics: dict[str, Any]) -> Path:
     path = out / f"{stage}-{stamp}-{time.time_ns() % 10**6:06d}.json"
     path.write_text(json.dumps({"stage": stage, "finished_at": stamp, **metrics}, indent=1))
     return path
-
-
-def run_local(stage_cls: type, cfg: Any, batches: Iterable[dict[str, Any]]) -> pa.Table:
-    """Run a stage without Ray on in-memory batches (tests, debugging)."""
-    stage = stage_cls(cfg)
-    return pa.concat_tables([stage(b) for b in batches])

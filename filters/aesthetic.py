@@ -105,7 +105,9 @@ class AestheticScorer:
     @torch.inference_mode()
     def score_batch(self, clips: list[np.ndarray]) -> list[dict[str, Any]]:
         picked = [self._pick(_check(f)) for f in clips]
-        emb = self.encoder.encode_images(np.concatenate(picked), self.cfg.batch_size)  # (sum T, D)
+        # a flat list, so clips of different frame sizes share one batch
+        frames = [f for clip in picked for f in clip]
+        emb = self.encoder.encode_images(frames, self.cfg.batch_size)  # (sum T, D)
         scores = self.head(torch.from_numpy(emb).to(self.cfg.device)).float().cpu().numpy()
         out, start = [], 0
         for f in picked:

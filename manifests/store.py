@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -92,14 +92,6 @@ class Table:
             empty = self.schema.empty_table()
             return empty.select(columns) if columns else empty
         return dset.to_table(columns=columns, filter=filter)
-
-    def iter_batches(
-        self, columns: list[str] | None = None, batch_size: int = 4096
-    ) -> Iterator[pa.RecordBatch]:
-        dset = self.dataset()
-        if dset is None:
-            return iter(())
-        return dset.to_batches(columns=columns, batch_size=batch_size)
 
     def keys(self, column: str | None = None) -> set[str]:
         """Distinct values of the key column (read alone, so memory is one column)."""

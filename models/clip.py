@@ -129,9 +129,10 @@ class ClipEncoder:
         out_dim = getattr(self.model.visual, "output_dim", None)
         self.embed_dim = int(out_dim) if out_dim else int(self.encode_text(["a"]).shape[-1])
 
-    def preprocess(self, frames: np.ndarray) -> torch.Tensor:
-        """(N, H, W, 3) uint8 RGB -> (N, 3, S, S) normalised tensor, like open_clip's transform
-        (shortest side to S, centre crop; area interpolation when shrinking, cubic when growing)."""
+    def preprocess(self, frames: np.ndarray | list[np.ndarray]) -> torch.Tensor:
+        """(N, H, W, 3) uint8 RGB (or a list of frames of any sizes) -> (N, 3, S, S) normalised
+        tensor, like open_clip's transform (shortest side to S, centre crop; area interpolation
+        when shrinking, cubic when growing)."""
         out_h, out_w = self.image_size
         batch = []
         for frame in frames:
@@ -149,8 +150,9 @@ class ClipEncoder:
         return torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()  # (N, 3, S, S)
 
     @torch.inference_mode()
-    def encode_images(self, frames: np.ndarray, batch_size: int = 32) -> np.ndarray:
-        """(N, H, W, 3) uint8 RGB -> (N, D) float32, unit L2 norm."""
+    def encode_images(self, frames: np.ndarray | list[np.ndarray], batch_size: int = 32) -> np.ndarray:
+        """(N, H, W, 3) uint8 RGB, or a list of N (H_i, W_i, 3) frames of any sizes
+        -> (N, D) float32, unit L2 norm."""
         feats = []
         for start in range(0, len(frames), batch_size):
             x = self.preprocess(frames[start : start + batch_size])

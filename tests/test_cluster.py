@@ -17,6 +17,7 @@ import pytest
 
 from manifests.db import query
 from tests.media import make_video
+from tests.procs import pids_matching, run_command
 
 REPO = Path(__file__).resolve().parent.parent
 RAY = str(Path(sys.executable).parent / "ray")
@@ -31,18 +32,11 @@ def _free_port() -> int:
 
 def _kill_cluster(temp_dir: Path) -> None:
     """Stop only this test's Ray processes (never `ray stop`, which kills every Ray here)."""
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
+    for pid in pids_matching(str(temp_dir).encode()):
         try:
-            cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+            os.kill(pid, signal.SIGKILL)
         except OSError:
-            continue
-        if str(temp_dir).encode() in cmd:
-            try:
-                os.kill(int(pid), signal.SIGKILL)
-            except OSError:
-                pass
+            pass
 
 
 @pytest.fixture
@@ -90,26 +84,13 @@ def test_pipeline_runs_on_both_nodes_of_a_cluster(cluster, tmp_path):
         make_video(inputs / f"v{i}.mp4", n_frames=96, size=(320, 256), kind="cuts", cuts=(48,), seed=i)
     root = tmp_path / "root"
     env = dict(cluster_env, RAY_ADDRESS=address)
-    cmd = [
-        sys.executable,
-        "-m",
-        "curation.cli",
-        "run",
-        "--config",
-        "configs/offline.yaml",
-        "--input",
-        str(inputs),
-        "--root",
-        str(root),
-        "--set",
+    sets = [
         "split.resources.batch_size=1",
-        "--set",
         "ingest.resources.batch_size=1",
-        "--set",
         "score.cpu.batch_size=1",
-        "--set",
         "ray.progress=false",
     ]
+    cmd = run_command(inputs, root, sets)
     t0 = time.monotonic()
     out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
@@ -124,18 +105,14 @@ def test_pipeline_runs_on_both_nodes_of_a_cluster(cluster, tmp_path):
 
 def _kill_worker_node() -> int:
     """SIGKILL the raylet of the node started with the `reelsift_worker` resource."""
-    killed = 0
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
-        except OSError:
-            continue
-        if b"raylet" in cmd and b"reelsift_worker" in cmd and b"ray start" not in cmd:
-            os.kill(int(pid), signal.SIGKILL)
-            killed += 1
-    return killed
+    pids = [
+        p
+        for p in pids_matching(b"raylet", b"reelsift_worker")
+        if b"ray start" not in Path(f"/proc/{p}/cmdline").read_bytes()
+    ]
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)
+    return len(pids)
 
 
 def test_a_node_dying_mid_stage_costs_retries_not_keys(cluster, tmp_path):
@@ -145,27 +122,10 @@ def test_a_node_dying_mid_stage_costs_retries_not_keys(cluster, tmp_path):
     inputs = tmp_path / "in"
     for i in range(6):
         make_video(inputs / f"v{i}.mp4", n_frames=96, size=(320, 256), kind="cuts", cuts=(48,), seed=i)
-    sets = [
-        "--set",
-        "split.resources.batch_size=1",
-        "--set",
-        "ray.flush_rows=1",
-        "--set",
-        "ray.progress=false",
-    ]
-    base = [
-        sys.executable,
-        "-m",
-        "curation.cli",
-        "run",
-        "--config",
-        "configs/offline.yaml",
-        "--input",
-        str(inputs),
-    ]
+    sets = ["split.resources.batch_size=1", "ray.flush_rows=1", "ray.progress=false"]
     local_env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     ref = subprocess.run(
-        [*base, "--root", str(tmp_path / "ref"), *sets],
+        run_command(inputs, tmp_path / "ref", sets),
         cwd=REPO,
         env=local_env,
         capture_output=True,
@@ -177,7 +137,7 @@ def test_a_node_dying_mid_stage_costs_retries_not_keys(cluster, tmp_path):
     root = tmp_path / "root"
     env = dict(cluster_env, RAY_ADDRESS=address)
     proc = subprocess.Popen(
-        [*base, "--root", str(root), *sets],
+        run_command(inputs, root, sets),
         cwd=REPO,
         env=env,
         stdout=subprocess.DEVNULL,
@@ -197,7 +157,7 @@ def test_a_node_dying_mid_stage_costs_retries_not_keys(cluster, tmp_path):
     print(f"run after node death: exit code {proc.returncode}")
     if proc.returncode != 0:  # the stage may give up when its node vanished: re-run finishes it
         again = subprocess.run(
-            [*base, "--root", str(root), *sets],
+            run_command(inputs, root, sets),
             cwd=REPO,
             env=env,
             capture_output=True,

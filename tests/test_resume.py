@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from curation.verify import verify
 from manifests.db import query
 from manifests.store import Table
 from tests.media import make_video
+from tests.procs import run_command
 
 REPO = Path(__file__).resolve().parent.parent
 # small parts and one clip per shard task, so a kill lands between many small commits
@@ -30,21 +30,7 @@ SETS = [
 
 
 def command(inputs: Path, root: Path) -> list[str]:
-    cmd = [
-        sys.executable,
-        "-m",
-        "curation.cli",
-        "run",
-        "--config",
-        str(REPO / "configs/offline.yaml"),
-        "--input",
-        str(inputs),
-        "--root",
-        str(root),
-    ]
-    for s in SETS:
-        cmd += ["--set", s]
-    return cmd
+    return run_command(inputs, root, SETS)
 
 
 def run_to_end(inputs: Path, root: Path) -> None:

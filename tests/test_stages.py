@@ -197,3 +197,16 @@ def test_transnetv2_backend_finds_known_cuts(tmp_path):
     scenes = detect_scenes(str(src), cfg.split.scenes, timeout_s=120)
     starts = [a for a, _ in scenes.ranges[1:]]
     assert len(starts) == 2 and all(abs(s - c) <= 2 for s, c in zip(starts, (48, 96), strict=True)), scenes
+
+
+def test_clip_scores_clips_of_different_sizes_in_one_batch():
+    from filters.aesthetic import AestheticScorer
+
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 255, (3, 144, 176, 3), dtype=np.uint8)
+    b = rng.integers(0, 255, (3, 360, 640, 3), dtype=np.uint8)
+    scorer = AestheticScorer(CFG.score.aesthetic)
+    together = scorer.score_batch([a, b])
+    alone = [scorer.score_batch([a])[0], scorer.score_batch([b])[0]]
+    for t, s in zip(together, alone, strict=True):
+        assert np.allclose(t["clip_embedding"], s["clip_embedding"], atol=1e-5)

@@ -115,13 +115,10 @@ class ScoreNeural:
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         rows = batch.to_pylist()
-        by_shape: dict[tuple, list[dict]] = {}
-        for r in rows:
-            if r["status"] == "ok":
-                by_shape.setdefault(tuple(r["frames_shape"][1:]), []).append(r)
-        for group in by_shape.values():  # CLIP batches need one frame size
-            clips = [np.frombuffer(r["frames"], np.uint8).reshape(r["frames_shape"]) for r in group]
-            for r, scores in zip(group, self.scorer.score_batch(clips), strict=True):
+        ok = [r for r in rows if r["status"] == "ok"]
+        clips = [np.frombuffer(r["frames"], np.uint8).reshape(r["frames_shape"]) for r in ok]
+        if clips:
+            for r, scores in zip(ok, self.scorer.score_batch(clips), strict=True):
                 r.update(scores, clip_model=self.cfg.aesthetic.clip_model)
         for r in rows:
             r.pop("frames", None)
