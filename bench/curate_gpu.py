@@ -185,7 +185,7 @@ def bench_clip(cfg: BenchConfig, files: list[dict], res: Results, workdir: Path)
     import torch
 
     from filters.aesthetic import AestheticConfig, AestheticScorer
-    from filters.score_config import ScoreConfig
+    from filters.config import ScoreConfig
 
     cv2.setNumThreads(1)  # as DecodeAndScoreCpu: parallelism comes from the workers
     t_phase = time.monotonic()
@@ -371,7 +371,7 @@ def bench_caption(cfg: BenchConfig, files: list[dict], res: Results, workdir: Pa
     import torch
 
     from curation.stages.score import decode_samples
-    from filters.score_config import ScoreConfig
+    from filters.config import ScoreConfig
     from models.captioner import (
         DEFAULT_PROMPT,
         CaptionInput,

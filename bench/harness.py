@@ -122,7 +122,7 @@ def format_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
 
     body = [[cell(v) for v in r] for r in rows]
     widths = [max(len(h), *(len(r[i]) for r in body)) if body else len(h) for i, h in enumerate(headers)]
-    line = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
+    line = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)) + " |"  # noqa: E731
     return "\n".join([line(headers), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, body)])
 
 
@@ -135,7 +135,9 @@ class Result:
         self.data: dict[str, Any] = {"bench": name, "machine": machine()}
         # The card leads the JSON so a reader never has to guess which machine produced it.
         self.data["card"] = self.data["machine"]["card"]
-        self.suffix = suffix if suffix is not None else slug(self.data["card"]) if "cpu:" not in self.data["card"] else "cpu"
+        if suffix is None:
+            suffix = "cpu" if self.data["card"].startswith("cpu:") else slug(self.data["card"])
+        self.suffix = suffix
 
     def add(self, key: str, value: Any) -> Any:
         self.data[key] = value

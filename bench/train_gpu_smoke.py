@@ -2,7 +2,7 @@
 
 In one process, on real H.264 clips written into small WebDataset tars:
 
-  1. data      tars of rendered clips (curation.demo_data + curation.video.encode_mp4) and a tiny
+  1. data      tars of rendered clips (curation.demo_data + filters.video.encode_mp4) and a tiny
                random BERT text encoder written to a local folder (the packaged MiniLM weights are
                90 MB: too big to carry to the device; a fixed random encoder trains the same code)
   2. tiny      Trainer on the offline config (tiny model, bf16 autocast, EMA), 40 steps, with the
@@ -162,7 +162,7 @@ def write_shards(root: Path) -> dict:
     import webdataset as wds
 
     from curation.demo_data import render_frames
-    from curation.video import encode_mp4
+    from filters.video import encode_mp4
 
     tier = root / "shards" / "256p"
     tier.mkdir(parents=True, exist_ok=True)

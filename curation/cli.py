@@ -20,8 +20,7 @@ import logging
 import sys
 from pathlib import Path
 
-from curation.configtools import ConfigError
-from curation.stages.ingest import InputError
+from manifests.configtools import ConfigError, InputError
 
 log = logging.getLogger("reelsift")
 

@@ -4,11 +4,11 @@
       ray        RayConfig
       ingest     IngestConfig
       split      SplitConfig
-      score      ScoreConfig    (filters/*: motion, ocr, quality, aesthetic)
-      dedup      DedupConfig    (filters/dedup.py: near-duplicates from CLIP embeddings)
-      filter     FilterConfig   (filters/policy.py: tiers)
-      caption    CaptionConfig  (curation/stages/caption.py: VLM backends, prompt)
-      align      AlignConfig    (curation/stages/align.py: CLIP text-video similarity)
+      score      ScoreConfig    (filters/config.py: motion, ocr, quality, nsfw, aesthetic)
+      dedup      DedupConfig    (filters/config.py: near-duplicates from CLIP embeddings)
+      filter     FilterConfig   (filters/config.py: tiers)
+      caption    CaptionConfig  (backends: models/captioner/config.py)
+      align      AlignConfig    (CLIP text-video similarity)
       shard      ShardConfig
 
 Each field's docstring gives its unit and range. `load_config(path, overrides)` applies
@@ -21,13 +21,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from curation.configtools import ConfigError, Resources, apply_overrides, build, check, read_yaml
-from curation.stages.align import AlignConfig
-from curation.stages.caption import CaptionConfig
-from filters.dedup import DedupConfig
-from filters.policy import FilterConfig
-from filters.scenes import SceneConfig
-from filters.score_config import ScoreConfig
+from filters.config import DedupConfig, FilterConfig, SceneConfig, ScoreConfig
+from manifests.configtools import ConfigError, Resources, apply_overrides, build, check, read_yaml
+from models.captioner.config import (
+    DEFAULT_PROMPT,
+    PROMPT_FIELDS,
+    OpenAICaptionerConfig,
+    SidecarCaptionerConfig,
+    TransformersCaptionerConfig,
+    prompt_hash,
+    render_prompt,
+)
 
 
 @dataclass(frozen=True)
@@ -115,6 +119,82 @@ class ShardConfig:
         check(0 <= self.crf <= 51, "shard.crf", "must be in 0..51")
         check(self.clips_per_task >= 1, "shard.clips_per_task", "must be >= 1")
         check(self.timeout_s > 0, "shard.timeout_s", "must be > 0")
+
+
+@dataclass(frozen=True)
+class CaptionConfig:
+    backend: Literal["transformers", "openai", "sidecar"] = "transformers"
+    """Which captioner runs: in-process VLM, OpenAI-compatible server, or sidecar files."""
+    prompt: str = DEFAULT_PROMPT
+    """Prompt template; may use {n_frames} and {duration_s}. Its hash keys the rows: a new
+    template captions every kept clip again (old captions stay in captions_history)."""
+    n_frames: int = 8
+    """Frames sampled evenly over each clip and shown to the VLM (>= 2)."""
+    short_side: int = 448
+    """Short side the sampled frames are resized to before the backend sees them, pixels (>= 28)."""
+    timeout_s: float = 300.0
+    """Per-clip decode time limit, seconds (> 0)."""
+    min_words: int = 30
+    """Shorter post-processed captions are error rows, words (>= 1)."""
+    max_words: int = 180
+    """Longer captions are cut to their last full sentence within this many words (>= min_words)."""
+    retry_errors: bool = False
+    """Caption again clips whose row for this (model, prompt) is an error (e.g. server was down)."""
+    transformers: TransformersCaptionerConfig = field(default_factory=TransformersCaptionerConfig)
+    """In-process VLM backend (models/captioner.py)."""
+    openai: OpenAICaptionerConfig = field(default_factory=OpenAICaptionerConfig)
+    """OpenAI-compatible server backend (vLLM, SGLang)."""
+    sidecar: SidecarCaptionerConfig = field(default_factory=SidecarCaptionerConfig)
+    """Captions read from files beside each source video."""
+    decode: Resources = field(default_factory=lambda: Resources(batch_size=8))
+    """Scheduling of the frame-decoding operator (CPU)."""
+    captioner: Resources = field(default_factory=lambda: Resources(batch_size=8, concurrency=1))
+    """Scheduling of the captioner operator; set num_gpus: 1 for the transformers backend on GPU."""
+
+    def __post_init__(self):
+        check(self.n_frames >= 2, "caption.n_frames", "must be >= 2")
+        check(self.short_side >= 28, "caption.short_side", "must be >= 28")
+        check(self.timeout_s > 0, "caption.timeout_s", "must be > 0")
+        check(self.min_words >= 1, "caption.min_words", "must be >= 1")
+        check(self.max_words >= self.min_words, "caption.max_words", "must be >= caption.min_words")
+        try:
+            render_prompt(self.prompt, **PROMPT_FIELDS)
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ConfigError(
+                f"caption.prompt: bad template ({exc!r}); placeholders allowed: "
+                f"{sorted(PROMPT_FIELDS)}; write literal braces as {{{{ }}}}"
+            ) from exc
+
+    @property
+    def model_name(self) -> str:
+        """What the `model` column records for the configured backend."""
+        if self.backend == "transformers":
+            return self.transformers.model
+        if self.backend == "openai":
+            return self.openai.model
+        return f"sidecar:json:{self.sidecar.json_field}" if self.sidecar.json_field else "sidecar:txt"
+
+    @property
+    def prompt_hash(self) -> str:
+        return prompt_hash(self.prompt if self.backend != "sidecar" else "")
+
+
+@dataclass(frozen=True)
+class AlignConfig:
+    device: str | None = None
+    """torch device of the CLIP text encoder; null = score.aesthetic.device."""
+    batch_size: int = 64
+    """Captions per text-encoder forward pass (>= 1)."""
+    resources: Resources = field(default_factory=lambda: Resources(batch_size=256, concurrency=1))
+    """Scheduling of the align operator (one CLIP text encoder per actor)."""
+
+    def __post_init__(self):
+        check(self.batch_size >= 1, "align.batch_size", "must be >= 1")
+        check(
+            self.device is None or self.device.startswith(("cpu", "cuda", "mps")),
+            "align.device",
+            f"must be cpu, cuda[:N], mps or null, got {self.device!r}",
+        )
 
 
 @dataclass(frozen=True)

@@ -9,24 +9,30 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
 
 from curation.config import CurateConfig
-from curation.runner import PartSink, run_stage
-from curation.stages.align import align, pre_align_filter
-from curation.stages.caption import caption
-from curation.stages.filter import FilterSummary, run_filter
-from curation.stages.ingest import DuplicateMarker, IngestStage, list_inputs
-from curation.stages.shard import ShardJob, ShardWriter, clean_orphans, pending_groups
-from curation.stages.split import SplitStage
+from filters.policy import pre_align_filter
 from manifests.db import connect
 from manifests.store import Table
+
+if TYPE_CHECKING:
+    from curation.runner import PartSink
+    from curation.stages.filter import FilterSummary
 
 log = logging.getLogger("reelsift")
 
 
+# Each step imports its stage (and the scorers, models and Ray behind it) when it runs, so a
+# command such as `reelsift filter` never pays for torch or Ray.
+
+
 def ingest(cfg: CurateConfig, root: Path, input_spec: str | Path, ray_address: str | None = None) -> PartSink:
+    from curation.runner import PartSink, run_stage
+    from curation.stages.ingest import DuplicateMarker, IngestStage, list_inputs
+
     paths = list_inputs(input_spec, cfg.ingest)
     table = Table(root, "videos")
     table.clean_temp()
@@ -56,6 +62,9 @@ def ingest(cfg: CurateConfig, root: Path, input_spec: str | Path, ray_address: s
 
 
 def split(cfg: CurateConfig, root: Path, ray_address: str | None = None) -> PartSink:
+    from curation.runner import PartSink, run_stage
+    from curation.stages.split import SplitStage
+
     clips = Table(root, "clips")
     clips.clean_temp()
     con = connect(root)
@@ -79,6 +88,7 @@ def split(cfg: CurateConfig, root: Path, ray_address: str | None = None) -> Part
 
 
 def score(cfg: CurateConfig, root: Path, ray_address: str | None = None) -> PartSink:
+    from curation.runner import PartSink, run_stage
     from curation.stages.score import DecodeAndScoreCpu, ScoreNeural
 
     scores = Table(root, "scores")
@@ -122,6 +132,8 @@ def dedup(cfg: CurateConfig, root: Path):
 
 def filter_(cfg: CurateConfig, root: Path, dry_run: bool = False, pre_align: bool = False) -> FilterSummary:
     """pre_align: ignore bounds on alignment columns (the pass that picks clips to caption)."""
+    from curation.stages.filter import run_filter
+
     Table(root, "decisions").clean_temp()
     policy = pre_align_filter(cfg.filter) if pre_align else cfg.filter
     summary = run_filter(root, policy, dry_run=dry_run, dedup=cfg.dedup.enabled)
@@ -135,6 +147,9 @@ def filter_(cfg: CurateConfig, root: Path, dry_run: bool = False, pre_align: boo
 
 
 def shard(cfg: CurateConfig, root: Path, ray_address: str | None = None) -> PartSink:
+    from curation.runner import PartSink, run_stage
+    from curation.stages.shard import ShardJob, ShardWriter, clean_orphans, pending_groups
+
     table = Table(root, "shards")
     table.clean_temp()
     removed = clean_orphans(root)
@@ -157,6 +172,18 @@ def shard(cfg: CurateConfig, root: Path, ray_address: str | None = None) -> Part
         ray_address=ray_address,
         ray_cfg=cfg.ray,
     )
+
+
+def caption(cfg: CurateConfig, root: Path, ray_address: str | None = None) -> PartSink:
+    from curation.stages.caption import caption as run
+
+    return run(cfg, root, ray_address)
+
+
+def align(cfg: CurateConfig, root: Path, ray_address: str | None = None) -> PartSink:
+    from curation.stages.align import align as run
+
+    return run(cfg, root, ray_address)
 
 
 def stages(

@@ -22,8 +22,8 @@ import pyarrow as pa
 
 from curation.config import CurateConfig
 from curation.stages.filter import config_hash
-from curation.video import VideoDecodeError, even_size, iter_frames
 from filters.policy import Bound, FilterConfig
+from filters.video import VideoDecodeError, even_size, iter_frames
 from manifests import queries
 from manifests.schemas import SCORES, TABLES
 from manifests.store import Table

@@ -20,7 +20,7 @@ from typing import Any
 import pyarrow as pa
 
 from curation.config import RayConfig
-from curation.configtools import Resources
+from manifests.configtools import Resources
 from manifests.store import Table
 
 log = logging.getLogger("reelsift")

@@ -8,51 +8,15 @@ Default: ViT-L-14 / openai + the LAION ViT-L-14 head (1..10 rating scale). Offli
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 import numpy as np
 import pyarrow as pa
 import torch
 
+from filters.config import DEFAULT_AESTHETIC_HEAD as DEFAULT_HEAD  # noqa: F401  (the config lives in filters/config.py)
+from filters.config import AestheticConfig
 from models.clip import ClipEncoder, load_aesthetic_head, resolve_weights
-
-DEFAULT_HEAD = "hf-hub:trl-lib/ddpo-aesthetic-predictor/aesthetic-model.pth"
-
-
-@dataclass(frozen=True)
-class AestheticConfig:
-    clip_model: str = "ViT-L-14"
-    """open_clip architecture (open_clip.list_models()) or "reelsift-tiny" (tests/offline)."""
-    clip_pretrained: str = "openai"
-    """open_clip pretrained tag, local checkpoint path, or hf-hub:<org>/<repo>. A local copy of
-    the OpenAI weights needs clip_model "ViT-L-14-quickgelu" (the "openai" tag handles it)."""
-    head_weights: str = DEFAULT_HEAD
-    """Aesthetic MLP weights for clip_model's embed dim: local path or hf-hub:<org>/<repo>/<file>."""
-    random_init: bool = False
-    """Random seeded CLIP + head instead of the weights above (tests, offline); flags rows untrained."""
-    seed: int = 0
-    """Seed of the random init (only used with random_init). >= 0."""
-    device: str = "cpu"
-    """torch device: "cpu", "cuda", "cuda:1", ..."""
-    precision: Literal["fp32", "fp16", "bf16"] = "fp32"
-    """Model weight/activation precision (fp16/bf16 only on GPU)."""
-    batch_size: int = 64
-    """Frames per forward pass. >= 1."""
-    n_frames: int = 0
-    """Frames embedded per clip, evenly spread over the sampled frames; 0 = all. >= 0."""
-
-    def __post_init__(self) -> None:
-        if not self.clip_model:
-            raise ValueError("score.aesthetic.clip_model must be set")
-        if self.seed < 0:
-            raise ValueError("score.aesthetic.seed must be >= 0")
-        if self.batch_size < 1:
-            raise ValueError("score.aesthetic.batch_size must be >= 1")
-        if self.n_frames < 0:
-            raise ValueError("score.aesthetic.n_frames must be >= 0")
-        if not self.device.startswith(("cpu", "cuda", "mps")):
-            raise ValueError(f"score.aesthetic.device must be cpu, cuda[:N] or mps, got {self.device!r}")
 
 
 class AestheticScorer:

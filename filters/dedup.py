@@ -35,47 +35,10 @@ import numpy as np
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
+from filters.config import DedupConfig  # noqa: F401  (the config lives in filters/config.py)
+
 Batches = Callable[[], Iterator[np.ndarray]]
 """A source of embeddings: calling it yields (n, D) float32 unit-norm batches."""
-
-
-@dataclass(frozen=True)
-class DedupConfig:
-    enabled: bool = True
-    """Run the dedup stage; false = no `duplicates` rows are written and the filter ignores it."""
-    threshold: float = 0.95
-    """Cosine similarity at or above which two clips are near-duplicates, in (0, 1]. Real CLIP
-    ViT-L-14 mean-frame embeddings: ~0.95; the tiny random offline CLIP needs ~0.99."""
-    score_column: str = "aesthetic_mean"
-    """scores column whose highest value picks the clip a group keeps (ties: smallest clip_id;
-    a null score ranks last)."""
-    clips_per_cluster: int = 1000
-    """Target mean k-means cluster size (>= 2): n_clusters = ceil(n_clips / clips_per_cluster).
-    Smaller = faster comparisons but more boundary pairs to miss."""
-    n_probe: int = 2
-    """Clusters each clip is compared in: its nearest plus n_probe - 1 neighbours (1..8)."""
-    kmeans_iters: int = 3
-    """Mini-batch k-means passes over the embeddings (>= 1)."""
-    batch_rows: int = 8192
-    """Embeddings streamed per batch from the scores table (>= 256)."""
-    seed: int = 0
-    """Seed of the k-means initialisation (>= 0); a run is deterministic for a seed."""
-
-    def __post_init__(self) -> None:
-        if not 0.0 < self.threshold <= 1.0:
-            raise ValueError(f"dedup.threshold must be in (0, 1], got {self.threshold}")
-        if not self.score_column:
-            raise ValueError("dedup.score_column must name a scores column (e.g. aesthetic_mean)")
-        if self.clips_per_cluster < 2:
-            raise ValueError(f"dedup.clips_per_cluster must be >= 2, got {self.clips_per_cluster}")
-        if not 1 <= self.n_probe <= 8:
-            raise ValueError(f"dedup.n_probe must be in [1, 8], got {self.n_probe}")
-        if self.kmeans_iters < 1:
-            raise ValueError(f"dedup.kmeans_iters must be >= 1, got {self.kmeans_iters}")
-        if self.batch_rows < 256:
-            raise ValueError(f"dedup.batch_rows must be >= 256, got {self.batch_rows}")
-        if self.seed < 0:
-            raise ValueError(f"dedup.seed must be >= 0, got {self.seed}")
 
 
 def _normalize(x: np.ndarray) -> np.ndarray:

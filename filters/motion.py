@@ -9,40 +9,19 @@ A scorer measures; thresholds (motion bands per tier) live in the filter policy.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 import cv2
 import numpy as np
 import pyarrow as pa
+
+from filters.config import MotionConfig  # noqa: F401  (the config lives in filters/config.py)
 
 _PRESETS = {
     "ultrafast": cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST,
     "fast": cv2.DISOPTICAL_FLOW_PRESET_FAST,
     "medium": cv2.DISOPTICAL_FLOW_PRESET_MEDIUM,
 }
-
-
-@dataclass(frozen=True)
-class MotionConfig:
-    preset: Literal["ultrafast", "fast", "medium"] = "fast"
-    """DIS optical flow preset (speed/accuracy trade-off)."""
-    flow_short_side: int = 128
-    """Short side (px) frames are downscaled to before flow; never upscaled. 32..2160."""
-    ref_short_side: int = 256
-    """Reference short side (px) the reported magnitudes are expressed at. > 0."""
-    static_eps: float = 0.1
-    """A frame pair whose mean magnitude (px/frame@256) is below this counts as static. >= 0."""
-
-    def __post_init__(self) -> None:
-        if self.preset not in _PRESETS:
-            raise ValueError(f"score.motion.preset must be one of {sorted(_PRESETS)}, got {self.preset!r}")
-        if not 32 <= self.flow_short_side <= 2160:
-            raise ValueError("score.motion.flow_short_side must be in [32, 2160]")
-        if self.ref_short_side <= 0:
-            raise ValueError("score.motion.ref_short_side must be > 0")
-        if self.static_eps < 0:
-            raise ValueError("score.motion.static_eps must be >= 0")
 
 
 class MotionScorer:

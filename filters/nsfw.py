@@ -20,13 +20,13 @@ from __future__ import annotations
 
 import ast
 import os
-from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import cv2
 import numpy as np
 import pyarrow as pa
 
+from filters.config import NsfwConfig  # noqa: F401  (the config lives in filters/config.py)
 from models.clip import MissingWeights
 
 EXPOSED = (
@@ -44,29 +44,6 @@ _COLUMNS = {
     "nsfw_genitalia": ("FEMALE_GENITALIA_EXPOSED", "MALE_GENITALIA_EXPOSED"),
     "nsfw_buttocks": ("BUTTOCKS_EXPOSED", "ANUS_EXPOSED"),
 }
-
-
-@dataclass(frozen=True)
-class NsfwConfig:
-    weights: str = ""
-    """NudeNet ONNX detector: "" = the 320n.onnx inside the nudenet wheel, or a local file path."""
-    input_size: int = 320
-    """Detector input side (px); frames are padded to square and resized to it. Multiple of 32,
-    160..1280 (320 for 320n.onnx, 640 for 640m.onnx)."""
-    n_frames: int = 3
-    """Frames scored per clip, evenly spread over the sampled frames. 1..64."""
-    intra_op_threads: int = 1
-    """onnxruntime intra-op threads per actor; 0 = onnxruntime default (all cores). >= 0."""
-
-    def __post_init__(self) -> None:
-        if self.input_size % 32 or not 160 <= self.input_size <= 1280:
-            raise ValueError(
-                f"score.nsfw.input_size must be a multiple of 32 in [160, 1280], got {self.input_size}"
-            )
-        if not 1 <= self.n_frames <= 64:
-            raise ValueError(f"score.nsfw.n_frames must be in [1, 64], got {self.n_frames}")
-        if self.intra_op_threads < 0:
-            raise ValueError(f"score.nsfw.intra_op_threads must be >= 0, got {self.intra_op_threads}")
 
 
 def _model_path(weights: str) -> str:

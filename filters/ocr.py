@@ -8,52 +8,13 @@ text area per tier lives in the filter policy.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import cv2
 import numpy as np
 import pyarrow as pa
 
-
-@dataclass(frozen=True)
-class OcrConfig:
-    n_frames: int = 3
-    """Frames OCR'd per clip, evenly spread over the sampled frames. 1..64."""
-    det_short_side: int = 360
-    """Short side (px) frames are resized to before text detection. 64..1440."""
-    recognize: bool = True
-    """Run text recognition; False = detection only (ocr_text empty, boxes not confirmed)."""
-    angle_cls: bool = False
-    """Run the 0/180 degree text-line classifier before recognition (slower; rarely needed)."""
-    box_thresh: float = 0.5
-    """Minimum detection score (0..1) of a text box (measurement parameter, not a filter)."""
-    text_score: float = 0.5
-    """Minimum recognition confidence (0..1) for a box to count when `recognize` is on."""
-    min_chars: int = 2
-    """With `recognize`, a box counts only if its text has at least this many non-space
-    characters: lone glyphs read off textures ('8', 'I') are the usual false positives. >= 1."""
-    min_distinct_chars: int = 2
-    """...and at least this many distinct alphanumeric characters: checkerboard and grid
-    textures are read as '88', '888', '8.8'. 1 keeps such strings. >= 1."""
-    intra_op_threads: int = 1
-    """onnxruntime intra-op threads per actor; 0 = onnxruntime default (all cores). >= 0."""
-
-    def __post_init__(self) -> None:
-        if not 1 <= self.n_frames <= 64:
-            raise ValueError("score.ocr.n_frames must be in [1, 64]")
-        if not 64 <= self.det_short_side <= 1440:
-            raise ValueError("score.ocr.det_short_side must be in [64, 1440]")
-        if not 0.0 <= self.box_thresh <= 1.0:
-            raise ValueError("score.ocr.box_thresh must be in [0, 1]")
-        if not 0.0 <= self.text_score <= 1.0:
-            raise ValueError("score.ocr.text_score must be in [0, 1]")
-        if self.min_chars < 1:
-            raise ValueError("score.ocr.min_chars must be >= 1")
-        if self.min_distinct_chars < 1:
-            raise ValueError("score.ocr.min_distinct_chars must be >= 1")
-        if self.intra_op_threads < 0:
-            raise ValueError("score.ocr.intra_op_threads must be >= 0")
+from filters.config import OcrConfig  # noqa: F401  (the config lives in filters/config.py)
 
 
 class OcrScorer:

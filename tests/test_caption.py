@@ -22,8 +22,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from curation.configtools import ConfigError, Resources, build
 from curation.stages.caption import CaptionClips, CaptionConfig, DecodeForCaption, caption, pending_clips
+from manifests.configtools import ConfigError, Resources, build
 from manifests.db import connect
 from manifests.schemas import CAPTIONS
 from manifests.store import Table, rows_to_table

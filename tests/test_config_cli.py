@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from curation.config import load_config
-from curation.configtools import ConfigError
+from manifests.configtools import ConfigError
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -16,8 +16,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from curation.configtools import ConfigError, build
 from filters.dedup import DedupConfig, find_groups, pick_kept
+from manifests.configtools import ConfigError, build
 from manifests.schemas import CLIPS, SCORES
 from manifests.store import Table, rows_to_table
 
@@ -105,7 +105,7 @@ def embedded(tmp_path_factory):
     from curation.demo_data import encode_video
     from curation.stages.score import decode_samples
     from filters.aesthetic import AestheticConfig, AestheticScorer
-    from filters.score_config import ScoreConfig
+    from filters.config import ScoreConfig
     from tests.media import make_video, read_frames
 
     d = tmp_path_factory.mktemp("dedup")

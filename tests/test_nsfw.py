@@ -12,8 +12,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from curation.configtools import ConfigError, build
 from filters.nsfw import NsfwConfig, NsfwScorer
+from manifests.configtools import ConfigError, build
 from models.clip import MissingWeights
 
 pytest.importorskip("nudenet")

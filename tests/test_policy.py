@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from curation.configtools import build
 from filters.policy import FilterConfig, decide
+from manifests.configtools import build
 
 CFG = build(
     FilterConfig,

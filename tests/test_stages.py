@@ -174,8 +174,8 @@ def test_a_long_low_res_video_is_probed_and_split(tmp_path):
 
 
 def test_chained_operators_leave_room_for_each_other():
-    from curation.configtools import Resources
     from curation.runner import plan_concurrency
+    from manifests.configtools import Resources
 
     cpu, neural = Resources(num_cpus=1, batch_size=4), Resources(num_cpus=1, concurrency=1)
     assert plan_concurrency([cpu, neural], 2, 1000) == ([1, 1], 1.0)  # not [2, 1]: that would stall

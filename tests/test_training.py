@@ -15,9 +15,9 @@ import pytest
 import torch
 import webdataset as wds
 
-from curation.configtools import ConfigError
 from curation.demo_data import render_frames
-from curation.video import encode_mp4
+from filters.video import encode_mp4
+from manifests.configtools import ConfigError
 from training.config import load_train_config
 from training.data import (
     ShardLoader,

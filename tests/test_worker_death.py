@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from curation.configtools import Resources
 from curation.runner import PartSink, run_stage
 from curation.stages.ingest import IngestStage
+from manifests.configtools import Resources
 from manifests.store import Table
 from tests.media import make_video
 

@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from curation.configtools import to_dict
+from manifests.configtools import to_dict
 from models.linear_dit import LinearDiT, LinearDiTConfig
 from models.text_encoder import TextEncoder, build_text_encoder
 from models.vae import VAE, build_vae

@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     import logging
     import sys
 
-    from curation.configtools import ConfigError
+    from manifests.configtools import ConfigError
 
     parser = argparse.ArgumentParser(prog="reelsift")
     register(parser.add_subparsers(dest="command", required=True))

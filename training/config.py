@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from curation.configtools import ConfigError, apply_overrides, build, check, read_yaml
+from manifests.configtools import ConfigError, apply_overrides, build, check, read_yaml
 
 
 @dataclass(frozen=True)

@@ -39,7 +39,7 @@ import av
 import numpy as np
 import torch
 
-from curation.configtools import ConfigError
+from manifests.configtools import ConfigError
 from training.config import DataConfig, TrainConfig, VAEConfig
 
 log = logging.getLogger("reelsift")

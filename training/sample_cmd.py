@@ -48,7 +48,7 @@ def register(subparsers) -> None:
 def cmd_sample(args) -> int:
     import torch
 
-    from curation.configtools import to_dict
+    from manifests.configtools import to_dict
     from training.checkpoint import load_for_inference, resolve
     from training.long_video import VideoSpec, generate_video
     from training.sampler import SampleOptions

@@ -4,54 +4,33 @@ The clip side is the unit-norm `clip_embedding` that score already stored (no de
 caption is encoded by the same CLIP (`score.aesthetic` config: same architecture, weights and
 seed), so the two live in one embedding space. `clip_score` is their cosine (-1..1); the filter
 applies per-tier bounds on it (e.g. `filter.tiers.480p.bounds.clip_score.min`) after align, and
-`pre_align_filter` gives the config of the filter pass that runs before captions exist.
+`filters.policy.pre_align_filter` gives the config of the filter pass that runs before captions exist.
 Work = clips whose newest ok caption has no alignment row yet for (caption model, prompt, CLIP).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
 
-from curation.configtools import Resources, check
+from curation.config import AlignConfig  # noqa: F401  (re-exported for callers)
 from filters.aesthetic import AestheticConfig
-from filters.policy import FilterConfig
+from filters.policy import ALIGN_COLUMNS, FilterConfig, pre_align_filter  # noqa: F401  (re-exported)
 from manifests.db import connect
 from manifests.schemas import ALIGNMENT
 from manifests.store import Table
 from models.clip import ClipEncoder
 
-if TYPE_CHECKING:  # curation.config imports this module for its config; runner imports config
+if TYPE_CHECKING:
     from curation.runner import PartSink
 
+
 log = logging.getLogger("reelsift")
-
-
-ALIGN_COLUMNS = frozenset({"clip_score"})  # score columns the alignment table provides
-
-
-@dataclass(frozen=True)
-class AlignConfig:
-    device: str | None = None
-    """torch device of the CLIP text encoder; null = score.aesthetic.device."""
-    batch_size: int = 64
-    """Captions per text-encoder forward pass (>= 1)."""
-    resources: Resources = field(default_factory=lambda: Resources(batch_size=256, concurrency=1))
-    """Scheduling of the align operator (one CLIP text encoder per actor)."""
-
-    def __post_init__(self):
-        check(self.batch_size >= 1, "align.batch_size", "must be >= 1")
-        check(
-            self.device is None or self.device.startswith(("cpu", "cuda", "mps")),
-            "align.device",
-            f"must be cpu, cuda[:N], mps or null, got {self.device!r}",
-        )
 
 
 @dataclass(frozen=True)
@@ -176,16 +155,3 @@ def run_align(
 def align(cfg: Any, root: Path, ray_address: str | None = None) -> PartSink:
     """Pipeline step: `cfg` is the CurateConfig (uses cfg.align, cfg.score.aesthetic, cfg.ray)."""
     return run_align(root, cfg.align, cfg.score.aesthetic, ray_address=ray_address, ray_cfg=cfg.ray)
-
-
-def pre_align_filter(cfg: FilterConfig) -> FilterConfig:
-    """`cfg` without bounds on alignment columns: the filter pass that picks clips to caption
-    (before any caption exists, clip_score would be missing and reject every clip)."""
-    return FilterConfig(
-        tiers={
-            name: dataclasses.replace(
-                tier, bounds={c: b for c, b in tier.bounds.items() if c not in ALIGN_COLUMNS}
-            )
-            for name, tier in cfg.tiers.items()
-        }
-    )

@@ -12,95 +12,31 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
 
-from curation.configtools import ConfigError, Resources, check
+from curation.config import CaptionConfig  # noqa: F401  (re-exported for callers)
 from curation.stages.score import decode_samples
-from curation.video import DecodeTimeout, VideoDecodeError
+from filters.video import DecodeTimeout, VideoDecodeError
 from manifests.db import connect
 from manifests.schemas import CAPTIONS
 from manifests.store import Table
 from models.captioner import (
     BACKENDS,
-    DEFAULT_PROMPT,
-    PROMPT_FIELDS,
     CaptionInput,
-    OpenAICaptionerConfig,
-    SidecarCaptionerConfig,
-    TransformersCaptionerConfig,
     clean_caption,
     is_untrained,
-    prompt_hash,
     render_prompt,
 )
 
-if TYPE_CHECKING:  # curation.config imports this module for its config; runner imports config
+if TYPE_CHECKING:
     from curation.runner import PartSink
 
+
 log = logging.getLogger("reelsift")
-
-
-@dataclass(frozen=True)
-class CaptionConfig:
-    backend: Literal["transformers", "openai", "sidecar"] = "transformers"
-    """Which captioner runs: in-process VLM, OpenAI-compatible server, or sidecar files."""
-    prompt: str = DEFAULT_PROMPT
-    """Prompt template; may use {n_frames} and {duration_s}. Its hash keys the rows: a new
-    template captions every kept clip again (old captions stay in captions_history)."""
-    n_frames: int = 8
-    """Frames sampled evenly over each clip and shown to the VLM (>= 2)."""
-    short_side: int = 448
-    """Short side the sampled frames are resized to before the backend sees them, pixels (>= 28)."""
-    timeout_s: float = 300.0
-    """Per-clip decode time limit, seconds (> 0)."""
-    min_words: int = 30
-    """Shorter post-processed captions are error rows, words (>= 1)."""
-    max_words: int = 180
-    """Longer captions are cut to their last full sentence within this many words (>= min_words)."""
-    retry_errors: bool = False
-    """Caption again clips whose row for this (model, prompt) is an error (e.g. server was down)."""
-    transformers: TransformersCaptionerConfig = field(default_factory=TransformersCaptionerConfig)
-    """In-process VLM backend (models/captioner.py)."""
-    openai: OpenAICaptionerConfig = field(default_factory=OpenAICaptionerConfig)
-    """OpenAI-compatible server backend (vLLM, SGLang)."""
-    sidecar: SidecarCaptionerConfig = field(default_factory=SidecarCaptionerConfig)
-    """Captions read from files beside each source video."""
-    decode: Resources = field(default_factory=lambda: Resources(batch_size=8))
-    """Scheduling of the frame-decoding operator (CPU)."""
-    captioner: Resources = field(default_factory=lambda: Resources(batch_size=8, concurrency=1))
-    """Scheduling of the captioner operator; set num_gpus: 1 for the transformers backend on GPU."""
-
-    def __post_init__(self):
-        check(self.n_frames >= 2, "caption.n_frames", "must be >= 2")
-        check(self.short_side >= 28, "caption.short_side", "must be >= 28")
-        check(self.timeout_s > 0, "caption.timeout_s", "must be > 0")
-        check(self.min_words >= 1, "caption.min_words", "must be >= 1")
-        check(self.max_words >= self.min_words, "caption.max_words", "must be >= caption.min_words")
-        try:
-            render_prompt(self.prompt, **PROMPT_FIELDS)
-        except (KeyError, IndexError, ValueError) as exc:
-            raise ConfigError(
-                f"caption.prompt: bad template ({exc!r}); placeholders allowed: "
-                f"{sorted(PROMPT_FIELDS)}; write literal braces as {{{{ }}}}"
-            ) from exc
-
-    @property
-    def model_name(self) -> str:
-        """What the `model` column records for the configured backend."""
-        if self.backend == "transformers":
-            return self.transformers.model
-        if self.backend == "openai":
-            return self.openai.model
-        return f"sidecar:json:{self.sidecar.json_field}" if self.sidecar.json_field else "sidecar:txt"
-
-    @property
-    def prompt_hash(self) -> str:
-        return prompt_hash(self.prompt if self.backend != "sidecar" else "")
 
 
 FRAME_FIELDS = [

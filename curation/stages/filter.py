@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from curation.configtools import ConfigError, to_dict
 from filters.policy import Decision, FilterConfig, decide
+from manifests.configtools import ConfigError, to_dict
 from manifests.db import connect
 from manifests.schemas import DECISIONS, TABLES
 from manifests.store import Table, now_utc

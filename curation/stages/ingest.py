@@ -15,15 +15,12 @@ import numpy as np
 import pyarrow as pa
 
 from curation.config import IngestConfig
-from curation.video import VideoDecodeError, file_hash, probe
+from filters.video import VideoDecodeError, file_hash, probe
+from manifests.configtools import InputError
 from manifests.schemas import VIDEOS
 from manifests.store import rows_to_table
 
 _GLOB_CHARS = set("*?[")
-
-
-class InputError(ValueError):
-    """The --input argument names nothing usable."""
 
 
 def list_inputs(spec: str | Path, cfg: IngestConfig) -> list[str]:

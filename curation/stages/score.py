@@ -16,13 +16,13 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from curation.video import DecodeTimeout, VideoDecodeError, even_size, iter_frames
 from filters.aesthetic import AestheticScorer
+from filters.config import ScoreConfig
 from filters.motion import MotionScorer
 from filters.nsfw import NsfwScorer
 from filters.ocr import OcrScorer
 from filters.quality import QualityScorer
-from filters.score_config import ScoreConfig
+from filters.video import DecodeTimeout, VideoDecodeError, even_size, iter_frames
 from manifests.schemas import SCORES
 
 FRAME_FIELDS = [pa.field("frames", pa.binary()), pa.field("frames_shape", pa.list_(pa.int32()))]

@@ -21,9 +21,9 @@ import numpy as np
 import pyarrow as pa
 
 from curation.config import ShardConfig
-from curation.configtools import ConfigError
-from curation.video import DecodeTimeout, VideoDecodeError, encode_mp4, even_size, iter_frames, key_hash
 from filters.policy import FilterConfig
+from filters.video import DecodeTimeout, VideoDecodeError, encode_mp4, even_size, iter_frames, key_hash
+from manifests.configtools import ConfigError
 from manifests.db import connect
 from manifests.schemas import SHARDS, TABLES
 from manifests.store import Table, rows_to_table

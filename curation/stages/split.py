@@ -12,8 +12,8 @@ import numpy as np
 import pyarrow as pa
 
 from curation.config import SplitConfig
-from curation.video import VideoDecodeError, key_hash
 from filters.scenes import SceneTimeout, detect_scenes
+from filters.video import VideoDecodeError, key_hash
 from manifests.schemas import CLIPS
 from manifests.store import rows_to_table
 

@@ -1,8 +1,10 @@
 """YAML -> frozen dataclass trees, with `--set a.b.c=value` overrides.
 
-Every component keeps its config dataclass beside its code (`filters/motion.py` has
-`MotionConfig`, ...); `curation/config.py` composes them into one tree. This module only knows
-how to build any such tree from plain dicts, and says which key is wrong when it can't.
+Every component keeps its config dataclasses in a config module that imports no scorer, model or
+stage (`filters/config.py`, `models/captioner/config.py`, `training/config.py`), and
+`curation/config.py` composes them into one tree. This module only knows how to build any such
+tree from plain dicts, and says which key is wrong when it can't. It lives in `manifests/`, the
+floor every other package may import, so scorers and models never reach up into the pipeline.
 """
 
 from __future__ import annotations
@@ -41,6 +43,10 @@ class Resources:
 
 class ConfigError(ValueError):
     """A config value or key is wrong; the message names the dotted key."""
+
+
+class InputError(ValueError):
+    """A command-line input (a folder, glob or list file) names nothing usable."""
 
 
 def build(cls: type[T], data: dict[str, Any] | None, prefix: str = "") -> T:

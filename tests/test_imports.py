@@ -1,0 +1,81 @@
+"""The house rules on imports, checked in fresh interpreters.
+
+Layers run downhill: manifests < filters, models < curation, training. A scorer or model never
+imports the pipeline; loading a config imports no torch; the commands that only read tables
+import none of the heavy libraries.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+HEAVY = ("torch", "open_clip", "transformers", "cv2", "ray")
+
+
+def modules_after(code: str) -> set[str]:
+    """Names in sys.modules after running `code` in a fresh interpreter at the repo root."""
+    script = f"{code}\nimport json, sys\nprint(json.dumps(sorted(sys.modules)))"
+    out = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout
+    return set(json.loads(out.splitlines()[-1]))
+
+
+def packages(mods: set[str], *names: str) -> set[str]:
+    """Which of the top-level packages `names` appear among the imported modules."""
+    return {m.split(".")[0] for m in mods} & set(names)
+
+
+def all_modules(package: str) -> list[str]:
+    return sorted(
+        ".".join(p.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
+        for p in (ROOT / package).rglob("*.py")
+    )
+
+
+@pytest.mark.parametrize("package, forbidden", [
+    ("manifests", ("filters", "models", "curation", "training")),
+    ("filters", ("curation", "training")),
+    ("models", ("curation", "training")),
+])
+def test_layers_import_downhill(package, forbidden):
+    # Import every module of the package at once: if any reaches up, the upper package shows.
+    code = "\n".join(f"import {m}" for m in all_modules(package))
+    leaked = packages(modules_after(code), *forbidden)
+    assert not leaked, f"{package} imports {sorted(leaked)}"
+
+
+@pytest.mark.parametrize("code", [
+    "from curation.config import load_config; load_config('configs/offline.yaml')",
+    "from curation.config import load_config; load_config('configs/default.yaml')",
+    "from training.config import load_train_config; load_train_config('configs/offline.yaml')",
+])
+def test_config_load_imports_no_heavy_library(code):
+    leaked = packages(modules_after(code), *HEAVY)
+    assert not leaked, f"a config load imports {sorted(leaked)}"
+
+
+@pytest.mark.parametrize("argv", [
+    ["--help"],
+    ["sql", "--root", "{root}", "SELECT 1"],
+    ["status", "--root", "{root}"],
+    ["summary", "--root", "{root}"],
+    ["verify", "--root", "{root}"],
+    ["filter", "--config", "configs/offline.yaml", "--root", "{root}"],
+    ["filter", "--config", "configs/offline.yaml", "--root", "{root}", "--dry-run"],
+])
+def test_table_commands_import_no_heavy_library(tmp_path, argv):
+    argv = [a.format(root=tmp_path) for a in argv]
+    code = (
+        "import contextlib, io, sys\nfrom curation.cli import main\n"
+        "with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):\n"
+        f"    try:\n        main({argv!r})\n    except SystemExit:\n        pass"
+    )
+    leaked = packages(modules_after(code), *HEAVY)
+    assert not leaked, f"reelsift {' '.join(argv)} imports {sorted(leaked)}"
