@@ -20,8 +20,6 @@ Not a pass/fail test: timings depend on the machine (recorded in the JSON).
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import sys
 import time
 from dataclasses import asdict
@@ -33,7 +31,8 @@ from threadpoolctl import threadpool_limits
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from filters.dedup import DedupConfig, find_groups  # noqa: E402  (after sys.path)
+from bench.harness import Result  # noqa: E402  (after sys.path)
+from filters.dedup import DedupConfig, find_groups  # noqa: E402
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -139,46 +138,22 @@ def main() -> None:
                 rows.append(run_one(x, planted, cfg, args.workdir))
                 print(rows[-1], flush=True)
 
-    cols = [
-        "clips_per_cluster",
-        "n_probe",
-        "n_clusters",
-        "cpu_s",
-        "clips_per_cpu_s",
-        "sims_per_clip",
-        "group_recall",
-        "pair_recall",
-        "false_merge_clips",
-    ]
-    print(
-        f"\n{args.n} clips x {args.dim}, {int(args.dup_frac * 100)}% in planted groups, "
-        f"threshold {args.threshold}, {args.threads} thread(s)"
-    )
-    print(" | ".join(cols))
-    for r in rows:
-        print(" | ".join(str(r[c]) for c in cols))
-    result = {
-        "what": "near-duplicate grouping: clips/s per CPU-second (process time) and planted-group recall",
-        "machine": {
-            "cpu": platform.processor() or platform.machine(),
-            "python": platform.python_version(),
-            "numpy": np.__version__,
-            "threads": args.threads,
-        },
-        "params": {
-            "n": args.n,
-            "dim": args.dim,
-            "topics": args.topics,
-            "dup_frac": args.dup_frac,
-            "threshold": args.threshold,
-            "seed": args.seed,
-            "base_config": asdict(DedupConfig(threshold=args.threshold)),
-        },
-        "rows": rows,
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1) + "\n")
-    print(f"wrote {args.out}")
+    cols = ["clips_per_cluster", "n_probe", "n_clusters", "cpu_s", "clips_per_cpu_s", "sims_per_clip",
+            "group_recall", "pair_recall", "false_merge_clips"]
+    res = Result("dedup_cpu", out=args.out.parent, suffix="")
+    res.add("what", "near-duplicate grouping: clips/s per CPU-second (process time) and planted-group recall")
+    res.add("threads", args.threads)
+    res.add("numpy", np.__version__)
+    res.add("params", {
+        "n": args.n, "dim": args.dim, "topics": args.topics, "dup_frac": args.dup_frac,
+        "threshold": args.threshold, "seed": args.seed,
+        "base_config": asdict(DedupConfig(threshold=args.threshold)),
+    })
+    res.add("rows", rows)
+    res.table(cols, ([r[c] for c in cols] for r in rows), title=(
+        f"{args.n} clips x {args.dim}, {int(args.dup_frac * 100)}% in planted groups, "
+        f"threshold {args.threshold}, {args.threads} thread(s)"))
+    res.write()
 
 
 if __name__ == "__main__":

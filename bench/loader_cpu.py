@@ -8,11 +8,10 @@ Prints a table and writes bench/results/loader_cpu.json. Not a pass/fail test.
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 from dataclasses import replace
 from pathlib import Path
 
+from bench.harness import Result
 from training.config import load_train_config
 from training.data import measure_throughput
 
@@ -34,15 +33,11 @@ def main() -> None:
             tp = measure_throughput(cfg, max_batches=args.batches, epochs=args.epochs)
             rows.append(dict(tier=tier, workers=workers, num_frames=cfg.data.num_frames,
                              crop=list(cfg.data.bucket_sizes(tier)[0]), **tp.as_dict()))
-    print(f"{'tier':6s} {'workers':>7s} {'samples':>7s} {'samples/s':>10s} {'frames/s':>9s} {'failed':>6s}")
-    for r in rows:
-        print(f"{r['tier']:6s} {r['workers']:7d} {r['samples']:7d} {r['samples_per_s']:10.1f} "
-              f"{r['frames_per_s']:9.1f} {r['failed']:6d}")
-    out = Path(__file__).parent / "results" / "loader_cpu.json"
-    out.parent.mkdir(exist_ok=True)
-    machine = platform.processor() or platform.machine()
-    out.write_text(json.dumps({"machine": machine, "rows": rows}, indent=1))
-    print(f"wrote {out}")
+    res = Result("loader_cpu", out=Path(__file__).parent / "results", suffix="")
+    res.add("rows", rows)
+    cols = ["tier", "workers", "samples", "samples_per_s", "frames_per_s", "failed"]
+    res.table(cols, ([r[c] for c in cols] for r in rows))
+    res.write()
 
 
 if __name__ == "__main__":

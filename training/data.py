@@ -13,45 +13,39 @@ seeded by (seed, epoch, key), so a resumed run sees exactly the batches an unint
 would. A sample that fails to parse or decode is counted in the batch's `stats` and left out;
 a batch left empty still comes out (with `size` 0) so batch positions stay stable.
 
-Latent caching (`cache_latents`) writes `<root>/latents/<tier>/<name>.tar` holding
-`<key>.npy` (raw VAE latents (C, F', h, w) float16 of the whole clip at the frame stride,
-centre-cropped to its bucket), `<key>.txt` and `<key>.json` (the clip's json plus a `latent`
-record); with `data.source: latents` the loader reads those instead and crops latent frames.
+Per-sample decoding, bucketing and cropping live in training/decode.py; latent caching
+(`cache_latents`, which the loader reads with `data.source: latents`) in training/latents.py.
 """
 
 from __future__ import annotations
 
 import functools
-import hashlib
 import io
 import json
 import logging
-import math
-import os
 import random
 import time
-import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import av
 import numpy as np
 import torch
 
 from manifests.configtools import ConfigError
 from training.config import DataConfig, TrainConfig, VAEConfig
+from training.decode import (  # noqa: F401  (re-exported: the loader's per-sample API)
+    SampleError,
+    cover_size,
+    crop_offsets,
+    decode_clip,
+    make_caption,
+    nearest_bucket,
+    sample_rng,
+    window_start,
+)
 
 log = logging.getLogger("reelsift")
-
-
-class SampleError(ValueError):
-    """One sample can't be used (bad json, undecodable mp4, too few frames); it is skipped.
-    `reason` is the counter it goes to: 'failed' or 'too_short'."""
-
-    def __init__(self, message: str, reason: str = "failed"):
-        super().__init__(message)
-        self.reason = reason
 
 
 # --------------------------------------------------------------------------------------------
@@ -84,90 +78,6 @@ def shard_urls(cfg: DataConfig, source: str | None = None) -> list[str]:
                 else "run `reelsift cache-latents` first")
         raise ConfigError(f"train.data: no shards under {base} for tiers {list(tiers) or 'any'}; {hint}")
     return urls
-
-
-# --------------------------------------------------------------------------------------------
-# Per-sample helpers
-
-
-def sample_rng(seed: int, epoch: int, key: str) -> random.Random:
-    """RNG for one sample's random choices: same (seed, epoch, key) -> same choices."""
-    digest = hashlib.blake2b(f"{seed}/{epoch}/{key}".encode(), digest_size=8).digest()
-    return random.Random(int.from_bytes(digest, "little"))
-
-
-def nearest_bucket(width: int, height: int, sizes: Iterable[tuple[int, int]]) -> tuple[int, int]:
-    """The [height, width] bucket whose aspect ratio is nearest the clip's (in log ratio)."""
-    ratio = math.log(height / width)
-    return min(sizes, key=lambda hw: (abs(math.log(hw[0] / hw[1]) - ratio), -hw[0] * hw[1]))
-
-
-def cover_size(width: int, height: int, bucket: tuple[int, int]) -> tuple[int, int]:
-    """(width, height) after scaling so the frame covers the bucket, aspect kept."""
-    bh, bw = bucket
-    scale = max(bh / height, bw / width)
-    return max(bw, math.ceil(width * scale - 1e-6)), max(bh, math.ceil(height * scale - 1e-6))
-
-
-def crop_offsets(size: tuple[int, int], bucket: tuple[int, int], mode: str, rng: random.Random):
-    """Top-left (y, x) of the bucket crop inside a frame of size (width, height)."""
-    (w, h), (bh, bw) = size, bucket
-    if mode == "random":
-        return rng.randint(0, h - bh), rng.randint(0, w - bw)
-    return (h - bh) // 2, (w - bw) // 2
-
-
-def window_start(n_frames: int, span: int, mode: str, rng: random.Random) -> int:
-    """First frame of a window of `span` frames in a clip of `n_frames`."""
-    if mode == "start":
-        return 0
-    if mode == "center":
-        return (n_frames - span) // 2
-    return rng.randint(0, n_frames - span)
-
-
-def make_caption(txt: str, meta: dict, cfg: DataConfig, rng: random.Random) -> str:
-    """The training caption: the txt (or, with probability sidecar_caption_prob, the original
-    sidecar caption when the json has one), plus ' motion score: N.' when enabled and scored."""
-    caption = txt.strip()
-    sidecar = _sidecar(meta)
-    if sidecar and cfg.sidecar_caption_prob > 0 and rng.random() < cfg.sidecar_caption_prob:
-        caption = sidecar
-    if cfg.motion_score:
-        motion = (meta.get("scores") or {}).get("motion_mean")
-        if motion is not None and math.isfinite(float(motion)):
-            suffix = f"motion score: {round(float(motion))}."
-            caption = f"{caption} {suffix}" if caption else suffix
-    return caption
-
-
-def _sidecar(meta: dict) -> str:
-    for section in (meta, meta.get("clip") or {}, meta.get("video") or {}, meta.get("meta") or {}):
-        text = section.get("sidecar_caption") if isinstance(section, dict) else None
-        if isinstance(text, str) and text.strip():
-            return text.strip()
-    return ""
-
-
-def decode_clip(mp4: bytes, indices: list[int], size: tuple[int, int]) -> np.ndarray:
-    """Frames `indices` (sorted, 0-based decode order) of in-memory mp4 bytes, resized to
-    size = (width, height) -> uint8 (T, H, W, 3). Raises SampleError."""
-    wanted, last = set(indices), indices[-1]
-    frames = []
-    try:
-        with av.open(io.BytesIO(mp4), mode="r") as container:
-            stream = container.streams.video[0]
-            stream.thread_type = "AUTO"
-            for i, frame in enumerate(container.decode(stream)):
-                if i in wanted:
-                    frames.append(frame.to_ndarray(format="rgb24", width=size[0], height=size[1]))
-                if i >= last:
-                    break
-    except (av.error.FFmpegError, IndexError) as exc:
-        raise SampleError(f"mp4 does not decode: {exc}") from exc
-    if len(frames) < len(indices):
-        raise SampleError(f"mp4 has {len(frames)} of the {len(indices)} frames needed")
-    return np.stack(frames)
 
 
 # --------------------------------------------------------------------------------------------
@@ -443,77 +353,8 @@ def measure_throughput(cfg: TrainConfig, max_batches: int = 50, epochs: int = 1)
     return Throughput(batches, samples, frames, failed, time.perf_counter() - t0)
 
 
-# --------------------------------------------------------------------------------------------
-# Latent caching
-
-
 def cache_latents(cfg: TrainConfig, device: str = "cpu", overwrite: bool = False) -> dict:
-    """Encode every clip of the video shards once with the VAE into `<root>/latents/<tier>/`.
+    """See training.latents.cache_latents (kept here so `training.data.cache_latents` still works)."""
+    from training.latents import cache_latents as run
 
-    One latent tar per video tar (same name), written to a temp name and renamed, so a killed
-    run resumes where it stopped (existing tars are kept unless `overwrite`). Each clip is
-    encoded whole at data.frame_stride, resized to cover its bucket and centre-cropped (random
-    crops are fixed at caching time; random temporal windows are still drawn when training).
-    Returns counts {tars, written, skipped_tars, failed}.
-    """
-    import webdataset as wds
-
-    from training.checkpoint import make_vae
-
-    data = cfg.data
-    vae = make_vae(cfg.vae, device)
-    root = Path(data.root)
-    stats = {"tars": 0, "written": 0, "skipped_tars": 0, "failed": 0}
-    for url in shard_urls(data, source="video"):
-        src = Path(url)
-        out = root / "latents" / src.parent.name / src.name
-        if out.exists() and not overwrite:
-            stats["skipped_tars"] += 1
-            continue
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(f".tmp-{uuid.uuid4().hex}.tar")
-        try:
-            with open(tmp, "wb") as fh:
-                writer = wds.TarWriter(fh)
-                for sample in wds.DataPipeline(wds.SimpleShardList([url]),
-                                               wds.tarfile_to_samples(handler=_count_tar_error(stats))):
-                    record = _encode_one(sample, cfg, vae, device, stats)
-                    if record is not None:
-                        writer.write(record)
-                        stats["written"] += 1
-                writer.close()
-            os.replace(tmp, out)
-        finally:
-            tmp.unlink(missing_ok=True)
-        stats["tars"] += 1
-    return stats
-
-
-@torch.no_grad()
-def _encode_one(sample: dict, cfg: TrainConfig, vae, device, stats: dict) -> dict | None:
-    key = sample.get("__key__", "?")
-    try:
-        meta = json.loads(sample["json"])
-        shard = meta["shard"]
-        tier = str(shard.get("tier") or _tier_of(sample))
-        w, h, n = int(shard["width"]), int(shard["height"]), int(shard["n_frames"])
-        bucket = nearest_bucket(w, h, cfg.data.bucket_sizes(tier))
-        size = cover_size(w, h, bucket)
-        indices = list(range(0, n, cfg.data.frame_stride))
-        if vae.temporal > 1:  # causal VAEs code 1 + k * temporal frames
-            indices = indices[: 1 + (len(indices) - 1) // vae.temporal * vae.temporal]
-        frames = decode_clip(sample["mp4"], indices, size)
-        y, x = crop_offsets(size, bucket, "center", random.Random(0))
-        frames = frames[:, y:y + bucket[0], x:x + bucket[1]]  # (T, bh, bw, 3)
-        video = torch.from_numpy(np.ascontiguousarray(frames)).permute(3, 0, 1, 2)[None]  # (1, 3, T, H, W)
-        z = vae.encode(video.to(device).float() / 127.5 - 1.0)[0]  # (C, F', h, w)
-    except (KeyError, ValueError, TypeError, SampleError) as exc:
-        stats["failed"] += 1
-        log.warning("cache-latents: skipping sample %s (%s: %s)", key, type(exc).__name__, exc)
-        return None
-    z = z.to(torch.float16).cpu().numpy()
-    meta["latent"] = dict(shape=list(z.shape), bucket=list(bucket), frame_stride=cfg.data.frame_stride,
-                          vae=dict(kind=cfg.vae.kind, channels=int(z.shape[0]), spatial=vae.spatial,
-                                   temporal=vae.temporal))
-    return {"__key__": key, "npy": z, "txt": sample.get("txt", b"").decode("utf-8", "replace"),
-            "json": meta}
+    return run(cfg, device, overwrite)
