@@ -85,6 +85,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("verify", help="read every shard back and check it against the table")
     p.add_argument("--root", "-r", required=True)
     p.add_argument("--no-decode", action="store_true", help="skip decoding each mp4")
+    p.add_argument(
+        "--tables-only",
+        action="store_true",
+        help="only compare the shards table with the newest decisions (read no tar)",
+    )
 
     p = sub.add_parser(
         "compact", help="merge each table's parts into one and keep only the newest row per key (atomic)"
@@ -278,7 +283,7 @@ def cmd_report(args) -> int:
 def cmd_verify(args) -> int:
     from curation.verify import verify
 
-    checked, problems = verify(args.root, decode=not args.no_decode)
+    checked, problems = verify(args.root, decode=not args.no_decode, read_tars=not args.tables_only)
     for p in problems:
         print(f"PROBLEM {p}")
     print(f"verified {checked} samples: {'OK' if not problems else f'{len(problems)} problem(s)'}")
