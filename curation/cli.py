@@ -7,6 +7,7 @@
     reelsift status  --root R                         per stage: done/rejected/error/pending
     reelsift report  --config C --root R              R/report/index.html
     reelsift verify  --root R
+    reelsift compact --root R                         merge parts, keep the newest row per key
     reelsift demo-data OUT
 
 Every command takes `--set key=value` (repeatable) to override config keys.
@@ -84,6 +85,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("verify", help="read every shard back and check it against the table")
     p.add_argument("--root", "-r", required=True)
     p.add_argument("--no-decode", action="store_true", help="skip decoding each mp4")
+    p.add_argument(
+        "--tables-only",
+        action="store_true",
+        help="only compare the shards table with the newest decisions (read no tar)",
+    )
+
+    p = sub.add_parser(
+        "compact", help="merge each table's parts into one and keep only the newest row per key (atomic)"
+    )
+    p.add_argument("--root", "-r", required=True)
+    p.add_argument("--table", action="append", default=None, help="only this table (repeatable)")
 
     p = sub.add_parser("summary", help="counts per status and hours in/out of a run root")
     p.add_argument("--root", "-r", required=True)
@@ -271,11 +283,30 @@ def cmd_report(args) -> int:
 def cmd_verify(args) -> int:
     from curation.verify import verify
 
-    checked, problems = verify(args.root, decode=not args.no_decode)
+    checked, problems = verify(args.root, decode=not args.no_decode, read_tars=not args.tables_only)
     for p in problems:
         print(f"PROBLEM {p}")
     print(f"verified {checked} samples: {'OK' if not problems else f'{len(problems)} problem(s)'}")
     return 0 if not problems else 1
+
+
+def cmd_compact(args) -> int:
+    from manifests.compact import CompactionRunning, compact
+
+    root = Path(args.root)
+    if not root.is_dir():
+        raise ConfigError(f"--root {root}: no such run root")
+    try:
+        done = compact(root, args.table)
+    except CompactionRunning as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for c in done:
+        if c.skipped:
+            print(f"{c.table:11s} {c.parts_before} part(s): nothing to compact")
+        else:
+            print(f"{c.table:11s} {c.parts_before} part(s), {c.rows_before} rows -> 1 part, {c.rows_after} rows")
+    return 0
 
 
 def cmd_demo_data(args) -> int:
@@ -296,6 +327,7 @@ def main(argv: list[str] | None = None) -> int:
     handlers = {
         "sql": cmd_sql,
         "verify": cmd_verify,
+        "compact": cmd_compact,
         "demo-data": cmd_demo_data,
         "sample": cmd_sample,
         "train": cmd_train,

@@ -147,31 +147,46 @@ def filter_(cfg: CurateConfig, root: Path, dry_run: bool = False, pre_align: boo
 
 
 def shard(cfg: CurateConfig, root: Path, ray_address: str | None = None) -> PartSink:
+    """Rewrite tars holding clips the newest decisions dropped, then cut the kept clips no tar
+    holds yet (planned in DuckDB; Ray starts only when there is something to cut)."""
+    import pyarrow.compute as pc
+
     from curation.runner import PartSink, run_stage
-    from curation.stages.shard import ShardJob, ShardWriter, clean_orphans, pending_groups
+    from curation.reshard import reshard
+    from curation.shard_plan import clean_plans, plan_shards
+    from curation.stages.shard import ShardJob, ShardWriter, clean_orphans
 
     table = Table(root, "shards")
     table.clean_temp()
     removed = clean_orphans(root)
     if removed:
         log.info("shard: removed %d unindexed tar(s) left by an interrupted run", removed)
-    groups = pending_groups(root, cfg.filter, cfg.shard)
-    log.info(
-        "shard: %d clips to write in %d task(s)", sum(groups.column("n_clips").to_pylist()), groups.num_rows
-    )
+    rs = reshard(root)
+    if rs.tars_rewritten or rs.tars_removed:
+        log.info(
+            "shard: %d clip(s) no longer kept taken out of their tars (%d tar(s) rewritten with %d "
+            "clip(s) copied, %d tar(s) removed)",
+            rs.clips_removed, rs.tars_rewritten, rs.clips_copied, rs.tars_removed,
+        )
+    groups = plan_shards(root, cfg.filter, cfg.shard)
+    n_clips = pc.sum(groups.column("n_clips")).as_py() or 0
+    log.info("shard: %d clips to write in %d task(s)", n_clips, groups.num_rows)
     sink = PartSink(table, rows=1)  # index each finished tar at once
-    sink.expected = sum(groups.column("n_clips").to_pylist())
+    sink.expected = n_clips
     job = ShardJob(cfg=cfg.shard, root=str(root))
-    return run_stage(
-        "shard",
-        ShardWriter,
-        job,
-        cfg.shard.resources,
-        groups.drop(["n_clips"]),
-        sink,
-        ray_address=ray_address,
-        ray_cfg=cfg.ray,
-    )
+    try:
+        return run_stage(
+            "shard",
+            ShardWriter,
+            job,
+            cfg.shard.resources,
+            groups.drop(["n_clips"]),
+            sink,
+            ray_address=ray_address,
+            ray_cfg=cfg.ray,
+        )
+    finally:
+        clean_plans(root)
 
 
 def caption(cfg: CurateConfig, root: Path, ray_address: str | None = None) -> PartSink:

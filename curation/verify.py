@@ -1,9 +1,13 @@
-"""verify: read every shard back and check it against the `shards` table.
+"""verify: the tars hold exactly the newest kept set, and read back as the `shards` table says.
 
-Checks per indexed tar: it exists and reads to the end as a tar; its sample keys equal the
-table's keys for that tar; every sample has mp4, txt and json; the json names the same clip; the
-mp4 decodes to the frame count the table records. Tars on disk that no row points to are
-reported too. Returns a list of problems (empty = all good); each problem names the shard.
+1. Against the decisions (DuckDB, no tar read): every clip the newest decisions keep has a
+   current `shards` row in its tier (or an error row: it could not be cut), and every current
+   row of a tar belongs to a kept clip of that tier. Mismatches name the clips.
+2. Per indexed tar (streamed one tar's rows at a time): it exists and reads to the end as a tar;
+   its sample keys equal the table's keys for that tar; every sample has mp4, txt and json; the
+   json names the same clip; the mp4 decodes to the frame count the table records. Tars on disk
+   that no current row points to are reported too.
+Returns a list of problems (empty = all good); each names the shard (or `decisions`).
 """
 
 from __future__ import annotations
@@ -12,12 +16,26 @@ import io
 import json
 import tarfile
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import av
 
-from manifests.store import Table
+from manifests.db import connect
+
+NAMED = 20  # clips named per mismatch message
+
+_NOT_SHARDED = """
+    SELECT d.clip_id, d.tier FROM decisions d
+    WHERE d.keep AND NOT EXISTS (SELECT 1 FROM shards s WHERE s.clip_id = d.clip_id
+                                 AND (s.status = 'error' OR (s.status = 'ok' AND s.tier = d.tier)))
+"""
+_NOT_KEPT = """
+    SELECT s.clip_id, s.shard, s.tier, d.keep, d.tier AS decided FROM shards s
+    LEFT JOIN decisions d ON d.clip_id = s.clip_id
+    WHERE s.status = 'ok' AND NOT coalesce(d.keep AND d.tier = s.tier, false)
+"""
 
 
 @dataclass(frozen=True)
@@ -46,18 +64,63 @@ def _count_frames(mp4: bytes) -> int:
         return sum(1 for _ in container.decode(video=0))
 
 
-def verify(root: str | Path, decode: bool = True) -> tuple[int, list[Problem]]:
-    """-> (number of samples checked, problems)."""
+def _names(rows: list[tuple], n: int) -> str:
+    more = f" and {n - len(rows)} more" if n > len(rows) else ""
+    return ", ".join(str(r[0]) for r in rows) + more
+
+
+def check_kept_set(con) -> list[Problem]:
+    """Problems where the current shards rows differ from the newest decisions' kept set."""
+    problems = []
+    n = con.sql(f"SELECT count(*) FROM ({_NOT_SHARDED})").fetchall()[0][0]
+    if n:
+        rows = con.sql(f"{_NOT_SHARDED} ORDER BY clip_id LIMIT {NAMED}").fetchall()
+        problems.append(Problem(
+            "decisions", f"{n} kept clip(s) in no tar of their tier: {_names(rows, n)} (run reelsift shard)"))
+    n = con.sql(f"SELECT count(*) FROM ({_NOT_KEPT})").fetchall()[0][0]
+    if n:
+        rows = con.sql(f"{_NOT_KEPT} ORDER BY clip_id LIMIT {NAMED}").fetchall()
+        where = "; ".join(
+            f"{c} in {sh} ({'rejected' if not keep else f'now kept in {dt}'})" for c, sh, _, keep, dt in rows)
+        problems.append(Problem(
+            "decisions", f"{n} clip(s) in a tar that the newest decisions do not keep there: {where}"
+            + (f" and {n - len(rows)} more" if n > len(rows) else "") + " (run reelsift shard)"))
+    return problems
+
+
+def _tars(con) -> Iterator[tuple[str, dict[str, dict]]]:
+    """(shard, {key: row}) per indexed tar, streamed in shard order; keys indexed twice are kept
+    as a list under `__twice__`."""
+    reader = con.sql(
+        "SELECT shard, key, clip_id, bytes, n_frames FROM shards WHERE status = 'ok' ORDER BY shard, key"
+    ).fetch_record_batch(8192)
+    shard, rows = None, {}
+    for batch in reader:
+        for r in batch.to_pylist():
+            if r["shard"] != shard and rows:
+                yield shard, rows
+                rows = {}
+            shard = r["shard"]
+            if r["key"] in rows:
+                rows.setdefault("__twice__", []).append(r["key"])
+            rows[r["key"]] = r
+    if rows:
+        yield shard, rows
+
+
+def verify(root: str | Path, decode: bool = True, read_tars: bool = True) -> tuple[int, list[Problem]]:
+    """-> (number of samples checked, problems). `read_tars=False` checks only the tables."""
     root = Path(root)
-    rows = [r for r in Table(root, "shards").read().to_pylist() if r["status"] == "ok"]
-    by_shard: dict[str, dict[str, dict]] = defaultdict(dict)
-    problems: list[Problem] = []
-    for r in rows:
-        if r["key"] in by_shard[r["shard"]]:
-            problems.append(Problem(r["shard"], f"key {r['key']} indexed twice"))
-        by_shard[r["shard"]][r["key"]] = r
+    con = connect(root)
+    problems = check_kept_set(con)
     checked = 0
-    for shard, expected in sorted(by_shard.items()):
+    if not read_tars:
+        return checked, problems
+    indexed = set()
+    for shard, expected in _tars(con):
+        indexed.add(shard)
+        for key in expected.pop("__twice__", []):
+            problems.append(Problem(shard, f"key {key} indexed twice"))
         path = root / shard
         if not path.is_file():
             problems.append(Problem(shard, "indexed in the shards table but missing on disk"))
@@ -70,13 +133,12 @@ def verify(root: str | Path, decode: bool = True) -> tuple[int, list[Problem]]:
         missing = sorted(set(expected) - set(samples))
         extra = sorted(set(samples) - set(expected))
         if missing:
-            problems.append(Problem(shard, f"{len(missing)} indexed sample(s) missing, e.g. {missing[0]}"))
+            problems.append(Problem(shard, f"{len(missing)} indexed sample(s) missing: {', '.join(missing[:NAMED])}"))
         if extra:
-            problems.append(Problem(shard, f"{len(extra)} sample(s) not in the table, e.g. {extra[0]}"))
+            problems.append(Problem(shard, f"{len(extra)} sample(s) not in the table: {', '.join(extra[:NAMED])}"))
         for key in sorted(set(expected) & set(samples)):
             checked += 1
             problems.extend(_check_sample(shard, key, samples[key], expected[key], decode))
-    indexed = set(by_shard)
     for tar in sorted((root / "shards").glob("*/*.tar")):
         rel = str(tar.relative_to(root))
         if rel not in indexed:

@@ -1,9 +1,13 @@
 """DuckDB views over a run root's tables, and the read-only `sql` entry point.
 
 Views (one per table): `videos`, `clips`, `scores`, `decisions`, `shards`, ... For tables whose
-keys are re-decided (decisions, captions) the view shows the newest row per key and
-`<name>_history` shows every row. Tables with no parts yet are empty views with the schema, so
-queries work at every point of a run.
+keys are re-decided (decisions, captions, shards, ...) the view shows the newest row per key and
+`<name>_history` shows every row still stored (`compact` keeps only the newest). Tables with no
+parts yet are empty views with the schema, so queries work at every point of a run.
+
+The newest-row view stays cheap on long histories: compacted parts already hold one row per
+key, so only the parts appended since are ranked, and compacted rows whose key has a newer row
+are dropped with an anti-join (a hash join, no sort of the whole history).
 """
 
 from __future__ import annotations
@@ -28,26 +32,48 @@ def _quote(path: Path) -> str:
     return "'" + str(path).replace("'", "''") + "'"
 
 
+def _read(parts: list[Path]) -> str:
+    return f"read_parquet([{', '.join(_quote(p) for p in parts)}], union_by_name=true)"
+
+
+def newest_sql(key: str, compacted: list[Path], fresh: list[Path]) -> str:
+    """SELECT of the newest row per `key` over compacted parts (one row per key, older than
+    every fresh row) and fresh parts (any number of rows per key)."""
+    ranked = f"SELECT * FROM {_read(fresh)} QUALIFY row_number() OVER (PARTITION BY {key} ORDER BY created_at DESC) = 1"
+    if not compacted:
+        return ranked
+    if not fresh:
+        return f"SELECT * FROM {_read(compacted)}"
+    return (
+        f"SELECT * FROM ({ranked}) UNION ALL BY NAME "
+        f"SELECT * FROM {_read(compacted)} c WHERE NOT EXISTS "
+        f"(SELECT 1 FROM {_read(fresh)} f WHERE f.{key} = c.{key})"
+    )
+
+
+def table_views(con: duckdb.DuckDBPyConnection, table: Table, name: str | None = None) -> None:
+    """Create the view `name` (default: the table's name) and, for newest-wins tables, `name_history`."""
+    name = name or table.name
+    compacted, fresh = table.snapshot()
+    if compacted or fresh:
+        history = _read(compacted + fresh)
+    else:
+        con.register(f"__empty_{name}", table.schema.empty_table())
+        history = f"__empty_{name}"
+    if not table.newest_wins:
+        con.execute(f"CREATE VIEW {name} AS SELECT * FROM {history}")
+        return
+    con.execute(f"CREATE VIEW {name}_history AS SELECT * FROM {history}")
+    current = newest_sql(table.key, compacted, fresh) if (compacted or fresh) else f"SELECT * FROM {history}"
+    con.execute(f"CREATE VIEW {name} AS {current}")
+
+
 def connect(root: str | Path) -> duckdb.DuckDBPyConnection:
     """In-memory DuckDB with a view per table of `root` (parts are read at query time)."""
     root = Path(root)
     con = duckdb.connect(":memory:")
     for name in TABLES:
-        table = Table(root, name)
-        if table.exists():
-            files = ", ".join(_quote(p) for p in table.parts())
-            source = f"read_parquet([{files}], union_by_name=true)"
-        else:
-            con.register(f"__empty_{name}", table.schema.empty_table())
-            source = f"__empty_{name}"
-        if table.newest_wins:
-            con.execute(f"CREATE VIEW {name}_history AS SELECT * FROM {source}")
-            con.execute(
-                f"CREATE VIEW {name} AS SELECT * FROM {name}_history "
-                f"QUALIFY row_number() OVER (PARTITION BY {table.key} ORDER BY created_at DESC) = 1"
-            )
-        else:
-            con.execute(f"CREATE VIEW {name} AS SELECT * FROM {source}")
+        table_views(con, Table(root, name))
     return con
 
 

@@ -79,7 +79,8 @@ SHARDS = pa.schema(
         pa.field("shard", pa.string()),  # tar path relative to the run root; null on error
         pa.field("key", pa.string(), nullable=False),  # WebDataset __key__ inside the tar
         pa.field("tier", pa.string(), nullable=False),
-        pa.field("status", pa.string(), nullable=False),  # ok, or error (clip could not be cut)
+        # ok; error (clip could not be cut); removed (a re-filter dropped it from its tar)
+        pa.field("status", pa.string(), nullable=False),
         pa.field("error", pa.string()),
         pa.field("width", pa.int32()),  # encoded size
         pa.field("height", pa.int32()),
@@ -186,7 +187,9 @@ TABLES: dict[str, tuple[pa.Schema, str, bool]] = {
     "decisions": (DECISIONS, "clip_id", True),
     "captions": (CAPTIONS, "clip_id", True),
     "alignment": (ALIGNMENT, "clip_id", True),
-    "shards": (SHARDS, "clip_id", False),
+    # newest wins: a reshard appends the row of the tar that holds the clip now ('removed' once
+    # a re-filter dropped it); parts written before this was newest-wins hold one row per clip.
+    "shards": (SHARDS, "clip_id", True),
     "duplicates": (DUPLICATES, "clip_id", True),
 }
 

@@ -3,10 +3,17 @@
 A table is a folder of `part-*.parquet` files. A part is written to a hidden temp file and
 renamed into place, so a reader (or a re-run after SIGKILL) never sees half a part. Parts are
 never rewritten; re-deciding a key appends a newer row (see `schemas.TABLES`).
+
+`compact` (manifests/compact.py) bounds that history: it writes `compact-*.parquet` parts and
+then commits them in one atomic step, by replacing `_compacted.json`, which lists the compacted
+parts and the `part-*` files they replace. A reader takes the committed compacted parts plus
+every `part-*` file the manifest does not list as replaced, so it sees the set before a
+compaction or the set after it, never a mix, and files of a killed compaction are never read.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import time
 import uuid
@@ -37,10 +44,37 @@ class Table:
         self.schema, self.key, self.newest_wins = TABLES[name]
         self.dir = self.root / name
 
-    def parts(self) -> list[Path]:
+    @property
+    def manifest_path(self) -> Path:
+        return self.dir / MANIFEST
+
+    def manifest(self) -> dict:
+        """The committed compaction manifest: {generation, parts, replaced} (empty before any)."""
+        text = _read_text(self.manifest_path)
+        return json.loads(text) if text else dict(generation=0, parts=[], replaced=[])
+
+    def snapshot(self) -> tuple[list[Path], list[Path]]:
+        """(compacted parts, fresh parts) of one committed state of the table.
+
+        Compacted parts hold at most one row per key for newest-wins tables; fresh parts are the
+        appends since (any number of rows per key, newer than every compacted row).
+        """
         if not self.dir.is_dir():
-            return []
-        return sorted(self.dir.glob("part-*.parquet"))
+            return [], []
+        for _ in range(100):  # a compaction committing while we list: list again
+            before = _read_text(self.manifest_path)
+            files = sorted(self.dir.glob("part-*.parquet"))
+            if _read_text(self.manifest_path) == before:
+                break
+        manifest = json.loads(before) if before else {}
+        replaced = set(manifest.get("replaced", []))
+        compacted = [self.dir / name for name in manifest.get("parts", [])]
+        return compacted, [p for p in files if p.name not in replaced]
+
+    def parts(self) -> list[Path]:
+        """Every part a reader reads now (compacted first, then fresh in write order)."""
+        compacted, fresh = self.snapshot()
+        return compacted + fresh
 
     def exists(self) -> bool:
         return bool(self.parts())
@@ -107,6 +141,16 @@ class Table:
             tmp.unlink(missing_ok=True)
             n += 1
         return n
+
+
+MANIFEST = "_compacted.json"
+
+
+def _read_text(path: Path) -> str | None:
+    try:
+        return path.read_text()
+    except FileNotFoundError:
+        return None
 
 
 def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:

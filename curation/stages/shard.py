@@ -5,6 +5,10 @@ empty until captions exist) and `.json` (every manifest field of the clip). Memb
 names come from keys only, never from user file names. A tar is written to a temp name and
 renamed when complete; its rows are appended to the `shards` table right after. Tars that a
 killed run left unindexed are removed at the next start and their clips cut again.
+
+What to cut is planned in DuckDB (curation/shard_plan.py); a writer gets one row per group and
+reads its clips from the plan file. Tars of clips a re-filter dropped are rewritten first
+(curation/reshard.py).
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import time
 import uuid
 from dataclasses import dataclass
@@ -21,12 +26,11 @@ import numpy as np
 import pyarrow as pa
 
 from curation.config import ShardConfig
-from filters.policy import FilterConfig
-from filters.video import DecodeTimeout, VideoDecodeError, encode_mp4, even_size, iter_frames, key_hash
-from manifests.configtools import ConfigError
+from curation.shard_plan import plan_dir, read_group
+from filters.video import DecodeTimeout, VideoDecodeError, encode_mp4, even_size, iter_frames
 from manifests.db import connect
-from manifests.schemas import SHARDS, TABLES
-from manifests.store import Table, rows_to_table
+from manifests.schemas import SHARDS
+from manifests.store import rows_to_table
 
 log = logging.getLogger("reelsift")
 
@@ -123,7 +127,8 @@ class _TarSet:
 
 
 class ShardWriter:
-    """Batch of one group {tier, short_side, fps, clips_json} -> `shards` rows."""
+    """Batch of groups {group, tier, short_side, fps, group_index, plan} (shard_plan.GROUPS) ->
+    `shards` rows; each group's clips are read from the plan file here, in the worker."""
 
     def __init__(self, job: ShardJob):
         self.job = job
@@ -131,13 +136,16 @@ class ShardWriter:
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
         rows = []
         for i in range(len(batch["group"])):
+            clips = read_group(str(batch["plan"][i]), int(batch["group_index"][i]))
+            for clip in clips:
+                clip["meta"] = json.loads(clip.pop("meta_json"))
             rows.extend(
                 self.write_group(
                     str(batch["group"][i]),
                     str(batch["tier"][i]),
                     int(batch["short_side"][i]),
                     None if np.isnan(batch["fps"][i]) else float(batch["fps"][i]),
-                    json.loads(str(batch["clips_json"][i])),
+                    clips,
                 )
             )
         return rows_to_table(rows, SHARDS)
@@ -178,12 +186,20 @@ class ShardWriter:
         return tars.close() + errors
 
 
+def indexed_tars(root: Path) -> set[str]:
+    """Tars the newest `shards` rows point to (one string per tar, not per clip)."""
+    rows = connect(root).sql("SELECT DISTINCT shard FROM shards WHERE status = 'ok' AND shard IS NOT NULL")
+    return {s for (s,) in rows.fetchall()}
+
+
 def clean_orphans(root: Path) -> int:
-    """Delete tars no `shards` row points to (left by a killed run) and temp tars."""
+    """Delete tars no current `shards` row points to (left by a killed run or reshard), temp
+    tars and old plan files."""
     base = root / "shards"
     if not base.is_dir():
         return 0
-    indexed = {s for s in Table(root, "shards").read(["shard"]).column("shard").to_pylist() if s}
+    shutil.rmtree(plan_dir(root), ignore_errors=True)
+    indexed = indexed_tars(root)
     removed = 0
     for tar in base.glob("*/*.tar"):
         if str(tar.relative_to(root)) not in indexed:
@@ -193,69 +209,3 @@ def clean_orphans(root: Path) -> int:
         tmp.unlink()
         removed += 1
     return removed
-
-
-def pending_groups(root: Path, filt: FilterConfig, cfg: ShardConfig) -> pa.Table:
-    """Kept, not yet sharded clips, grouped per tier into writer tasks (deterministic)."""
-    con = connect(root)
-    scores_join, scores_col = "", "NULL"
-    if "scores" in TABLES and Table(root, "scores").exists():
-        scores_join, scores_col = "LEFT JOIN scores s ON s.clip_id = d.clip_id", "to_json(s)"
-    captions_join, caption_col = "", "NULL"
-    if "captions" in TABLES and Table(root, "captions").exists():
-        captions_join = """LEFT JOIN (SELECT clip_id, caption FROM captions_history WHERE status = 'ok'
-            QUALIFY row_number() OVER (PARTITION BY clip_id ORDER BY created_at DESC) = 1) cap
-            ON cap.clip_id = d.clip_id"""
-        caption_col = "cap.caption"
-    sql = f"""
-        SELECT d.clip_id, d.tier, c.path, c.start_frame, c.end_frame, c.fps,
-               v.rotation, c.width AS display_width, c.height AS display_height,
-               {caption_col} AS caption,
-               to_json(c) AS clip_json, to_json(v) AS video_json,
-               {scores_col} AS scores_json, to_json(d) AS decision_json
-        FROM decisions d
-        JOIN clips c ON c.clip_id = d.clip_id
-        JOIN videos v ON v.video_id = c.video_id AND v.status = 'ok'
-        {scores_join} {captions_join}
-        WHERE d.keep AND d.clip_id NOT IN (SELECT clip_id FROM shards)
-        ORDER BY d.tier, d.clip_id
-    """
-    rows = con.sql(sql).to_arrow_table().to_pylist()
-    by_tier: dict[str, list[dict]] = {}
-    for r in rows:
-        meta = {
-            name: json.loads(r.pop(f"{name}_json")) if r.get(f"{name}_json") else None
-            for name in ("clip", "video", "scores", "decision")
-        }
-        r["meta"] = meta
-        by_tier.setdefault(r["tier"], []).append(r)
-    groups = []
-    for tier, clips in by_tier.items():
-        if tier not in filt.tiers:
-            raise ConfigError(
-                f"decisions name tier {tier!r}, which filter.tiers no longer has; re-run filter"
-            )
-        tcfg = filt.tiers[tier]
-        for i in range(0, len(clips), cfg.clips_per_task):
-            chunk = clips[i : i + cfg.clips_per_task]
-            groups.append(
-                dict(
-                    group=key_hash(*sorted(c["clip_id"] for c in chunk)),
-                    tier=tier,
-                    short_side=tcfg.short_side,
-                    fps=float("nan") if tcfg.fps is None else tcfg.fps,
-                    clips_json=json.dumps(chunk, default=str),
-                    n_clips=len(chunk),
-                )
-            )
-    schema = pa.schema(
-        [
-            ("group", pa.string()),
-            ("tier", pa.string()),
-            ("short_side", pa.int32()),
-            ("fps", pa.float64()),
-            ("clips_json", pa.string()),
-            ("n_clips", pa.int32()),
-        ]
-    )
-    return pa.Table.from_pylist(groups, schema=schema)

@@ -1,0 +1,121 @@
+"""Shard planning: which kept clips still need cutting, grouped into writer tasks, in DuckDB.
+
+The driver never holds the kept set as Python objects. One DuckDB query numbers the kept,
+unsharded clips per tier, cuts them into groups of `shard.clip_per_task` (deterministic: by tier
+and clip_id; a group's name is a hash of its clip ids) and streams every row a writer needs (the
+cut columns, the caption and the manifest rows that go into the sample's `.json`) into one plan
+Parquet file, sorted by group, in small row groups. Ray gets one tiny row per group; each writer
+reads its own group's rows from the plan file (row-group statistics skip the rest).
+"""
+
+from __future__ import annotations
+
+import shutil
+import uuid
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from curation.config import ShardConfig
+from filters.policy import FilterConfig
+from manifests.configtools import ConfigError
+from manifests.db import connect
+
+PLAN_DIR = ".plan"  # under <root>/shards/
+
+GROUPS = pa.schema([
+    ("group", pa.string()),
+    ("tier", pa.string()),
+    ("short_side", pa.int32()),
+    ("fps", pa.float64()),  # NaN: keep the source rate
+    ("group_index", pa.int64()),  # the group's rows in the plan file
+    ("n_clips", pa.int64()),
+    ("plan", pa.string()),  # plan file path
+])
+
+# kept, not in a tar (a 'removed' row means a reshard took it out: cut it again)
+_TODO = """
+    SELECT d.clip_id, d.tier FROM decisions d
+    JOIN clips c ON c.clip_id = d.clip_id
+    JOIN videos v ON v.video_id = c.video_id AND v.status = 'ok'
+    WHERE d.keep AND NOT EXISTS (
+        SELECT 1 FROM shards sh WHERE sh.clip_id = d.clip_id AND sh.status <> 'removed')
+"""
+
+
+def _lit(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def plan_dir(root: Path) -> Path:
+    return root / "shards" / PLAN_DIR
+
+
+def clean_plans(root: Path) -> None:
+    shutil.rmtree(plan_dir(root), ignore_errors=True)
+
+
+def plan_shards(root: str | Path, filt: FilterConfig, cfg: ShardConfig) -> pa.Table:
+    """Write the plan file of the pending shard work -> one GROUPS row per writer task."""
+    root = Path(root)
+    con = connect(root)
+    con.execute("SET preserve_insertion_order = true")
+    con.execute(f"""CREATE TEMP TABLE todo AS
+        SELECT clip_id, tier, (row_number() OVER (PARTITION BY tier ORDER BY clip_id) - 1)
+               // {int(cfg.clips_per_task)} AS chunk
+        FROM ({_TODO})""")
+    tiers = [t for (t,) in con.execute("SELECT DISTINCT tier FROM todo").fetchall()]
+    unknown = sorted(set(tiers) - set(filt.tiers))
+    if unknown:
+        raise ConfigError(f"decisions name tier(s) {unknown}, which filter.tiers no longer has; re-run filter")
+    empty = GROUPS.empty_table()
+    if not tiers:
+        return empty
+    values = ", ".join(
+        f"({_lit(n)}, {t.short_side}, {'NULL' if t.fps is None else repr(float(t.fps))}::DOUBLE)"
+        for n, t in filt.tiers.items()
+    )
+    con.execute(f"""CREATE TEMP TABLE groups AS
+        SELECT substr(md5(string_agg(clip_id, ',' ORDER BY clip_id)), 1, 16) AS "group", g.tier,
+               t.short_side::INT AS short_side, coalesce(t.fps::DOUBLE, 'NaN'::DOUBLE) AS fps,
+               (row_number() OVER (ORDER BY g.tier, g.chunk) - 1)::BIGINT AS group_index,
+               count(*)::BIGINT AS n_clips, g.chunk
+        FROM todo g JOIN (VALUES {values}) t(tier, short_side, fps) ON t.tier = g.tier
+        GROUP BY g.tier, g.chunk, t.short_side, t.fps""")
+    has = {name: bool(con.execute(f"SELECT 1 FROM {name} LIMIT 1").fetchall()) for name in ("scores", "captions")}
+    scores = "to_json(s)" if has["scores"] else "NULL::JSON"
+    caption = "cap.caption" if has["captions"] else "NULL::VARCHAR"
+    joins = "LEFT JOIN scores s ON s.clip_id = d.clip_id" if has["scores"] else ""
+    if has["captions"]:
+        joins += """ LEFT JOIN (SELECT clip_id, arg_max(caption, created_at) AS caption FROM captions_history
+                     WHERE status = 'ok' GROUP BY clip_id) cap ON cap.clip_id = d.clip_id"""
+    sql = f"""
+        SELECT g.group_index, g."group", d.clip_id, d.tier, c.path, c.start_frame, c.end_frame, c.fps,
+               v.rotation, c.width AS display_width, c.height AS display_height, {caption} AS caption,
+               json_object('clip', to_json(c), 'video', to_json(v), 'scores', {scores},
+                           'decision', to_json(d))::VARCHAR AS meta_json
+        FROM todo t JOIN groups g ON g.tier = t.tier AND g.chunk = t.chunk
+        JOIN decisions d ON d.clip_id = t.clip_id
+        JOIN clips c ON c.clip_id = t.clip_id
+        JOIN videos v ON v.video_id = c.video_id
+        {joins}
+        ORDER BY g.group_index, d.clip_id
+    """
+    out = plan_dir(root)
+    out.mkdir(parents=True, exist_ok=True)
+    plan = out / f"plan-{uuid.uuid4().hex[:12]}.parquet"
+    rows_per_group = max(1, 256 // cfg.clips_per_task) * cfg.clips_per_task
+    reader = con.sql(sql).fetch_record_batch(rows_per_group * 16)
+    with pq.ParquetWriter(plan, reader.schema) as writer:
+        for batch in reader:
+            writer.write_batch(batch, row_group_size=rows_per_group)
+    groups = con.sql('SELECT "group", tier, short_side, fps, group_index, n_clips FROM groups ORDER BY group_index')
+    table = groups.to_arrow_table()
+    table = table.append_column("plan", pa.array([str(plan)] * table.num_rows, pa.string()))
+    return table.cast(GROUPS)
+
+
+def read_group(plan: str, group_index: int) -> list[dict]:
+    """The plan rows of one writer task (read by the writer, not the driver)."""
+    return pq.read_table(plan, filters=[("group_index", "=", group_index)]).to_pylist()
