@@ -336,5 +336,5 @@
       });
   });
 
-  window.reelsift = { decideRow, fmt4g, estimate, commandText, n, N };
+  window.reelsift = { decideRow, decideFast, fmt4g, estimate, commandText, n, N };
 })();
