@@ -25,7 +25,8 @@ from filters.policy import FilterConfig
 from manifests.configtools import ConfigError
 from manifests.schemas import TABLES
 
-SAMPLE_ROWS = 20_000  # rows embedded in the page: ~40 bytes each at six bounded scores
+SAMPLE_ROWS = 20_000  # rows embedded in the page at most (~60 bytes each at six bounded scores) ...
+SAMPLE_BYTES = 1_400_000  # ... and fewer where many bounded scores would take the page past 2 MB
 SAMPLE_SEED = 0
 N_BINS = 40
 
@@ -185,6 +186,9 @@ def sample(con: duckdb.DuckDBPyConnection, cols: list[str], n_total: int,
     """The embedded sample: columns as base64 typed arrays (exact: float32 scores stay float32,
     which the page reads back to the same double). -> (page JSON, the sample as Arrow)."""
     owner = score_owner()
+    f8 = sum(1 for c in cols if not _is_f32(owner[c][1]))
+    row_bytes = 4 / 3 * (4 * len(cols) + 4 * f8 + 8) + 20  # base64 of the columns, + the clip id
+    budget = max(1, min(budget, int(SAMPLE_BYTES / row_bytes)))
     order = "" if n_total <= budget else f"ORDER BY hash(clip_id || '{SAMPLE_SEED}'), clip_id LIMIT {budget}"
     table = con.sql(f"SELECT * FROM cand {order}").to_arrow_table()
     data = dict(n=table.num_rows, ids=table.column("clip_id").to_pylist(),
@@ -193,10 +197,14 @@ def sample(con: duckdb.DuckDBPyConnection, cols: list[str], n_total: int,
                 dup={i: d for i, d in enumerate(table.column("duplicate_of").to_pylist()) if d is not None},
                 cols={})
     for col in cols:
-        f32 = pa.types.is_float32(owner[col][1]) or pa.types.is_float16(owner[col][1])
+        f32 = _is_f32(owner[col][1])
         data["cols"][col] = dict(dtype="f4" if f32 else "f8",
                                  b64=_b64(table, col, np.float32 if f32 else np.float64, math.nan))
     return data, table
+
+
+def _is_f32(t: pa.DataType) -> bool:
+    return pa.types.is_float32(t) or pa.types.is_float16(t) or (pa.types.is_integer(t) and t.bit_width <= 16)
 
 
 def _b64(table: pa.Table, col: str, dtype, fill) -> str:

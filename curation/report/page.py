@@ -40,7 +40,7 @@ def write_report(root: str | Path, cfg: CurateConfig, *, max_thumbs: int = 12, s
     media_folders(out)
     con = queries.connect(root)
     results = {name: queries.run(root, name).to_pylist()
-               for name in ("funnel", "rejected-by-reason", "tier-summary", "errors")}
+               for name in ("funnel", "rejected-by-reason", "tier-summary")}
     untrained = bool(con.execute("SELECT bool_or(aesthetic_untrained) FROM scores").fetchall()[0][0])
     current = con.execute(
         "SELECT any_value(filter_run), any_value(config_hash), count(*) FROM decisions").fetchall()[0]
@@ -59,8 +59,7 @@ def write_report(root: str | Path, cfg: CurateConfig, *, max_thumbs: int = 12, s
         section("Rejection reasons (the stored decisions)", table(results["rejected-by-reason"])),
         section("Kept clips per tier", table(results["tier-summary"], untrained_cols=("aesthetic_mean",))),
         section("Clips", clip_groups(con, out, cfg.filter, max_thumbs, untrained)),
-        section(f"Errors ({len(results['errors'])})",
-                table(results["errors"]) if results["errors"] else "<p>No error rows.</p>"),
+        _errors(con),
     ]
     blob = json.dumps(bench, allow_nan=False, separators=(",", ":")).replace("</", "<\\/")
     assets = resources.files("curation.report") / "assets"
@@ -105,6 +104,20 @@ def _funnel(rows: list[dict], filt: FilterConfig, has_captions: bool) -> str:
             lines.append((label, r["hours"] or 0.0, f"{n_of(r['n'], unit)}, {hours(r['hours'])}{note}"))
     return ("<p>Bar length = hours (source duration). Kept/sharded are split per tier.</p>"
             + bars_svg(lines))
+
+
+def _errors(con, max_rows: int = 100, max_kinds: int = 30) -> str:
+    """Error rows (named query `errors`): the count per source and message, then the first rows."""
+    sql = f"({queries.load('errors')}\n)"
+    n = con.sql(f"SELECT count(*) FROM {sql}").fetchall()[0][0]
+    if n == 0:
+        return section("Errors (0)", "<p>No error rows.</p>")
+    kinds = con.sql(f"SELECT source, error, count(*) AS n FROM {sql} GROUP BY ALL "
+                    f"ORDER BY n DESC, source, error LIMIT {max_kinds}").to_arrow_table().to_pylist()
+    rows = con.sql(f"SELECT * FROM {sql} LIMIT {max_rows}").to_arrow_table().to_pylist()
+    more = (f"<p>The first {max_rows} of {n} rows: <code>reelsift sql --named errors</code> lists them "
+            "all.</p>" if n > max_rows else "")
+    return section(f"Errors ({n})", table(kinds) + more + table(rows))
 
 
 _WORKBENCH = "<div id=wb><p class=warn>The workbench needs JavaScript: open this file in a browser.</p></div>"
