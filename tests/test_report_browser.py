@@ -36,9 +36,11 @@ def browser(tmp_path_factory):
         yield b
 
 
-def _cells(b) -> dict[str, str]:
-    return b.js("Object.fromEntries([...document.querySelectorAll('#wb [data-q]')]"
-                ".map(td => [td.dataset.q, td.textContent]))")
+def _snapshot(b) -> tuple[dict[str, str], str]:
+    """The workbench's cells by quantity, and the command shown, read together (one render)."""
+    return b.js("[Object.fromEntries([...document.querySelectorAll('#wb [data-q]')]"
+                ".map(td => [td.dataset.q, td.textContent])), "
+                "document.getElementById('wb-command').textContent]")
 
 
 def _dry_run(command: str, capsys) -> dict:
@@ -70,8 +72,7 @@ def test_slider_moves_the_funnel_to_what_filter_decides(tmp_path, browser, capsy
     assert browser.js("[document.body.dataset.images, document.body.dataset.brokenImages]") == ["5", "0"]
     tiers = ["96p", "48p"]
 
-    before = _cells(browser)
-    command = browser.js("document.getElementById('wb-command').textContent")
+    before, command = _snapshot(browser)
     assert _page_counts(before, tiers) == ({"96p": 1, "48p": 1}, 1, {"short_side@96p": 1, "ocr_area@48p": 1})
     out = _dry_run(command, capsys)
     assert _page_counts(before, tiers) == (out["kept_per_tier"], out["rejected"], out["reasons"])
@@ -80,9 +81,8 @@ def test_slider_moves_the_funnel_to_what_filter_decides(tmp_path, browser, capsy
     # b0's text-heavy 0.3, so b0 is now kept at 48p.
     browser.js("document.getElementById('s-48p.ocr_area.max').focus()")
     browser.key("End", 35)
-    browser.wait_for("document.querySelector('[data-q=\"kept:48p\"]').textContent === '2'")
-    after = _cells(browser)
-    command = browser.js("document.getElementById('wb-command').textContent")
+    browser.wait_for("document.getElementById('wb-command').textContent.includes('48p.bounds.ocr_area.max=')")
+    after, command = _snapshot(browser)
     assert "--set filter.tiers.48p.bounds.ocr_area.max=" in command
     out = _dry_run(command, capsys)
     assert out["kept_per_tier"] == {"96p": 1, "48p": 2} and out["rejected"] == 0
@@ -157,8 +157,8 @@ def test_estimates_hold_the_truth_within_their_interval(tmp_path, browser, capsy
                         config_path=str(config))
     browser.open(page.as_uri())
     tiers = ["720p", "480p", "256p"]
-    cells = _cells(browser)
-    out = _dry_run(browser.js("document.getElementById('wb-command').textContent"), capsys)
+    cells, command = _snapshot(browser)
+    out = _dry_run(command, capsys)
     assert _page_counts(cells, tiers) == (out["kept_per_tier"], out["rejected"], out["reasons"])
     note = browser.js("document.getElementById('wb').textContent")
     assert "a fixed random sample of 600 of the 3000" in note
@@ -167,11 +167,12 @@ def test_estimates_hold_the_truth_within_their_interval(tmp_path, browser, capsy
         browser.js(f"(() => {{ const n = document.getElementById('s-{slider}').parentNode"
                    f".querySelector('.num'); n.value = '{value}'; "
                    "n.dispatchEvent(new Event('change')); })()")
-    browser.wait_for("document.querySelector('[data-q=\"rejected\"]').textContent.startsWith('≈')")
-    cells = _cells(browser)
-    out = _dry_run(browser.js("document.getElementById('wb-command').textContent"), capsys)
+    browser.wait_for("document.getElementById('wb-command').textContent.includes('ocr_area.max=0.02 ')")
+    cells, command = _snapshot(browser)
+    assert "--set filter.tiers.480p.bounds.motion_mean.min=0.9 " in command
+    out = _dry_run(command, capsys)
     truth = {**{f"kept:{t}": out["kept_per_tier"].get(t, 0) for t in tiers}, "rejected": out["rejected"]}
-    assert truth["kept:480p"] < int(_cells_at_config(cells, "kept:480p"))  # the moves changed something
+    assert truth["kept:480p"] < int(cells["kept:480p:config"])  # the moves changed something
     for key, true in truth.items():
         m = re.fullmatch(r"≈(-?\d+) ±(\d+)", cells[key])
         assert m, cells[key]
@@ -180,6 +181,3 @@ def test_estimates_hold_the_truth_within_their_interval(tmp_path, browser, capsy
         assert err < 0.2 * 3000, (key, err)  # and the interval says something
     assert browser.errors() == []
 
-
-def _cells_at_config(cells: dict[str, str], key: str) -> str:
-    return cells[f"{key}:config"]
