@@ -110,9 +110,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("status", help="per stage: done/rejected/error/pending counts and the last run time")
     p.add_argument("--root", "-r", required=True)
 
-    p = sub.add_parser("report", help="write R/report/index.html: funnel, reasons, histograms, thumbnails")
+    p = sub.add_parser(
+        "report", help="write R/report/index.html: funnel, reasons, threshold sliders, clip previews"
+    )
     _common(p)
-    p.add_argument("--max-thumbs", type=int, default=12, help="thumbnails per group (tier, reason)")
+    p.add_argument("--max-thumbs", type=int, default=12, help="clips with a preview per group (tier, reason)")
+    p.add_argument(
+        "--max-examples", type=int, default=48, help="clips near the bounds given a preview for the sliders"
+    )
+    p.add_argument(
+        "--sample-rows",
+        type=int,
+        default=20_000,
+        help="clips embedded for the sliders; a larger run's counts are estimates past the config's values",
+    )
 
     p = sub.add_parser("demo-data", help="write a small demo corpus of real video files")
     p.add_argument("out", help="output folder")
@@ -276,7 +287,16 @@ def cmd_report(args) -> int:
     root = Path(args.root)
     if not root.is_dir():
         raise ConfigError(f"--root {root}: no such run root")
-    print(f"wrote {write_report(root, _load(args), max_thumbs=args.max_thumbs)}")
+    page = write_report(
+        root,
+        _load(args),
+        max_thumbs=args.max_thumbs,
+        max_examples=args.max_examples,
+        sample_rows=args.sample_rows,
+        config_path=args.config,
+        overrides=args.overrides,
+    )
+    print(f"wrote {page}")
     return 0
 
 

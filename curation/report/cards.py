@@ -1,0 +1,113 @@
+"""The "Clips" section: a few clips per group (each kept tier, each rejection reason), each a
+card with its poster, a preview that plays on hover or click, its scores, reasons and caption."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow as pa
+
+from curation.report.html import e, fmt, hours, n_of
+from curation.report.media import CLIP_FIELDS, VIDEO_JOIN, write_media
+from filters.policy import FilterConfig
+from manifests.schemas import SCORES
+
+MAIN_SCORES = ("motion_mean", "ocr_area", "quality_sharpness", "aesthetic_mean")
+UNTRAINED_SCORES = ("aesthetic_mean", "aesthetic_min")  # random weights under offline.yaml
+
+_GROUPS_SQL = """
+    WITH g AS (
+        SELECT 0 AS kind, 'kept @' || d.tier AS grp, d.tier, c.clip_id, c.duration_s
+        FROM clips c JOIN decisions d USING (clip_id) WHERE c.status = 'ok' AND d.keep
+        UNION ALL
+        SELECT DISTINCT 1, 'rejected at split: ' || split_part(r, '=', 1), NULL, clip_id, duration_s
+        FROM (SELECT clip_id, duration_s, unnest(reasons) AS r FROM clips WHERE status = 'rejected')
+        UNION ALL  -- a rejected clip failed every tier: group it by each score that failed
+        SELECT DISTINCT 2, 'rejected by filter: ' || split_part(r, '=', 1), NULL, clip_id, duration_s
+        FROM (SELECT c.clip_id, c.duration_s, unnest(d.reasons) AS r
+              FROM clips c JOIN decisions d USING (clip_id) WHERE c.status = 'ok' AND NOT d.keep)
+        UNION ALL
+        SELECT 3, 'not decided yet', NULL, clip_id, duration_s FROM clips
+        WHERE status = 'ok' AND clip_id NOT IN (SELECT clip_id FROM decisions)
+    )
+    SELECT kind, grp, tier, clip_id, count(*) OVER w AS n, sum(duration_s) OVER w AS seconds,
+           row_number() OVER (PARTITION BY grp ORDER BY clip_id) AS rn
+    FROM g WINDOW w AS (PARTITION BY grp)
+    QUALIFY rn <= {limit}
+"""
+
+
+def clip_details(con, clip_ids: list[str], shown: list[str]) -> dict[str, dict]:
+    """Media fields, decision, caption and `shown` scores of the given clips, by clip id."""
+    con.register("__report_clip_ids", pa.table({"clip_id": sorted(set(clip_ids))}, schema=pa.schema(
+        [("clip_id", pa.string())])))
+    rows = con.sql(f"""
+        SELECT {CLIP_FIELDS}, c.duration_s, c.reasons AS clip_reasons, d.keep, d.reasons,
+               coalesce(cap.caption, sh.caption) AS caption, cap.untrained AS caption_untrained
+               {"".join(f', s."{c}"' for c in shown)}
+        FROM __report_clip_ids ids
+        JOIN clips c ON c.clip_id = ids.clip_id
+        {VIDEO_JOIN}
+        LEFT JOIN decisions d ON d.clip_id = c.clip_id
+        LEFT JOIN scores s ON s.clip_id = c.clip_id AND s.status = 'ok'
+        LEFT JOIN (SELECT clip_id, any_value(caption) AS caption, bool_or(untrained) AS untrained
+                   FROM captions WHERE status = 'ok' GROUP BY clip_id) cap ON cap.clip_id = c.clip_id
+        LEFT JOIN (SELECT clip_id, any_value(caption) AS caption FROM shards GROUP BY clip_id) sh
+               ON sh.clip_id = c.clip_id
+    """).to_arrow_table().to_pylist()
+    con.unregister("__report_clip_ids")
+    return {r["clip_id"]: r for r in rows}
+
+
+def clip_groups(con, out: Path, filt: FilterConfig, max_thumbs: int, untrained: bool) -> str:
+    """Cards of the first `max_thumbs` clips (by id) of each group; groups and counts come from SQL."""
+    picked = con.sql(_GROUPS_SQL.format(limit=max(max_thumbs, 1))).to_arrow_table().to_pylist()
+    if not picked:
+        return "<p>No clips yet.</p>"
+    shown = [c for c in MAIN_SCORES if c in SCORES.names]
+    by_id = clip_details(con, [p["clip_id"] for p in picked], shown)
+    groups: dict[str, dict] = {}
+    for p in picked:
+        g = groups.setdefault(p["grp"], dict(p, clips=[]))
+        if len(g["clips"]) < max_thumbs:
+            g["clips"].append(by_id[p["clip_id"]])
+    tier_rank = {t: i for i, (t, _) in enumerate(filt.ordered())}
+    order = sorted(groups.values(), key=lambda g: (g["kind"], tier_rank.get(g["tier"], len(tier_rank)),
+                                                   -g["n"], g["grp"]))
+    parts = [f"<p>Up to {max_thumbs} clips per group (the first by clip id): hover or click a clip to play "
+             f"its preview (the first seconds, muted). Rejected clips are grouped by each score that failed "
+             "(at every tier), so a clip can appear more than once. Red: why the clip was dropped; grey: why "
+             "a kept clip missed the tiers above its own."
+             + (" Aesthetic scores marked * are UNTRAINED (random weights)." if untrained else "") + "</p>"]
+    for g in order:
+        cards = "".join(card(c, write_media(c, out), shown) for c in g["clips"])
+        size = f"{n_of(g['n'], 'clip')}, {hours(g['seconds'] / 3600)}"
+        parts.append(f"<h3>{e(g['grp'])} <small>({size})</small></h3><div class=grid>{cards}</div>")
+    return "\n".join(parts)
+
+
+def player(clip_id: str, media: dict) -> str:
+    """The poster, and the preview over it (played by report.js on hover or click)."""
+    if media["preview"]:
+        poster = f' poster="{e(media["thumb"])}"' if media["thumb"] else ""
+        return (f'<video class=preview src="{e(media["preview"])}"{poster} muted loop playsinline '
+                f'preload=none aria-label="preview of clip {e(clip_id)}"></video>')
+    if media["thumb"]:
+        return f'<img src="{e(media["thumb"])}" alt="clip {e(clip_id)}">'
+    return f"<div class=noimg>{e(media['error'])}</div>"
+
+
+def card(c: dict, media: dict, shown: list[str]) -> str:
+    scores = " · ".join(f"{e(k)} {fmt(c[k])}" + ("*" if k in UNTRAINED_SCORES else "")
+                        for k in shown if c.get(k) is not None)
+    reasons = (c["clip_reasons"] or []) + (c["reasons"] or [])
+    why = "missed" if c["keep"] else "reasons"
+    caption = e(c["caption"]) if c["caption"] else "<i>no caption</i>"
+    if c["caption"] and c["caption_untrained"]:
+        caption += " <span class=warn-inline>(UNTRAINED captioner)</span>"
+    return (f"<figure class=card>{player(c['clip_id'], media)}<figcaption><code>{e(c['clip_id'])}</code> "
+            f"{fmt(c['duration_s'])}s {c['width']}×{c['height']}"
+            f"<div class=scores>{scores or 'not scored'}</div>"
+            + (f"<div class={why}>{e(', '.join(reasons))}</div>" if reasons else "")
+            + f"<div class=caption>{caption}</div>"
+            "</figcaption></figure>")
