@@ -107,7 +107,7 @@ def commit(root: Path, rows: list[dict], old_tars: list[str]) -> None:
 
 def _by_shard(root: Path) -> Iterator[tuple[str, list[dict]]]:
     """(shard, its rows) for every affected tar, streamed (one tar's rows in memory at a time)."""
-    reader = connect(root).sql(AFFECTED).fetch_record_batch(8192)
+    reader = connect(root).sql(AFFECTED).to_arrow_reader(8192)
     shard, rows = None, []
     for batch in reader:
         for r in batch.to_pylist():

@@ -10,6 +10,7 @@ reads its own group's rows from the plan file (row-group statistics skip the res
 
 from __future__ import annotations
 
+import json
 import shutil
 import uuid
 from pathlib import Path
@@ -56,11 +57,18 @@ def clean_plans(root: Path) -> None:
     shutil.rmtree(plan_dir(root), ignore_errors=True)
 
 
-def plan_shards(root: str | Path, filt: FilterConfig, cfg: ShardConfig) -> pa.Table:
-    """Write the plan file of the pending shard work -> one GROUPS row per writer task."""
+def plan_shards(
+    root: str | Path, filt: FilterConfig, cfg: ShardConfig, memory_limit: str = "400MB"
+) -> pa.Table:
+    """Write the plan file of the pending shard work -> one GROUPS row per writer task.
+
+    DuckDB works within `memory_limit` and spills the sort of the plan rows (the manifest rows
+    of each clip, embedding included) under `<root>/shards/.plan/spill`."""
     root = Path(root)
     con = connect(root)
-    con.execute("SET preserve_insertion_order = true")
+    con.execute("SET preserve_insertion_order = false")
+    con.execute(f"SET memory_limit = {_lit(memory_limit)}")
+    con.execute(f"SET temp_directory = {_lit(str(plan_dir(root) / 'spill'))}")
     con.execute(f"""CREATE TEMP TABLE todo AS
         SELECT clip_id, tier, (row_number() OVER (PARTITION BY tier ORDER BY clip_id) - 1)
                // {int(cfg.clips_per_task)} AS chunk
@@ -84,29 +92,30 @@ def plan_shards(root: str | Path, filt: FilterConfig, cfg: ShardConfig) -> pa.Ta
         FROM todo g JOIN (VALUES {values}) t(tier, short_side, fps) ON t.tier = g.tier
         GROUP BY g.tier, g.chunk, t.short_side, t.fps""")
     has = {name: bool(con.execute(f"SELECT 1 FROM {name} LIMIT 1").fetchall()) for name in ("scores", "captions")}
-    scores = "to_json(s)" if has["scores"] else "NULL::JSON"
+    scores = "s" if has["scores"] else "NULL"
     caption = "cap.caption" if has["captions"] else "NULL::VARCHAR"
     joins = "LEFT JOIN scores s ON s.clip_id = d.clip_id" if has["scores"] else ""
     if has["captions"]:
         joins += """ LEFT JOIN (SELECT clip_id, arg_max(caption, created_at) AS caption FROM captions_history
                      WHERE status = 'ok' GROUP BY clip_id) cap ON cap.clip_id = d.clip_id"""
+    # The manifest rows travel as structs, not JSON text: DuckDB spills a sort of structs within
+    # its memory limit (it could not with the JSON strings), and the writer makes the JSON.
     sql = f"""
         SELECT g.group_index, g."group", d.clip_id, d.tier, c.path, c.start_frame, c.end_frame, c.fps,
                v.rotation, c.width AS display_width, c.height AS display_height, {caption} AS caption,
-               json_object('clip', to_json(c), 'video', to_json(v), 'scores', {scores},
-                           'decision', to_json(d))::VARCHAR AS meta_json
+               c AS meta_clip, v AS meta_video, {scores} AS meta_scores, d AS meta_decision
         FROM todo t JOIN groups g ON g.tier = t.tier AND g.chunk = t.chunk
         JOIN decisions d ON d.clip_id = t.clip_id
         JOIN clips c ON c.clip_id = t.clip_id
         JOIN videos v ON v.video_id = c.video_id
         {joins}
-        ORDER BY g.group_index, d.clip_id
+        ORDER BY g.group_index
     """
     out = plan_dir(root)
     out.mkdir(parents=True, exist_ok=True)
     plan = out / f"plan-{uuid.uuid4().hex[:12]}.parquet"
     rows_per_group = max(1, 256 // cfg.clips_per_task) * cfg.clips_per_task
-    reader = con.sql(sql).fetch_record_batch(rows_per_group * 16)
+    reader = con.sql(sql).to_arrow_reader(rows_per_group * 16)
     with pq.ParquetWriter(plan, reader.schema) as writer:
         for batch in reader:
             writer.write_batch(batch, row_group_size=rows_per_group)
@@ -117,5 +126,10 @@ def plan_shards(root: str | Path, filt: FilterConfig, cfg: ShardConfig) -> pa.Ta
 
 
 def read_group(plan: str, group_index: int) -> list[dict]:
-    """The plan rows of one writer task (read by the writer, not the driver)."""
-    return pq.read_table(plan, filters=[("group_index", "=", group_index)]).to_pylist()
+    """The plan rows of one writer task, in clip_id order (read by the writer, not the driver),
+    each with `meta`: the clip's manifest rows {clip, video, scores, decision} as JSON values."""
+    rows = pq.read_table(plan, filters=[("group_index", "=", group_index)]).to_pylist()
+    for r in rows:
+        meta = {name: r.pop(f"meta_{name}") for name in ("clip", "video", "scores", "decision")}
+        r["meta"] = json.loads(json.dumps(meta, default=str))
+    return sorted(rows, key=lambda r: r["clip_id"])

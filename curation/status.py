@@ -74,11 +74,14 @@ _STAGES: list[tuple[str, str, str, str | None]] = [
                 AND clip_id NOT IN (SELECT clip_id FROM alignment)),
                max(created_at) FROM alignment
     """, "clips"),
+    # rejected: clips a re-filter took out of their tar ('removed'); pending counts them again
+    # once kept (in any tier) and a clip kept now in another tier than its tar's
     ("shard", "shards", """
-        SELECT count(*) FILTER (WHERE status <> 'error'), count(*) FILTER (WHERE status = 'rejected'),
+        SELECT count(*) FILTER (WHERE status <> 'error'), count(*) FILTER (WHERE status = 'removed'),
                count(*) FILTER (WHERE status = 'error'),
-               (SELECT count(*) FROM decisions WHERE keep
-                AND clip_id NOT IN (SELECT clip_id FROM shards)),
+               (SELECT count(*) FROM decisions d WHERE keep AND NOT EXISTS (
+                    SELECT 1 FROM shards s WHERE s.clip_id = d.clip_id
+                    AND (s.status = 'error' OR (s.status = 'ok' AND s.tier = d.tier)))),
                max(created_at) FROM shards
     """, "clips"),
 ]

@@ -93,7 +93,7 @@ def _tars(con) -> Iterator[tuple[str, dict[str, dict]]]:
     as a list under `__twice__`."""
     reader = con.sql(
         "SELECT shard, key, clip_id, bytes, n_frames FROM shards WHERE status = 'ok' ORDER BY shard, key"
-    ).fetch_record_batch(8192)
+    ).to_arrow_reader(8192)
     shard, rows = None, {}
     for batch in reader:
         for r in batch.to_pylist():

@@ -110,7 +110,7 @@ def compact_table(root: str | Path, name: str, *, memory_limit: str = "512MB") -
     tmp = table.dir / f".tmp-{uuid.uuid4().hex}.parquet"
     rows_after = 0
     with pq.ParquetWriter(tmp, table.schema, compression="zstd") as writer:
-        for batch in con.sql(source).fetch_record_batch(65536):
+        for batch in con.sql(source).to_arrow_reader(65536):
             if batch.num_rows:
                 writer.write_table(conform(pa.Table.from_batches([batch]), table.schema), row_group_size=65536)
                 rows_after += batch.num_rows

@@ -39,7 +39,12 @@ def _read(parts: list[Path]) -> str:
 def newest_sql(key: str, compacted: list[Path], fresh: list[Path]) -> str:
     """SELECT of the newest row per `key` over compacted parts (one row per key, older than
     every fresh row) and fresh parts (any number of rows per key)."""
-    ranked = f"SELECT * FROM {_read(fresh)} QUALIFY row_number() OVER (PARTITION BY {key} ORDER BY created_at DESC) = 1"
+    # the newest created_at per key, then the rows that carry it: a narrow hash aggregate and a
+    # streamed semi-join (no window over whole rows). Rows of one key never share a created_at.
+    ranked = (
+        f"SELECT h.* FROM {_read(fresh)} h SEMI JOIN (SELECT {key}, max(created_at) AS newest "
+        f"FROM {_read(fresh)} GROUP BY {key}) n ON h.{key} = n.{key} AND h.created_at = n.newest"
+    )
     if not compacted:
         return ranked
     if not fresh:

@@ -13,7 +13,6 @@ reads its clips from the plan file. Tars of clips a re-filter dropped are rewrit
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -137,8 +136,6 @@ class ShardWriter:
         rows = []
         for i in range(len(batch["group"])):
             clips = read_group(str(batch["plan"][i]), int(batch["group_index"][i]))
-            for clip in clips:
-                clip["meta"] = json.loads(clip.pop("meta_json"))
             rows.extend(
                 self.write_group(
                     str(batch["group"][i]),

@@ -1,0 +1,312 @@
+"""Driver-side cost at 10^5..10^7 clips: every step that plans or queries, as a separate process.
+
+    python bench/manifest_scale.py --clips 100000 [--clips 1000000] [--work /tmp/ms]
+
+Builds a synthetic run root of N clips with the real schemas (Arrow, no video: N/4 videos,
+95% of clips ok, scores with a 64-d CLIP embedding, captions/alignment for ~70%, dedup rows,
+written in parts of 50k rows) and times each step as its own process with the `reelsift` CLI
+(or one library call where the CLI has no such step, e.g. shard planning): wall s, CPU s of the
+process tree (user+sys, children included) and peak RSS (the largest process, from
+getrusage, and the whole tree, sampled every 20 ms). Start-up is included: it is what a user pays.
+Results: bench/results/manifest_scale_<N>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.harness import Result  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+CONFIG = REPO / "configs" / "offline.yaml"
+PART_ROWS = 50_000
+EMBED = 64
+
+# Runs the command in argv[2:], then writes {cpu_s, max_rss_kib, rc} of its process tree to argv[1].
+_WRAP = (
+    "import json, resource, subprocess, sys\n"
+    "r = subprocess.run(sys.argv[2:], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)\n"
+    "u = resource.getrusage(resource.RUSAGE_CHILDREN)\n"
+    "json.dump(dict(cpu_s=u.ru_utime + u.ru_stime, max_rss_kib=u.ru_maxrss, rc=r.returncode,"
+    " stderr=r.stderr.decode(errors='replace')[-1500:]), open(sys.argv[1], 'w'))\n"
+)
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    try:
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{tid}/children") as fh:
+                out += [int(x) for x in fh.read().split()]
+    except OSError:
+        pass
+    return out
+
+
+def _rss_kib(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/statm") as fh:
+            return int(fh.read().split()[1]) * (os.sysconf("SC_PAGE_SIZE") // 1024)
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def _tree_rss_kib(pid: int) -> int:
+    """Sum of RSS over the descendants of `pid` (the wrapper itself is not counted)."""
+    total, todo = 0, _children(pid)
+    while todo:
+        p = todo.pop()
+        total += _rss_kib(p)
+        todo += _children(p)
+    return total
+
+
+def measure(name: str, argv: list[str], env: dict) -> dict:
+    out = Path(f"/tmp/ms-{os.getpid()}-{name.replace('/', '_')}.json")
+    t0 = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-c", _WRAP, str(out), *argv], env=env, cwd=REPO)
+    peak = 0
+    while proc.poll() is None:
+        peak = max(peak, _tree_rss_kib(proc.pid))
+        time.sleep(0.02)
+    wall = time.perf_counter() - t0
+    res = json.loads(out.read_text())
+    out.unlink()
+    row = dict(step=name, wall_s=round(wall, 3), cpu_s=round(res["cpu_s"], 3),
+               peak_rss_mib=round(res["max_rss_kib"] / 1024, 1), tree_rss_mib=round(peak / 1024, 1),
+               rc=res["rc"])
+    if res["rc"] != 0:
+        row["stderr"] = res["stderr"]
+    print(json.dumps({k: v for k, v in row.items() if k != "stderr"}), flush=True)
+    if res["rc"] != 0:
+        print(res["stderr"], file=sys.stderr)
+    return row
+
+
+def _ids(rng: np.random.Generator, n: int, salt: int) -> pa.Array:
+    x = rng.permutation(n).astype(np.uint64) * np.uint64(0x9E3779B1) + np.uint64(salt)
+    return pa.array(np.char.mod("%016x", x).astype(object), pa.string())
+
+
+def _write(root: Path, name: str, table: pa.Table) -> None:
+    from manifests.store import Table
+
+    t = Table(root, name)
+    for i in range(0, table.num_rows, PART_ROWS):
+        t.write(table.slice(i, PART_ROWS))
+
+
+def build_root(root: Path, n: int, seed: int = 0) -> dict:
+    """A run root after score/dedup/caption/align of `n` clips (no decisions, no shards yet)."""
+    from curation.config import load_config
+
+    cfg = load_config(str(CONFIG), [])
+    rng = np.random.default_rng(seed)
+    n_vid = max(1, n // 4)
+    vid = _ids(rng, n_vid, 1)
+    sizes = np.array([(1920, 1080), (1280, 720), (854, 480), (640, 360)])
+    vsize = sizes[rng.integers(0, 4, n_vid)]
+    vpaths = pa.array(np.char.mod("/data/videos/%08d.mp4", np.arange(n_vid)).astype(object), pa.string())
+    vstatus = np.where(rng.random(n_vid) < 0.99, "ok", "error").astype(object)
+    _write(root, "videos", pa.table({
+        "video_id": vid, "path": vpaths, "status": vstatus,
+        "error": np.where(vstatus == "error", "not a decodable video (invalid data)", None),
+        "size_bytes": rng.integers(1 << 20, 1 << 28, n_vid), "duration_s": rng.uniform(10, 120, n_vid),
+        "fps": np.full(n_vid, 24.0), "vfr": np.zeros(n_vid, bool), "n_frames": rng.integers(240, 2880, n_vid),
+        "width": vsize[:, 0].astype(np.int32), "height": vsize[:, 1].astype(np.int32),
+        "rotation": np.zeros(n_vid, np.int32), "display_width": vsize[:, 0].astype(np.int32),
+        "display_height": vsize[:, 1].astype(np.int32), "codec": ["h264"] * n_vid,
+        "pix_fmt": ["yuv420p"] * n_vid, "has_audio": rng.random(n_vid) < 0.5,
+        "bitrate": rng.integers(500_000, 8_000_000, n_vid),
+    }))
+    cid = _ids(rng, n, 2)
+    v_of = np.arange(n) // 4 % n_vid
+    start = rng.integers(0, 2000, n)
+    length = rng.integers(36, 144, n)
+    cstatus = rng.choice(np.array(["ok", "rejected", "error"], object), n, p=[0.95, 0.03, 0.02])
+    cstatus = np.where(vstatus[v_of] == "ok", cstatus, "error")
+    _write(root, "clips", pa.table({
+        "clip_id": cid, "video_id": vid.take(pa.array(v_of)), "path": vpaths.take(pa.array(v_of)),
+        "scene_index": (np.arange(n) % 4).astype(np.int32), "piece_index": np.zeros(n, np.int32),
+        "start_frame": start, "end_frame": start + length, "start_s": start / 24.0,
+        "end_s": (start + length) / 24.0, "duration_s": length / 24.0, "fps": np.full(n, 24.0),
+        "width": vsize[v_of, 0].astype(np.int32), "height": vsize[v_of, 1].astype(np.int32),
+        "status": cstatus, "error": np.where(cstatus == "error", "could not split: decode error", None),
+        "reasons": pa.array([["too_short=1.2s<1.5s"] if s == "rejected" else [] for s in cstatus],
+                            pa.list_(pa.string())),
+    }))
+    ok = np.flatnonzero(cstatus == "ok")
+    m = len(ok)
+    serr = rng.random(m) < 0.02
+    f = lambda lo, hi: np.where(serr, np.nan, rng.uniform(lo, hi, m)).astype(np.float32)  # noqa: E731
+    emb = rng.standard_normal((m, EMBED)).astype(np.float32)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    embedding = pa.ListArray.from_arrays(pa.array(np.arange(m + 1, dtype=np.int32) * EMBED), pa.array(emb.ravel()))
+    scid = cid.take(pa.array(ok))
+    _write(root, "scores", pa.table({
+        "clip_id": scid, "status": np.where(serr, "error", "ok").astype(object),
+        "error": np.where(serr, "clip not decodable", None), "n_frames_scored": np.full(m, 8, np.int32),
+        "frame_step": np.full(m, 8.0, np.float32), "work_width": np.full(m, 640, np.int32),
+        "work_height": np.full(m, 360, np.int32), "motion_mean": f(0.0, 3.0), "motion_p90": f(0, 6),
+        "motion_max": f(0, 12), "motion_static_frac": f(0, 0.6), "motion_pairs": np.full(m, 7, np.int32),
+        "ocr_area": f(0, 0.06), "ocr_boxes": rng.integers(0, 5, m).astype(np.int32),
+        "ocr_text": np.where(rng.random(m) < 0.2, "SALE 50% OFF", ""),
+        "quality_brightness": f(0.1, 0.9), "quality_contrast": f(0.05, 0.4), "quality_saturation": f(0, 1),
+        "quality_colorfulness": f(0, 150), "quality_sharpness": f(0, 500), "quality_dark_frac": f(0, 0.4),
+        "quality_bright_frac": f(0, 0.4), "aesthetic_mean": f(3, 7), "aesthetic_min": f(2, 6),
+        "aesthetic_untrained": np.ones(m, bool), "clip_model": [cfg.score.aesthetic.clip_model] * m,
+        "clip_embedding": embedding, "nsfw_max": f(0, 0.55), "nsfw_mean": f(0, 0.3),
+        "nsfw_breast": f(0, 0.2), "nsfw_genitalia": f(0, 0.2), "nsfw_buttocks": f(0, 0.2),
+    }))
+    dup = rng.random(m) < 0.03
+    other = scid.take(pa.array(rng.integers(0, m, m)))
+    _write(root, "duplicates", pa.table({
+        "clip_id": scid, "group_id": pa.array(np.where(dup, other.to_numpy(zero_copy_only=False), scid.to_numpy(zero_copy_only=False))),
+        "group_size": np.where(dup, 2, 1).astype(np.int32),
+        "duplicate_of": pa.array(np.where(dup, other.to_numpy(zero_copy_only=False), None)),
+        "similarity": np.where(dup, 0.97, np.nan).astype(np.float32), "clip_model": [cfg.score.aesthetic.clip_model] * m,
+        "dedup_run": ["d1"] * m,
+    }))
+    cap = np.flatnonzero((rng.random(m) < 0.7) & ~serr)
+    k = len(cap)
+    words = np.array("a the person dog car street city walks runs slowly under bright sky camera pans "
+                     "across green field water light night indoor kitchen table".split(), object)
+    text = [" ".join(ws) for ws in words[rng.integers(0, len(words), (k, 24))]]
+    capid = scid.take(pa.array(cap))
+    cstat = np.where(rng.random(k) < 0.98, "ok", "error").astype(object)
+    _write(root, "captions", pa.table({
+        "clip_id": capid, "caption": pa.array(np.where(cstat == "ok", np.array(text, object), None)),
+        "backend": ["transformers"] * k, "model": [cfg.caption.model_name] * k,
+        "prompt_hash": [cfg.caption.prompt_hash] * k, "n_tokens": np.full(k, 32, np.int32),
+        "latency_s": rng.uniform(0.5, 3, k), "untrained": np.ones(k, bool), "status": cstat,
+        "error": np.where(cstat == "error", "generation failed", None),
+    }))
+    okcap = np.flatnonzero(cstat == "ok")
+    _write(root, "alignment", pa.table({
+        "clip_id": capid.take(pa.array(okcap)), "caption_model": [cfg.caption.model_name] * len(okcap),
+        "prompt_hash": [cfg.caption.prompt_hash] * len(okcap),
+        "clip_score": rng.uniform(0.1, 0.4, len(okcap)).astype(np.float32),
+        "clip_model": [cfg.score.aesthetic.clip_model] * len(okcap), "untrained": np.ones(len(okcap), bool),
+        "status": ["ok"] * len(okcap),
+    }))
+    return dict(videos=n_vid, clips=n, ok_clips=m, captions=k)
+
+
+def fake_shards(root: Path) -> int:
+    """`shards` rows for every kept clip, as if `shard` had run (no tar is written)."""
+    from manifests.db import connect
+    from manifests.store import Table
+
+    con = connect(root)
+    reader = con.sql("""
+        SELECT d.clip_id, 'shards/' || d.tier || '/' || substr(md5(d.clip_id), 1, 4) || '-000.tar' AS shard,
+               d.clip_id AS key, d.tier, 'ok' AS status, 256 AS width, 256 AS height, 24.0 AS fps,
+               48 AS n_frames, 200000 AS bytes, NULL AS caption
+        FROM decisions d WHERE d.keep""").to_arrow_reader(PART_ROWS)
+    n = 0
+    for batch in reader:
+        Table(root, "shards").write(pa.Table.from_batches([batch]))
+        n += batch.num_rows
+    return n
+
+
+def cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "curation.cli", *args]
+
+
+def run_scale(n: int, work: Path, env: dict, res: Result, label: str) -> list[dict]:
+    from manifests import queries
+
+    root = work / f"root-{label}"
+    shutil.rmtree(root, ignore_errors=True)
+    t0 = time.perf_counter()
+    built = build_root(root, n)
+    print(f"built {label}: {built} in {time.perf_counter() - t0:.1f}s", flush=True)
+    # ingest: a list file of already-ingested paths (nothing to probe)
+    ing = work / f"ingest-{label}"
+    shutil.rmtree(ing, ignore_errors=True)
+    paths = np.char.mod("/data/ingest/%09d.mp4", np.arange(n)).astype(object)
+    _write(ing, "videos", pa.table({"video_id": pa.array(np.char.mod("%032x", np.arange(n)).astype(object)),
+                                    "path": paths, "status": ["ok"] * n}))
+    (ing / "list.txt").write_text("\n".join(paths) + "\n")
+    c = ["--config", str(CONFIG), "--root", str(root)]
+    rows = [measure("ingest (N-line list, nothing to probe)",
+                    cli("ingest", "--config", str(CONFIG), "--root", str(ing), "--input", str(ing / "list.txt")), env)]
+    for stage in ("score", "caption", "align"):
+        rows.append(measure(f"{stage} (pending query, nothing pending)", cli(stage, *c), env))
+    rows.append(measure("filter (1st run)", cli("filter", *c), env))
+    rows.append(measure("filter --dry-run", cli("filter", "--dry-run", *c), env))
+    rows.append(measure("filter (2nd run)", cli("filter", *c), env))
+    plan = ("from curation.config import load_config; from curation.shard_plan import plan_shards, clean_plans; "
+            f"cfg = load_config({str(CONFIG)!r}, []); g = plan_shards({str(root)!r}, cfg.filter, cfg.shard); "
+            f"print(g.num_rows); clean_plans(__import__('pathlib').Path({str(root)!r}))")
+    rows.append(measure("shard planning (plan_shards)", [sys.executable, "-c", plan], env))
+    kept = fake_shards(root)
+    rows.append(measure("filter (3rd run, after shard)", cli("filter", *c), env))
+    rows.append(measure("status", cli("status", "--root", str(root)), env))
+    for q in queries.names():
+        rows.append(measure(f"sql --named {q}", cli("sql", "--named", q, "--root", str(root)), env))
+    rows.append(measure("report --max-thumbs 0 (report.py as on this branch)",
+                        cli("report", *c, "--max-thumbs", "0"), env))
+    rows.append(measure("verify --tables-only (3 decision runs)", cli("verify", "--tables-only", "--root", str(root)), env))
+    rows.append(measure("compact", cli("compact", "--root", str(root)), env))
+    rows.append(measure("verify --tables-only (compacted)", cli("verify", "--tables-only", "--root", str(root)), env))
+    rows.append(measure("status (compacted)", cli("status", "--root", str(root)), env))
+    rows.append(measure("sql --named rejected-by-reason (compacted)",
+                        cli("sql", "--named", "rejected-by-reason", "--root", str(root)), env))
+    for r in rows:
+        r["clips"] = n
+    res.add("root", dict(built, kept=kept, part_rows=PART_ROWS, embed_dim=EMBED))
+    return rows
+
+
+def startup(work: Path, env: dict) -> list[dict]:
+    small = work / "root-10"
+    shutil.rmtree(small, ignore_errors=True)
+    build_root(small, 10)
+    return [
+        measure('startup: sql "SELECT 1" (10 clips)', cli("sql", "SELECT 1", "--root", str(small)), env),
+        measure("startup: status (10 clips)", cli("status", "--root", str(small)), env),
+        measure("startup: --help", cli("--help"), env),
+    ]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--clips", type=int, action="append", required=True, help="N (repeatable)")
+    ap.add_argument("--work", default="/tmp/manifest_scale", help="folder for the synthetic roots")
+    ap.add_argument("--keep", action="store_true", help="keep the roots afterwards")
+    args = ap.parse_args()
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    for n in args.clips:
+        label = f"{n // 1_000_000}m" if n >= 1_000_000 and n % 1_000_000 == 0 else f"{n // 1000}k"
+        res = Result("manifest_scale", suffix=label)
+        res.add("note", "2-core machine shared with other engineers' work at the same time; one run per step")
+        rows = startup(work, env) + run_scale(n, work, env, res, label)
+        res.add("steps", rows)
+        res.table(["step", "wall s", "CPU s", "peak RSS MiB", "tree RSS MiB", "rc"],
+                  [(r["step"], r["wall_s"], r["cpu_s"], r["peak_rss_mib"], r["tree_rss_mib"], r["rc"]) for r in rows],
+                  title=f"manifest_scale N={n}")
+        res.write()
+        if not args.keep:
+            shutil.rmtree(work / f"root-{label}", ignore_errors=True)
+            shutil.rmtree(work / f"ingest-{label}", ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
