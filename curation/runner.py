@@ -26,6 +26,15 @@ from manifests.store import Table
 log = logging.getLogger("reelsift")
 
 
+# An embedded instance serves one command: no idle workers started ahead of the first task
+# (they would never be used by our actors), and no metrics export nobody reads.
+LOCAL_SYSTEM_CONFIG = {
+    "enable_worker_prestart": False,
+    "prestart_worker_first_driver": False,
+    "enable_metrics_collection": False,
+}
+
+
 def init_ray(cfg: RayConfig, address: str | None = None) -> None:
     """Join `address` / RAY_ADDRESS / cfg.address if given, else start an embedded local Ray."""
     import ray
@@ -42,6 +51,7 @@ def init_ray(cfg: RayConfig, address: str | None = None) -> None:
                 include_dashboard=False,
                 log_to_driver=False,
                 logging_level=logging.WARNING,
+                _system_config=LOCAL_SYSTEM_CONFIG,
             )
     ctx = DataContext.get_current()
     # Ray Data prints its progress as INFO log lines when stdout is not a terminal; keep those

@@ -16,7 +16,6 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from filters.aesthetic import AestheticScorer
 from filters.config import ScoreConfig
 from filters.motion import MotionScorer
 from filters.nsfw import NsfwScorer
@@ -108,6 +107,8 @@ class ScoreNeural:
 
     def __init__(self, cfg: ScoreConfig):
         import torch
+
+        from filters.aesthetic import AestheticScorer  # torch + open_clip: this actor only
 
         torch.set_num_threads(1)
         self.cfg = cfg
