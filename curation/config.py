@@ -50,11 +50,17 @@ class RayConfig:
     killed run redoes at most this many rows per stage."""
     flush_s: float = 30.0
     """...or after this many seconds, whichever comes first (> 0)."""
+    inline_max_items: int = 0
+    """A stage with at most this many items to do runs inside the CLI process, on one thread
+    per CPU, without starting Ray (>= 0; 0 = always Ray). Starting an embedded Ray costs about
+    6 CPU-seconds and 1.5 GiB per command, more than a small stage's work. Never applies when
+    joining a cluster (address / RAY_ADDRESS) or when an operator asks for a GPU."""
 
     def __post_init__(self):
         check(self.object_store_mb >= 128, "ray.object_store_mb", "must be >= 128")
         check(self.flush_rows >= 1, "ray.flush_rows", "must be >= 1")
         check(self.flush_s > 0, "ray.flush_s", "must be > 0")
+        check(self.inline_max_items >= 0, "ray.inline_max_items", "must be >= 0")
 
 
 @dataclass(frozen=True)

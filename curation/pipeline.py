@@ -36,9 +36,9 @@ def ingest(cfg: CurateConfig, root: Path, input_spec: str | Path, ray_address: s
     paths = list_inputs(input_spec, cfg.ingest)
     table = Table(root, "videos")
     table.clean_temp()
-    known = table.read(["video_id", "path", "status"]).to_pylist()
+    known = table.read(["video_id", "path", "status", "size_bytes", "created_at"]).to_pylist()
     done = {r["path"] for r in known}
-    todo = [p for p in paths if p not in done]
+    todo = [p for p in paths if p not in done] + changed_sources(known, done.intersection(paths))
     log.info(
         "ingest: %d input files, %d already ingested, %d to probe",
         len(paths),
@@ -61,6 +61,22 @@ def ingest(cfg: CurateConfig, root: Path, input_spec: str | Path, ray_address: s
     )
 
 
+def changed_sources(known: list[dict], paths: set[str]) -> list[str]:
+    """Paths among `paths` whose file changed since its newest ok row: ingested again, as a
+    new video (the old video's clips become `source changed since ingest` error rows)."""
+    from filters.video import source_changed
+
+    newest: dict[str, dict] = {}
+    for r in known:
+        if r["path"] in paths and (r["path"] not in newest or r["created_at"] > newest[r["path"]]["created_at"]):
+            newest[r["path"]] = r
+    return sorted(
+        p
+        for p, r in newest.items()
+        if r["status"] == "ok" and source_changed(p, r["size_bytes"], r["created_at"].timestamp())
+    )
+
+
 def split(cfg: CurateConfig, root: Path, ray_address: str | None = None) -> PartSink:
     from curation.runner import PartSink, run_stage
     from curation.stages.split import SplitStage
@@ -69,8 +85,11 @@ def split(cfg: CurateConfig, root: Path, ray_address: str | None = None) -> Part
     clips.clean_temp()
     con = connect(root)
     items = con.sql("""
-        SELECT video_id, path, fps, n_frames, display_width, display_height FROM videos
+        SELECT video_id, path, fps, n_frames, display_width, display_height, size_bytes,
+               epoch(created_at) AS ingested_at
+        FROM videos
         WHERE status = 'ok' AND video_id NOT IN (SELECT DISTINCT video_id FROM clips)
+        QUALIFY row_number() OVER (PARTITION BY video_id ORDER BY created_at DESC) = 1
         ORDER BY video_id
     """).to_arrow_table()
     log.info("split: %d videos to split", items.num_rows)
@@ -96,8 +115,12 @@ def score(cfg: CurateConfig, root: Path, ray_address: str | None = None) -> Part
     con = connect(root)
     items = con.sql("""
         SELECT c.clip_id, c.path, c.start_frame, c.end_frame, c.fps, v.rotation,
-               c.width AS display_width, c.height AS display_height
-        FROM clips c JOIN videos v ON v.video_id = c.video_id AND v.status = 'ok'
+               c.width AS display_width, c.height AS display_height, v.size_bytes,
+               epoch(v.created_at) AS ingested_at
+        FROM clips c JOIN (  -- a file ingested again unchanged has a second row: take the newest
+            SELECT * FROM videos WHERE status = 'ok'
+            QUALIFY row_number() OVER (PARTITION BY video_id ORDER BY created_at DESC) = 1
+        ) v ON v.video_id = c.video_id
         WHERE c.status = 'ok' AND c.clip_id NOT IN (SELECT clip_id FROM scores)
         ORDER BY c.clip_id
     """).to_arrow_table()

@@ -26,6 +26,15 @@ from manifests.store import Table
 log = logging.getLogger("reelsift")
 
 
+# An embedded instance serves one command: no idle workers started ahead of the first task
+# (they would never be used by our actors), and no metrics export nobody reads.
+LOCAL_SYSTEM_CONFIG = {
+    "enable_worker_prestart": False,
+    "prestart_worker_first_driver": False,
+    "enable_metrics_collection": False,
+}
+
+
 def init_ray(cfg: RayConfig, address: str | None = None) -> None:
     """Join `address` / RAY_ADDRESS / cfg.address if given, else start an embedded local Ray."""
     import ray
@@ -42,6 +51,7 @@ def init_ray(cfg: RayConfig, address: str | None = None) -> None:
                 include_dashboard=False,
                 log_to_driver=False,
                 logging_level=logging.WARNING,
+                _system_config=LOCAL_SYSTEM_CONFIG,
             )
     ctx = DataContext.get_current()
     # Ray Data prints its progress as INFO log lines when stdout is not a terminal; keep those
@@ -228,8 +238,14 @@ def run_stage(
     if items.num_rows == 0:
         log.info("%s: nothing to do", name)
         return sink
-    init_ray(ray_cfg or RayConfig(), ray_address)
+    ray_cfg = ray_cfg or RayConfig()
     t0 = time.monotonic()
+    if runs_inline(ray_cfg, ray_address, [r for _, _, r in ops], items.num_rows):
+        from curation.inline import run_inline
+
+        run_inline(name, ops, items, sink, cpus=ray_cfg.num_cpus or os.cpu_count() or 1)
+        return _finish(name, items, sink, t0, inline=True)
+    init_ray(ray_cfg, ray_address)
     # One block per batch, made on the driver (no shuffle task), so the work spreads over
     # every actor from the start.
     blocks = [items.slice(i, res.batch_size) for i in range(0, items.num_rows, res.batch_size)]
@@ -241,6 +257,20 @@ def run_stage(
         ds = ds.map_batches(op_cls, **map_kwargs(op_cls, op_cfg, op_res, n, cpu_factor))
     for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
         sink.add(batch)
+    return _finish(name, items, sink, t0, inline=False)
+
+
+def runs_inline(cfg: RayConfig, address: str | None, ops: list[Resources], n_items: int) -> bool:
+    """True when a stage this small is cheaper without Ray (see RayConfig.inline_max_items)."""
+    if n_items > cfg.inline_max_items or any(r.num_gpus for r in ops):
+        return False
+    if address or os.environ.get("RAY_ADDRESS") or cfg.address:
+        return False
+    ray = sys.modules.get("ray")  # no import: importing Ray alone costs ~1 CPU-second
+    return ray is None or not ray.is_initialized()  # Ray already up (a `run` needed it): use it
+
+
+def _finish(name: str, items: pa.Table, sink: PartSink, t0: float, *, inline: bool) -> PartSink:
     sink.flush()
     elapsed = time.monotonic() - t0
     log.info(
@@ -262,6 +292,7 @@ def run_stage(
             nodes=sink.nodes,
             seconds=round(elapsed, 3),
             items_per_s=round(items.num_rows / max(elapsed, 1e-9), 4),
+            inline=inline,
         ),
     )
     return sink

@@ -27,7 +27,6 @@ import numpy as np
 import pyarrow as pa
 
 from filters.config import NsfwConfig  # noqa: F401  (the config lives in filters/config.py)
-from models.clip import MissingWeights
 
 EXPOSED = (
     "FEMALE_BREAST_EXPOSED",
@@ -46,6 +45,12 @@ _COLUMNS = {
 }
 
 
+def _missing(message: str) -> Exception:
+    from models.clip import MissingWeights  # imports torch: only on this error path
+
+    return MissingWeights(message)
+
+
 def _model_path(weights: str) -> str:
     if not weights:
         try:
@@ -53,14 +58,14 @@ def _model_path(weights: str) -> str:
 
             path = str(files("nudenet") / "320n.onnx")
         except ModuleNotFoundError as exc:
-            raise MissingWeights(
+            raise _missing(
                 "score.nsfw.weights: the nudenet package is not installed "
                 "(pip install nudenet), or set a local .onnx path"
             ) from exc
     else:
         path = os.path.expanduser(weights)
     if not os.path.isfile(path):
-        raise MissingWeights(f"score.nsfw.weights: file {path!r} not found; set a local NudeNet .onnx path")
+        raise _missing(f"score.nsfw.weights: file {path!r} not found; set a local NudeNet .onnx path")
     return path
 
 

@@ -8,12 +8,27 @@ maximum length) is the split stage's job, not this module's.
 from __future__ import annotations
 
 import functools
+import logging
 import time
 from dataclasses import dataclass
 
 import numpy as np
 
 from filters.config import SceneConfig  # noqa: F401  (the config lives in filters/config.py)
+
+
+_SWS = "AREA"  # swscale filter for the detector's small frames
+
+
+class _QuietSize(logging.Filter):
+    """PySceneDetect warns once per video that its frames are smaller than the stream's: they
+    are, on purpose (see detect_scenes)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "does not match  video resolution" not in record.getMessage()
+
+
+logging.getLogger("pyscenedetect").addFilter(_QuietSize())
 
 
 class SceneTimeout(TimeoutError):
@@ -54,24 +69,36 @@ def detect_scenes(path: str, cfg: SceneConfig, timeout_s: float | None = None) -
     """
     if cfg.detector == "transnetv2":
         return _detect_transnet(path, cfg, timeout_s)
+    from av.video.reformatter import VideoReformatter
     from scenedetect import SceneManager, open_video
+    from scenedetect.scene_manager import compute_downscale_factor
 
     video = open_video(path, backend="pyav")
     manager = SceneManager()
-    if cfg.downscale:
-        manager.auto_downscale = False
-        manager.downscale = cfg.downscale
     manager.add_detector(_make_detector(cfg))
-    if timeout_s is not None:
-        deadline = time.monotonic() + timeout_s
-        read = video.read
+    # The detector sees small frames. PySceneDetect would convert each full-size frame to BGR
+    # and then shrink it with cv2.resize; swscale shrinks and converts in one step, at a small
+    # fraction of the CPU (the full-size colour conversion was most of the split stage's cost).
+    w, h = video.frame_size
+    factor = cfg.downscale or compute_downscale_factor(max(w, h))
+    size = (max(1, round(w / factor)), max(1, round(h / factor))) if factor > 1 else (w, h)
+    manager.auto_downscale = False
+    manager.downscale = 1
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    read = video.read
+    shrink = VideoReformatter()  # one scaler context for the whole video, not one per frame
 
-        def read_with_deadline(*args, **kwargs):  # the detector pulls every frame through read()
-            if time.monotonic() > deadline:
-                raise SceneTimeout(f"scene detection took longer than {timeout_s:g}s")
-            return read(*args, **kwargs)
+    def read_small(decode: bool = True):  # the detector pulls every frame through read()
+        if deadline is not None and time.monotonic() > deadline:
+            raise SceneTimeout(f"scene detection took longer than {timeout_s:g}s")
+        if not read(decode=False):
+            return False
+        if not decode:
+            return True
+        small = shrink.reformat(video._frame, width=size[0], height=size[1], format="bgr24", interpolation=_SWS)
+        return small.to_ndarray()
 
-        video.read = read_with_deadline
+    video.read = read_small
     manager.detect_scenes(video=video)
     n_frames = int(video.frame_number)
     fps = float(video.frame_rate)

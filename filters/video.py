@@ -10,6 +10,7 @@ import hashlib
 import io
 import math
 import os
+import stat
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -30,6 +31,57 @@ class VideoDecodeError(RuntimeError):
 
 class DecodeTimeout(TimeoutError):
     """Decoding one video ran past its time limit."""
+
+
+_NOT_REGULAR = {
+    stat.S_IFIFO: "fifo",
+    stat.S_IFSOCK: "socket",
+    stat.S_IFCHR: "character device",
+    stat.S_IFBLK: "block device",
+    stat.S_IFDIR: "directory",
+}
+
+
+def file_problem(path: str | Path) -> str | None:
+    """Why `path` can't be read as a video file, found without opening it; None when it can.
+
+    A FIFO or a device is never opened: reading one can block forever.
+    """
+    path = str(path)
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        if os.path.islink(path):
+            return f"broken symlink -> {os.readlink(path)}"
+        return "no such file"
+    except PermissionError:
+        return "permission denied"
+    except OSError as exc:
+        return f"cannot read file ({exc.strerror or exc})"
+    kind = _NOT_REGULAR.get(stat.S_IFMT(st.st_mode))
+    if kind:
+        return f"not a regular file ({kind})"
+    if not os.access(path, os.R_OK):
+        return "permission denied"
+    return None
+
+
+def source_changed(path: str | Path, size_bytes: int | None, ingested_at: float | None) -> str | None:
+    """Why the file at `path` is no longer the one ingested (size differs, or modified after
+    `ingested_at`, seconds since the epoch), or None while it is the same.
+
+    Every stage that reads a source checks this first, so a clip is never cut or scored from
+    new bytes under the old video_id; `reelsift ingest` again gives the new bytes a new video.
+    """
+    problem = file_problem(path)
+    if problem:
+        return f"source changed since ingest: {problem}"
+    st = os.stat(path)
+    if size_bytes is not None and int(size_bytes) >= 0 and st.st_size != int(size_bytes):
+        return f"source changed since ingest: size {int(size_bytes)} -> {st.st_size} bytes; run ingest again"
+    if ingested_at is not None and st.st_mtime > float(ingested_at):
+        return "source changed since ingest: modified after it was ingested; run ingest again"
+    return None
 
 
 def file_hash(path: str | Path, chunk: int = 1 << 20) -> str:

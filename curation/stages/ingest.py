@@ -1,8 +1,9 @@
 """ingest: list input files, hash and probe each one -> `videos` table.
 
 Every input file gets exactly one row, keyed by its absolute path: `ok` with stream facts,
-`error` with a readable reason (empty, truncated, not a video, audio only, ...), or `rejected`
-when its bytes duplicate a file already ingested.
+`error` with a readable reason (empty, truncated, not a video, audio only, broken symlink, not a
+regular file (fifo), permission denied, ...), or `rejected` when its bytes duplicate a file
+already ingested. A file changed since its ingest (size or mtime) gets a second row, a new video.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 
 from curation.config import IngestConfig
-from filters.video import VideoDecodeError, file_hash, probe
+from filters.video import VideoDecodeError, file_hash, file_problem, probe
 from manifests.configtools import InputError
 from manifests.schemas import VIDEOS
 from manifests.store import rows_to_table
@@ -32,7 +33,7 @@ def list_inputs(spec: str | Path, cfg: IngestConfig) -> list[str]:
     spec = str(spec)
     exts = tuple(e.lower() for e in cfg.extensions)
     if any(c in spec for c in _GLOB_CHARS) and not os.path.exists(spec):
-        found = [p for p in glob.glob(spec, recursive=True) if os.path.isfile(p)]
+        found = [p for p in glob.glob(spec, recursive=True) if not os.path.isdir(p)]
         if not found:
             raise InputError(f"--input {spec!r}: the pattern matches no file")
         return sorted(os.path.abspath(p) for p in found)
@@ -67,7 +68,9 @@ def _walk(top: Path, exts: tuple[str, ...], recursive: bool) -> list[str]:
             dirnames[:] = []
         for name in sorted(filenames):
             full = os.path.join(dirpath, name)
-            if name.lower().endswith(exts) and os.path.isfile(full):
+            # Not only regular files: a dangling link or a FIFO named like a video gets its
+            # error row at ingest instead of vanishing without a word.
+            if name.lower().endswith(exts) and not os.path.isdir(full):
                 out.append(os.path.abspath(full))
     return out
 
@@ -83,12 +86,19 @@ class IngestStage:
 
     def one(self, path: str) -> dict:
         row: dict = {"path": path, "video_id": "", "status": "error"}
+        problem = file_problem(path)  # never opens a FIFO or a device
+        if problem:
+            row["error"] = problem
+            return row
         try:
             row["size_bytes"] = os.path.getsize(path)
             row["video_id"] = file_hash(path)
             info = probe(path, self.cfg.probe_frames)
         except VideoDecodeError as exc:
             row["error"] = exc.reason
+            return row
+        except PermissionError:
+            row["error"] = "permission denied"
             return row
         except OSError as exc:
             row["error"] = f"cannot read file: {exc.strerror or exc}"

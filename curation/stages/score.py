@@ -16,13 +16,12 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from filters.aesthetic import AestheticScorer
 from filters.config import ScoreConfig
 from filters.motion import MotionScorer
 from filters.nsfw import NsfwScorer
 from filters.ocr import OcrScorer
 from filters.quality import QualityScorer
-from filters.video import DecodeTimeout, VideoDecodeError, even_size, iter_frames
+from filters.video import DecodeTimeout, VideoDecodeError, even_size, iter_frames, source_changed
 from manifests.schemas import SCORES
 
 FRAME_FIELDS = [pa.field("frames", pa.binary()), pa.field("frames_shape", pa.list_(pa.int32()))]
@@ -82,6 +81,10 @@ class DecodeAndScoreCpu:
 
     def one(self, clip: dict) -> dict[str, Any]:
         row: dict[str, Any] = {"clip_id": clip["clip_id"], "status": "error"}
+        changed = source_changed(clip["path"], clip.get("size_bytes"), clip.get("ingested_at"))
+        if changed:
+            row["error"] = changed
+            return row
         try:
             frames, step = decode_samples(clip, self.cfg)
         except (VideoDecodeError, DecodeTimeout) as exc:
@@ -108,6 +111,8 @@ class ScoreNeural:
 
     def __init__(self, cfg: ScoreConfig):
         import torch
+
+        from filters.aesthetic import AestheticScorer  # torch + open_clip: this actor only
 
         torch.set_num_threads(1)
         self.cfg = cfg

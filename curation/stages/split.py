@@ -13,7 +13,7 @@ import pyarrow as pa
 
 from curation.config import SplitConfig
 from filters.scenes import SceneTimeout, detect_scenes
-from filters.video import VideoDecodeError, key_hash
+from filters.video import VideoDecodeError, key_hash, source_changed
 from manifests.schemas import CLIPS
 from manifests.store import rows_to_table
 
@@ -60,6 +60,12 @@ def plan_clips(ranges: list[tuple[int, int]], n_frames: int, fps: float, cfg: Sp
     return rows
 
 
+def _opt(row: dict, key: str):
+    """A column that may be missing (a batch built by hand) or null."""
+    v = row.get(key)
+    return None if v is None or (isinstance(v, float) and math.isnan(v)) else v
+
+
 class SplitStage:
     """Batch of ok `videos` rows -> `clips` rows."""
 
@@ -77,6 +83,9 @@ class SplitStage:
         base = dict(
             video_id=vid, path=path, width=int(video["display_width"]), height=int(video["display_height"])
         )
+        changed = source_changed(path, _opt(video, "size_bytes"), _opt(video, "ingested_at"))
+        if changed:
+            return [self._error(base, changed)]
         try:
             scenes = detect_scenes(path, self.cfg.scenes, timeout_s=self.cfg.timeout_s)
         except (VideoDecodeError, SceneTimeout) as exc:

@@ -1,0 +1,73 @@
+"""Run a small stage inside the CLI process: the same stage classes and batches as under Ray
+Data, on one thread per CPU, with no Ray processes to start.
+
+Each thread builds its own instance of every operator of the chain (as an actor would) and takes
+whole batches through the chain. The work is decoding (PyAV), OpenCV and ONNX Runtime, which run
+outside the GIL, so two threads use two cores. Results reach the sink on the calling thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from manifests.configtools import Resources
+
+log = logging.getLogger("reelsift")
+
+
+def as_format(batch: pa.Table, fmt: str) -> Any:
+    """A pyarrow batch in the form an operator declared (Ray Data's 'numpy' or 'pyarrow')."""
+    if fmt == "pyarrow":
+        return batch
+    return {name: np.asarray(col.to_numpy(zero_copy_only=False)) for name, col in zip(batch.column_names, batch.columns)}
+
+
+class _Chain:
+    """One thread's operator instances."""
+
+    def __init__(self, ops: list[tuple[type, Any, Resources]]):
+        self.ops = [(cls(cfg), getattr(cls, "BATCH_FORMAT", "numpy")) for cls, cfg, _ in ops]
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        for op, fmt in self.ops:
+            out = op(as_format(batch, fmt))
+            batch = out if isinstance(out, pa.Table) else pa.table(out)
+        return batch
+
+
+def run_inline(name: str, ops: list[tuple[type, Any, Resources]], items: pa.Table, sink, cpus: int) -> None:
+    size = ops[0][2].batch_size
+    batches = [items.slice(i, size) for i in range(0, items.num_rows, size)]
+    threads = max(1, min(int(cpus), len(batches)))
+    log.info("%s: %d items in %d batches on %d thread(s) in this process (no Ray)", name, items.num_rows, len(batches), threads)
+    local = threading.local()
+
+    def work(batch: pa.Table) -> pa.Table:
+        if not hasattr(local, "chain"):
+            local.chain = _Chain(ops)
+        return local.chain(batch)
+
+    with ThreadPoolExecutor(threads, thread_name_prefix=f"reelsift-{name}") as pool:
+        todo = iter(batches)
+        running = {pool.submit(work, b) for b in _take(todo, 2 * threads)}
+        while running:
+            done, running = wait(running, return_when=FIRST_COMPLETED)
+            for fut in done:
+                sink.add(fut.result())
+            running |= {pool.submit(work, b) for b in _take(todo, len(done))}
+
+
+def _take(it, n: int) -> list:
+    out = []
+    for _ in range(n):
+        try:
+            out.append(next(it))
+        except StopIteration:
+            break
+    return out
