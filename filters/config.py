@@ -158,7 +158,9 @@ class AestheticConfig:
 
     def __post_init__(self) -> None:
         if self.preprocess not in ("auto", "cpu", "device"):
-            raise ValueError(f"score.aesthetic.preprocess must be auto, cpu or device, got {self.preprocess!r}")
+            raise ValueError(
+                f"score.aesthetic.preprocess must be auto, cpu or device, got {self.preprocess!r}"
+            )
         if not self.clip_model:
             raise ValueError("score.aesthetic.clip_model must be set")
         if self.seed < 0:

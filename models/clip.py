@@ -131,7 +131,8 @@ class ClipEncoder:
         self.resize_mode = pp.get("resize_mode", "shortest")
         self.mean = np.asarray(pp["mean"], np.float32) * 255.0
         self.std = np.asarray(pp["std"], np.float32) * 255.0
-        self.preprocess_on_device = preprocess == "device" or (preprocess == "auto" and self.device.type == "cuda")
+        on_cuda = self.device.type == "cuda"
+        self.preprocess_on_device = preprocess == "device" or (preprocess == "auto" and on_cuda)
         self.tensor_preprocess = TensorPreprocess(
             self.image_size, self.resize_mode, self.mean, self.std, self.device
         )

@@ -35,7 +35,11 @@ def resize_plan(h: int, w: int, out_h: int, out_w: int, mode: str) -> tuple[int,
 
 
 def cpu_preprocess(
-    frames: np.ndarray | list[np.ndarray], image_size: tuple[int, int], mode: str, mean: np.ndarray, std: np.ndarray
+    frames: np.ndarray | list[np.ndarray],
+    image_size: tuple[int, int],
+    mode: str,
+    mean: np.ndarray,
+    std: np.ndarray,
 ) -> torch.Tensor:
     """(N, H, W, 3) uint8 RGB (or a list of frames of any sizes) -> (N, 3, S_h, S_w) float32.
     mean, std: (3,) on the 0..255 scale."""
@@ -150,7 +154,10 @@ class TensorPreprocess:
             new_h, new_w, top, left, shrink = resize_plan(h, w, out_h, out_w, self.mode)
             wy = axis_weights(h, new_h, top, out_h, shrink)
             wx = axis_weights(w, new_w, left, out_w, shrink)
-            self._weights[(h, w)] = (torch.from_numpy(wy).to(self.device), torch.from_numpy(wx).to(self.device))
+            self._weights[(h, w)] = (
+                torch.from_numpy(wy).to(self.device),
+                torch.from_numpy(wx).to(self.device),
+            )
         return self._weights[(h, w)]
 
     def __call__(self, frames: torch.Tensor) -> torch.Tensor:

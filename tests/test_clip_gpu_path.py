@@ -24,7 +24,9 @@ def smooth_frames(n: int, h: int, w: int, seed: int) -> np.ndarray:
     import cv2
 
     rng = np.random.default_rng(seed)
-    base = cv2.resize(rng.uniform(0, 255, (6, 8, 3)).astype(np.float32), (w, h), interpolation=cv2.INTER_CUBIC)
+    base = cv2.resize(
+        rng.uniform(0, 255, (6, 8, 3)).astype(np.float32), (w, h), interpolation=cv2.INTER_CUBIC
+    )
     noise = rng.normal(0, 12, (n, h, w, 3))
     return np.clip(base[None] + noise, 0, 255).astype(np.uint8)
 
@@ -32,8 +34,14 @@ def smooth_frames(n: int, h: int, w: int, seed: int) -> np.ndarray:
 @pytest.mark.parametrize("size", [(224, 224), (64, 64)])
 @pytest.mark.parametrize(
     "hw, mode",
-    [((360, 640), "shortest"), ((720, 1280), "shortest"), ((50, 40), "shortest"), ((37, 500), "shortest"),
-     ((300, 301), "shortest"), ((100, 300), "squash")],
+    [
+        ((360, 640), "shortest"),
+        ((720, 1280), "shortest"),
+        ((50, 40), "shortest"),
+        ((37, 500), "shortest"),
+        ((300, 301), "shortest"),
+        ((100, 300), "squash"),
+    ],
 )
 def test_tensor_resize_matches_opencv(size, hw, mode):
     frames = smooth_frames(2, *hw, seed=hw[0])
