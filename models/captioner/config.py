@@ -58,6 +58,12 @@ class TransformersCaptionerConfig:
     """Sampling temperature; 0 = greedy decoding (deterministic)."""
     seed: int = 0
     """Seed of the random weights of "reelsift-tiny" (>= 0)."""
+    fast_decode: bool = True
+    """Greedy decoding with a static KV cache and batched vision window attention
+    (models/captioner/fast_decode.py) where the model and its generation config allow; the
+    tokens equal `generate`'s. false = transformers' `generate` always."""
+    cuda_graphs: bool = True
+    """With fast_decode on a CUDA device: replay each decode step as a captured CUDA graph."""
 
     def __post_init__(self):
         check(bool(self.model), "caption.transformers.model",

@@ -57,17 +57,40 @@ class TransformersCaptioner:
                 f"{key}.model: could not load {cfg.model!r} ({exc}); set a hub id or a local folder "
                 "holding a model and processor saved with save_pretrained"
             ) from exc
+        self._setup()
+
+    @classmethod
+    def from_model(cls, cfg: TransformersCaptionerConfig, model, processor) -> TransformersCaptioner:
+        """A captioner around an already built model and processor (benches, tests)."""
+        self = cls.__new__(cls)
+        self.cfg, self.device, self.model, self.processor = cfg, torch_device(cfg.device), model, processor
+        self._setup()
+        return self
+
+    def _setup(self) -> None:
+        from models.captioner import fast_decode
+
+        cfg = self.cfg
         self.model.to(self.device).eval()
+        self.decoder, self.decode_path = None, "generate"
+        if cfg.fast_decode and cfg.temperature == 0:
+            ok, why = fast_decode.supports(self.model)
+            if ok:
+                fast_decode.use_varlen_vision_attention(self.model)
+                self.decoder = fast_decode.StaticGreedyDecoder(self.model, use_graphs=cfg.cuda_graphs)
+                self.decode_path = "static-cache" + (" + CUDA graphs" if self.decoder.use_graphs else "")
+            else:
+                log.info("caption: fast_decode not used for %s (%s); using generate", cfg.model, why)
         self.untrained = bool(getattr(self.model.config, UNTRAINED_ATTR, False))
+        self.tokenizer = getattr(self.processor, "tokenizer", self.processor)
+        self.tokenizer.padding_side = "left"  # batched generation continues after the prompt
+        self.video = cfg.video_input and getattr(self.processor, "video_processor", None) is not None
+        self.name = cfg.model
         if self.untrained:
             log.warning(
                 "caption: %s has RANDOM weights; its captions are meaningless (rows flagged untrained)",
                 cfg.model,
             )
-        self.tokenizer = getattr(self.processor, "tokenizer", self.processor)
-        self.tokenizer.padding_side = "left"  # batched generation continues after the prompt
-        self.video = cfg.video_input and getattr(self.processor, "video_processor", None) is not None
-        self.name = cfg.model
 
     def caption(self, items: list[CaptionInput], prompts: list[str]) -> list[RawCaption]:
         out: list[RawCaption] = []
@@ -80,8 +103,8 @@ class TransformersCaptioner:
                 out.extend(RawCaption(None, error=f"generation failed: {exc}"[:500]) for _ in chunk)
         return out
 
-    def _generate(self, items: list[CaptionInput], prompts: list[str]) -> list[RawCaption]:
-        import torch
+    def inputs(self, items: list[CaptionInput], prompts: list[str]) -> dict:
+        """The processor's batch (left-padded prompts + pixels) on the model's device."""
         from transformers.video_utils import VideoMetadata
 
         texts, media = [], {}
@@ -102,15 +125,23 @@ class TransformersCaptioner:
             media["do_sample_frames"] = False  # frames are already the sampled ones
         else:
             media["images"] = [list(it.frames.copy()) for it in items]
-        inputs = self.processor(text=texts, padding=True, return_tensors="pt", **media).to(self.device)
+        return self.processor(text=texts, padding=True, return_tensors="pt", **media).to(self.device)
+
+    def _generate(self, items: list[CaptionInput], prompts: list[str]) -> list[RawCaption]:
+        import torch
+
+        inputs = self.inputs(items, prompts)
         sampling: dict = dict(do_sample=False)
         if self.cfg.temperature > 0:
             sampling = dict(do_sample=True, temperature=self.cfg.temperature)
         t0 = time.monotonic()
         with torch.inference_mode():
-            ids = self.model.generate(**inputs, max_new_tokens=self.cfg.max_new_tokens, **sampling)
+            if self.decoder is not None:
+                new = self.decoder.generate(inputs, self.cfg.max_new_tokens)  # (B, new tokens)
+            else:
+                ids = self.model.generate(**inputs, max_new_tokens=self.cfg.max_new_tokens, **sampling)
+                new = ids[:, inputs["input_ids"].shape[1] :]  # (B, new tokens)
         latency = time.monotonic() - t0
-        new = ids[:, inputs["input_ids"].shape[1] :]  # (B, new tokens)
         pad = self.tokenizer.pad_token_id
         n_tokens = (new != pad).sum(dim=1).tolist() if pad is not None else [new.shape[1]] * len(items)
         decoded = self.tokenizer.batch_decode(new, skip_special_tokens=True)
