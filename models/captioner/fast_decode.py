@@ -19,6 +19,7 @@ generation setting, and the caller then uses `generate`. On CPU the same step ru
 from __future__ import annotations
 
 import inspect
+import time
 
 import torch
 
@@ -112,6 +113,8 @@ class StaticGreedyDecoder:
         self.eos = [eos] if isinstance(eos, int) else list(eos or [])
         self.pad = gc.pad_token_id if gc.pad_token_id is not None else (self.eos[0] if self.eos else 0)
         self.states: dict[tuple[int, int], _State] = {}
+        self.profile = False  # benches: sync the device to time prefill, capture and decode
+        self.timing: dict[str, float] = {}
 
     @torch.inference_mode()
     def generate(self, inputs: dict, max_new_tokens: int, record: list | None = None) -> torch.Tensor:
@@ -129,9 +132,11 @@ class StaticGreedyDecoder:
         rope = self.model.model.get_rope_index
         names = inspect.signature(rope).parameters
         pos, _ = rope(ids, **{k: v for k, v in inputs.items() if k in names and k != "input_ids"})
+        clock = _Clock(self.profile, self.device)
         out = self.model(
             **inputs, position_ids=pos, past_key_values=st.cache, use_cache=True, logits_to_keep=1
         )
+        prefill_s = clock.lap()
         st.pos.copy_((pos.amax(dim=(0, 2)) + 1).view(1, b, 1).expand(3, b, 1))
         st.mask.zero_()
         st.mask[:, 0, 0, :prompt] = mask.bool()
@@ -149,16 +154,26 @@ class StaticGreedyDecoder:
         if record is not None and self.use_graphs:
             raise ValueError("record needs eager decoding (use_graphs=False)")
         st.choose(out.logits[:, -1])  # the first new token, from the prefill's logits
+        capture_s = 0.0
         for t in range(1, max_new_tokens):
             if t % 32 == 0 and bool(st.done.all()):  # a rare sync: stop once every sequence ended
                 break
             if self.use_graphs:
                 if st.graph is None:
+                    clock.lap()
                     st.capture(self._step)
+                    capture_s = clock.lap()
                 st.graph.replay()
             else:
                 self._step(st)
-        out = st.out[:, : int(st.step.item())].cpu()
+        steps = int(st.step.item())
+        self.timing = {
+            "prefill_s": prefill_s,
+            "capture_s": capture_s,
+            "decode_s": clock.lap(),
+            "steps": steps,
+        }
+        out = st.out[:, :steps].cpu()
         # generate stops at the step where the last sequence ended: drop columns past that
         ends = torch.isin(out, st.eos.cpu())
         last = torch.where(ends.any(1), ends.float().argmax(1), out.shape[1] - 1)
@@ -187,6 +202,22 @@ class StaticGreedyDecoder:
         st.choose(self.model.lm_head(hidden[:, -1]))
         st.pos.add_(1)
         st.slot.add_(1)
+
+
+class _Clock:
+    """Seconds between laps, the device synced first; all zeros when off."""
+
+    def __init__(self, on: bool, device: torch.device):
+        self.on, self.device = on, device
+        self.t = time.perf_counter()
+
+    def lap(self) -> float:
+        if not self.on:
+            return 0.0
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        t, self.t = self.t, time.perf_counter()
+        return self.t - t
 
 
 class _State:

@@ -125,6 +125,8 @@ class TransformersCaptioner:
             media["do_sample_frames"] = False  # frames are already the sampled ones
         else:
             media["images"] = [list(it.frames.copy()) for it in items]
+        if self.cfg.processor_on_device and self.video:
+            media["device"] = self.device  # resize / normalise / patchify the frames there
         return self.processor(text=texts, padding=True, return_tensors="pt", **media).to(self.device)
 
     def _generate(self, items: list[CaptionInput], prompts: list[str]) -> list[RawCaption]:
