@@ -8,6 +8,7 @@ Default: ViT-L-14 / openai + the LAION ViT-L-14 head (1..10 rating scale). Offli
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
@@ -22,6 +23,8 @@ from models.clip import ClipEncoder, load_aesthetic_head, resolve_weights
 class AestheticScorer:
     """`AestheticScorer(cfg)(frames) -> {aesthetic_*, clip_embedding}` for one clip;
     `score_batch(list_of_frames)` runs all clips' frames through CLIP together (GPU actors).
+    `submit(clips)` starts a batch and returns at once; `collect(handle)` waits for its rows, so
+    a caller can prepare the next batch while the device works on this one.
 
     frames: (T, H, W, 3) uint8 RGB, T >= 1.
     """
@@ -46,6 +49,7 @@ class AestheticScorer:
             precision=cfg.precision,
             seed=cfg.seed,
             key="score.aesthetic",
+            preprocess=cfg.preprocess,
         )
         self.head = load_aesthetic_head(
             head_path,
@@ -67,30 +71,57 @@ class AestheticScorer:
         return frames[((np.arange(n) + 0.5) * len(frames) / n).astype(int)]
 
     @torch.inference_mode()
-    def score_batch(self, clips: list[np.ndarray]) -> list[dict[str, Any]]:
+    def submit(self, clips: list[np.ndarray]) -> Pending:
+        """Start scoring clips (each (T_i, H_i, W_i, 3) uint8); the clips may be freed or reused
+        once this returns. -> a handle for `collect`."""
         picked = [self._pick(_check(f)) for f in clips]
-        # a flat list, so clips of different frame sizes share one batch
-        frames = [f for clip in picked for f in clip]
-        emb = self.encoder.encode_images(frames, self.cfg.batch_size)  # (sum T, D)
-        scores = self.head(torch.from_numpy(emb).to(self.cfg.device)).float().cpu().numpy()
-        out, start = [], 0
-        for f in picked:
-            e, s = emb[start : start + len(f)], scores[start : start + len(f)]
-            start += len(f)
-            mean = e.mean(axis=0)
-            mean /= max(float(np.linalg.norm(mean)), 1e-12)
-            out.append(
-                {
-                    "aesthetic_mean": float(s.mean()),
-                    "aesthetic_min": float(s.min()),
-                    "aesthetic_untrained": self.untrained,
-                    "clip_embedding": mean.astype(np.float32).tolist(),
-                }
-            )
-        return out
+        dev = self.encoder.device
+        emb = self.encoder.embed_clips(picked, self.cfg.batch_size)  # (sum T, D) on dev
+        scores = self.head(emb).float()  # (sum T,)
+        lengths = torch.tensor([len(f) for f in picked], device=dev)
+        owner = torch.repeat_interleave(torch.arange(len(picked), device=dev), lengths)  # (sum T,)
+        mean = torch.zeros((len(picked), emb.shape[1]), device=dev).index_add_(0, owner, emb)
+        mean = torch.nn.functional.normalize(mean / lengths[:, None], dim=1, eps=1e-12)  # (B, D)
+        s_mean = torch.zeros(len(picked), device=dev).index_add_(0, owner, scores) / lengths
+        s_min = torch.full((len(picked),), float("inf"), device=dev).scatter_reduce_(0, owner, scores, "amin")
+        packed = torch.cat([s_mean[:, None], s_min[:, None], mean], dim=1)  # (B, 2 + D)
+        if dev.type != "cuda":
+            return Pending(packed, None)
+        host = torch.empty(packed.shape, dtype=packed.dtype, pin_memory=True)
+        host.copy_(packed, non_blocking=True)
+        done = torch.cuda.Event()
+        done.record()
+        return Pending(host, done)
+
+    def collect(self, pending: Pending) -> list[dict[str, Any]]:
+        """Wait for a submitted batch -> one row of scores per clip, in order."""
+        if pending.done is not None:
+            pending.done.synchronize()
+        rows = pending.packed.numpy()
+        return [
+            {
+                "aesthetic_mean": float(r[0]),
+                "aesthetic_min": float(r[1]),
+                "aesthetic_untrained": self.untrained,
+                "clip_embedding": r[2:].astype(np.float32).tolist(),
+            }
+            for r in rows
+        ]
+
+    def score_batch(self, clips: list[np.ndarray]) -> list[dict[str, Any]]:
+        return self.collect(self.submit(clips))
 
     def __call__(self, frames: np.ndarray, **ctx: Any) -> dict[str, Any]:
         return self.score_batch([frames])[0]
+
+
+@dataclass
+class Pending:
+    """A submitted batch: (B, 2 + D) rows [score mean, score min, embedding] on the host, and
+    the CUDA event after which they are valid (None: already valid)."""
+
+    packed: torch.Tensor
+    done: Any
 
 
 def _check(frames: np.ndarray) -> np.ndarray:

@@ -151,8 +151,16 @@ class AestheticConfig:
     """Frames per forward pass. >= 1."""
     n_frames: int = 0
     """Frames embedded per clip, evenly spread over the sampled frames; 0 = all. >= 0."""
+    preprocess: Literal["auto", "cpu", "device"] = "auto"
+    """Where frames are resized and normalised: "cpu" (OpenCV, frame by frame), "device" (sent
+    as uint8 in pinned memory, resized on the model's device in batches across clips), "auto"
+    (device on CUDA, cpu elsewhere). Both give the same pixels to within 1 uint8 level."""
 
     def __post_init__(self) -> None:
+        if self.preprocess not in ("auto", "cpu", "device"):
+            raise ValueError(
+                f"score.aesthetic.preprocess must be auto, cpu or device, got {self.preprocess!r}"
+            )
         if not self.clip_model:
             raise ValueError("score.aesthetic.clip_model must be set")
         if self.seed < 0:

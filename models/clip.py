@@ -14,10 +14,11 @@ from __future__ import annotations
 import os
 from contextlib import contextmanager
 
-import cv2
 import numpy as np
 import torch
 from torch import nn
+
+from models.clip_preprocess import TensorPreprocess, cpu_preprocess
 
 HF_PREFIX = "hf-hub:"
 
@@ -73,6 +74,9 @@ class ClipEncoder:
     arch: open_clip architecture or a key of `ARCHS`; pretrained: tag, local checkpoint,
     `hf-hub:org/repo`, or None for a random (seeded) init, flagged by `self.untrained`.
     key: config prefix used in error messages (e.g. "score.aesthetic").
+    preprocess: where frames are resized and normalised: "cpu" (OpenCV, frame by frame),
+    "device" (uint8 frames sent to `device`, resized there; see models/clip_preprocess.py), or
+    "auto" (device on CUDA, cpu elsewhere).
     """
 
     def __init__(
@@ -84,6 +88,7 @@ class ClipEncoder:
         precision: str = "fp32",
         seed: int = 0,
         key: str = "clip",
+        preprocess: str = "auto",
     ) -> None:
         import open_clip
 
@@ -126,39 +131,49 @@ class ClipEncoder:
         self.resize_mode = pp.get("resize_mode", "shortest")
         self.mean = np.asarray(pp["mean"], np.float32) * 255.0
         self.std = np.asarray(pp["std"], np.float32) * 255.0
+        on_cuda = self.device.type == "cuda"
+        self.preprocess_on_device = preprocess == "device" or (preprocess == "auto" and on_cuda)
+        self.tensor_preprocess = TensorPreprocess(
+            self.image_size, self.resize_mode, self.mean, self.std, self.device
+        )
         out_dim = getattr(self.model.visual, "output_dim", None)
         self.embed_dim = int(out_dim) if out_dim else int(self.encode_text(["a"]).shape[-1])
 
     def preprocess(self, frames: np.ndarray | list[np.ndarray]) -> torch.Tensor:
         """(N, H, W, 3) uint8 RGB (or a list of frames of any sizes) -> (N, 3, S, S) normalised
-        tensor, like open_clip's transform (shortest side to S, centre crop; area interpolation
-        when shrinking, cubic when growing)."""
-        out_h, out_w = self.image_size
-        batch = []
-        for frame in frames:
-            h, w = frame.shape[:2]
-            if self.resize_mode == "squash":
-                scale_h, scale_w = out_h / h, out_w / w
-            else:
-                scale_h = scale_w = max(out_h / h, out_w / w)
-            new_w, new_h = max(out_w, round(w * scale_w)), max(out_h, round(h * scale_h))
-            interp = cv2.INTER_AREA if scale_h < 1 else cv2.INTER_CUBIC
-            img = cv2.resize(frame, (new_w, new_h), interpolation=interp)
-            top, left = (new_h - out_h) // 2, (new_w - out_w) // 2
-            batch.append(img[top : top + out_h, left : left + out_w])
-        x = (np.stack(batch).astype(np.float32) - self.mean) / self.std  # (N, S, S, 3)
-        return torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()  # (N, 3, S, S)
+        CPU tensor, like open_clip's transform (shortest side to S, centre crop; area
+        interpolation when shrinking, cubic when growing)."""
+        return cpu_preprocess(frames, self.image_size, self.resize_mode, self.mean, self.std)
+
+    @torch.inference_mode()
+    def embed_clips(self, clips: list[np.ndarray], batch_size: int = 32) -> torch.Tensor:
+        """Clips (T_i, H_i, W_i, 3) uint8 RGB -> (sum T_i, D) float32 unit-norm embeddings on
+        `device`, frames in clip order. Nothing waits for the device: the caller syncs.
+
+        On the device path each frame size is uploaded once as uint8 and resized there in
+        batches of `batch_size` frames; on the CPU path OpenCV prepares each batch."""
+        n = sum(len(c) for c in clips)
+        out = torch.empty((n, self.embed_dim), dtype=torch.float32, device=self.device)
+        if self.preprocess_on_device:
+            for index, frames in self.tensor_preprocess.upload(clips):
+                rows = torch.from_numpy(index).to(self.device, non_blocking=True)
+                for s in range(0, len(frames), batch_size):
+                    x = self.tensor_preprocess(frames[s : s + batch_size]).to(self.input_dtype)
+                    out[rows[s : s + batch_size]] = self.model.encode_image(x, normalize=True).float()
+            return out
+        flat = [f for clip in clips for f in clip]
+        for s in range(0, n, batch_size):
+            x = self.preprocess(flat[s : s + batch_size]).to(self.device, self.input_dtype)
+            out[s : s + batch_size] = self.model.encode_image(x, normalize=True).float()
+        return out
 
     @torch.inference_mode()
     def encode_images(self, frames: np.ndarray | list[np.ndarray], batch_size: int = 32) -> np.ndarray:
         """(N, H, W, 3) uint8 RGB, or a list of N (H_i, W_i, 3) frames of any sizes
         -> (N, D) float32, unit L2 norm."""
-        feats = []
-        for start in range(0, len(frames), batch_size):
-            x = self.preprocess(frames[start : start + batch_size])
-            x = x.to(self.device, self.input_dtype)
-            feats.append(self.model.encode_image(x, normalize=True).float().cpu())
-        return torch.cat(feats).numpy() if feats else np.zeros((0, self.embed_dim), np.float32)
+        if len(frames) == 0:
+            return np.zeros((0, self.embed_dim), np.float32)
+        return self.embed_clips([np.asarray(f)[None] for f in frames], batch_size).cpu().numpy()
 
     @torch.inference_mode()
     def encode_text(self, texts: list[str], batch_size: int = 64) -> np.ndarray:

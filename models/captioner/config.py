@@ -18,7 +18,7 @@ DEFAULT_PROMPT = (
     "lighting and colour palette, how the camera frames and moves (static, pan, tilt, zoom, "
     "tracking, handheld), and the visual style (live action, animation, time-lapse, ...). Describe "
     "only what is visible; do not guess names, brands or text you cannot read. Start directly with "
-    "the subject, never with phrases such as \"The video shows\", and write no lists, headings or notes."
+    'the subject, never with phrases such as "The video shows", and write no lists, headings or notes.'
 )
 PROMPT_FIELDS = {"n_frames": 8, "duration_s": 4.0}  # placeholders a template may use
 
@@ -58,12 +58,27 @@ class TransformersCaptionerConfig:
     """Sampling temperature; 0 = greedy decoding (deterministic)."""
     seed: int = 0
     """Seed of the random weights of "reelsift-tiny" (>= 0)."""
+    fast_decode: bool = True
+    """Greedy decoding with a static KV cache and batched vision window attention
+    (models/captioner/fast_decode.py) where the model and its generation config allow; the
+    tokens equal `generate`'s. false = transformers' `generate` always."""
+    cuda_graphs: bool = True
+    """With fast_decode on a CUDA device: replay each decode step as a captured CUDA graph."""
+    processor_on_device: bool = True
+    """Video frames are resized, normalised and cut into patches by the processor on the
+    model's device (its torchvision backend) rather than on the CPU."""
 
     def __post_init__(self):
-        check(bool(self.model), "caption.transformers.model",
-              "must be a hub id, a local folder or reelsift-tiny")
-        check(self.device == "auto" or self.device.startswith(("cpu", "cuda", "mps")),
-              "caption.transformers.device", f"must be auto, cpu, cuda[:N] or mps, got {self.device!r}")
+        check(
+            bool(self.model),
+            "caption.transformers.model",
+            "must be a hub id, a local folder or reelsift-tiny",
+        )
+        check(
+            self.device == "auto" or self.device.startswith(("cpu", "cuda", "mps")),
+            "caption.transformers.device",
+            f"must be auto, cpu, cuda[:N] or mps, got {self.device!r}",
+        )
         check(self.batch_size >= 1, "caption.transformers.batch_size", "must be >= 1")
         check(self.max_new_tokens >= 1, "caption.transformers.max_new_tokens", "must be >= 1")
         check(self.temperature >= 0, "caption.transformers.temperature", "must be >= 0")
@@ -97,8 +112,11 @@ class OpenAICaptionerConfig:
     """JPEG quality of the frames sent (1..100)."""
 
     def __post_init__(self):
-        check(self.base_url.startswith(("http://", "https://")), "caption.openai.base_url",
-              f"must start with http:// or https://, got {self.base_url!r}")
+        check(
+            self.base_url.startswith(("http://", "https://")),
+            "caption.openai.base_url",
+            f"must start with http:// or https://, got {self.base_url!r}",
+        )
         check(bool(self.model), "caption.openai.model", "must name the served model")
         check(self.concurrency >= 1, "caption.openai.concurrency", "must be >= 1")
         check(self.timeout_s > 0, "caption.openai.timeout_s", "must be > 0")
