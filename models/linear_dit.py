@@ -208,7 +208,7 @@ class LinearSelfAttention(nn.Module):
             )
             new_state = None
         else:
-            out, new_state = ops.step(state, q, k, v, grid.cos, grid.sin, eps=self.eps)
+            out, new_state = ops.step(state, q, k, v, grid.cos, grid.sin, eps=self.eps, backend=self.backend)
         out = out.transpose(1, 2).reshape(b, f, s, c)  # (B, F, S, C)
         return self.proj(out), new_state
 
