@@ -67,8 +67,8 @@ class EMA:
     @torch.no_grad()
     def update(self, model: torch.nn.Module, step: int) -> None:
         decay = min(self.decay, (1 + step) / (10 + step))  # warm-up: early weights fade quickly
-        params = [p.detach().float() for p in model.parameters() if p.requires_grad]
-        torch._foreach_lerp_(self.shadow, params, 1 - decay)
+        params = [_local(p.detach()).float() for p in model.parameters() if p.requires_grad]
+        torch._foreach_lerp_([_local(t) for t in self.shadow], params, 1 - decay)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """Full (gathered) tensors on CPU, keyed like the model's state dict."""
@@ -81,6 +81,10 @@ class EMA:
     def weights(self, model_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """A full model state dict with EMA values for the parameters (buffers as they are)."""
         return {**model_state, **self.state_dict()}
+
+
+def _local(t: torch.Tensor) -> torch.Tensor:
+    return t.to_local() if hasattr(t, "to_local") else t  # FSDP2 DTensor -> this rank's shard (a view)
 
 
 def _full(t: torch.Tensor) -> torch.Tensor:

@@ -136,13 +136,13 @@ class Trainer:
         self.text = TextCache(encoder, cfg.text_encoder.cache_size)
         mcfg = get_config(cfg.model.name, in_channels=self.vae.channels, text_dim=self.text.dim,
                           **cfg.model.overrides())
-        model = LinearDiT(mcfg).to(self.device)
+        with torch.device(self.device):  # initialised where it trains: a 2B model in seconds, not minutes
+            model = LinearDiT(mcfg)
         if compile_blocks:
             for blk in model.blocks:
                 blk.compile()
         if cfg.model.grad_checkpoint:
             enable_grad_checkpointing(model)
-        self.ema = EMA(model, cfg.optim.ema_decay) if cfg.optim.ema_decay > 0 else None
         self.model_config = mcfg
         self.step = 0
         self.data_state = DataState()
@@ -153,14 +153,16 @@ class Trainer:
             if found is not None:
                 blob = load_checkpoint(found)
                 model.load_state_dict(blob["model"])
-                if self.ema is not None and blob.get("ema"):
-                    self.ema.load_state_dict(blob["ema"])
                 self.step = int(blob["step"])
                 self.data_state = self._own_data_state(blob.get("data_state") or {})
                 log.info("resuming from %s (step %d, %s)", found, self.step, self.data_state)
             else:
                 log.info("--resume: no checkpoint in %s, starting fresh", self.out)
         self.model = wrap_model(model, cfg, self.info)
+        # after wrapping: under FSDP2 the EMA holds this rank's shards, like the parameters
+        self.ema = EMA(unwrap(self.model), cfg.optim.ema_decay) if cfg.optim.ema_decay > 0 else None
+        if self.ema is not None and blob is not None and blob.get("ema"):
+            self.ema.load_state_dict(blob["ema"])
         o = cfg.optim
         self.optimizer = make_optimizer(self.model, o)
         if blob is not None and blob.get("optimizer"):
