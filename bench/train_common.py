@@ -35,11 +35,12 @@ H200_BF16_PEAK = 989.4e12  # dense bf16 FLOP/s of an H200 SXM (datasheet): the M
 
 def train_config(out: str | Path, *, depth: int = 20, grad_checkpoint: bool = True, batch: int = 1,
                  accum: int = 1, steps: int = 20, strategy: str = "ddp", every: int = 10**9,
-                 latent=LATENT_480P_81F, seed: int = 0) -> TrainConfig:
-    """2b at the given depth, bf16 autocast, EMA, AdamW, flow matching on random latents."""
+                 latent=LATENT_480P_81F, seed: int = 0, device: str = "cuda", model: str = "2b") -> TrainConfig:
+    """2b at the given depth, bf16 autocast, EMA, AdamW, flow matching on random latents
+    (``device='cpu', model='tiny'``: a CPU smoke test of the same code)."""
     return TrainConfig(
-        steps=steps, seed=seed, device="cuda", log_every=1, progress=False,
-        model=ModelConfig(name="2b", depth=depth, grad_checkpoint=grad_checkpoint),
+        steps=steps, seed=seed, device=device, log_every=1, progress=False,
+        model=ModelConfig(name=model, depth=depth, grad_checkpoint=grad_checkpoint),
         vae=VAEConfig(kind="patch", channels=latent[0], spatial=8),
         text_encoder=TextEncoderConfig(path="random", max_length=TEXT_LEN),
         data=DataConfig(batch_size=batch, num_frames=latent[1], num_workers=0),
@@ -130,3 +131,33 @@ def flops_per_sample(model, tokens_hw: tuple[int, int, int], text_len: int = TEX
     exact_fwd = 2 * (n * per_token + text_len * text_macs + f * frame_macs + conv_macs) + attn_fwd
     return {"params": params, "tokens": n, "issue": 6 * params * n + 3 * attn_fwd, "exact": 3 * exact_fwd,
             "attention_share": 3 * attn_fwd / (3 * exact_fwd)}
+
+
+def timed_fit(tr, steps: int | None = None) -> tuple[object, list[float]]:
+    """``tr.fit(steps)`` with a host timestamp after each optimizer step, once the GPU caught up
+    (the sync costs nothing here: the trainer reads the loss every step anyway)."""
+    import time
+
+    times: list[float] = []
+    orig = tr.optimizer.step
+
+    def step(*a, **k):
+        out = orig(*a, **k)
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        times.append(time.perf_counter())
+        return out
+
+    tr.optimizer.step = step
+    try:
+        return tr.fit(steps), times
+    finally:
+        tr.optimizer.step = orig
+
+
+def median_step_s(times: list[float], warmup: int) -> float:
+    """Median gap between step ends, skipping the first ``warmup`` steps."""
+    import statistics
+
+    gaps = [b - a for a, b in zip(times, times[1:], strict=False)][max(0, warmup - 1):]
+    return statistics.median(gaps) if gaps else float("nan")

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import gc
 import re
-import statistics
 import sys
 import tempfile
 import time
@@ -35,6 +34,8 @@ from bench.train_common import (  # noqa: E402
     RandomLatents,
     RandomText,
     flops_per_sample,
+    median_step_s,
+    timed_fit,
     train_config,
 )
 from training.checkpoint import unwrap  # noqa: E402
@@ -74,20 +75,10 @@ def run_mode(name: str, args, work: Path) -> tuple[dict, Trainer | None]:
     tr = Trainer(cfg, loader=RandomLatents(args.batch, args.latent), text_encoder=RandomText(),
                  compile_blocks=compiled)
     tr.save = lambda: None  # 2b checkpoints are ~25 GB: not written here
-    times: list[float] = []
-    orig = tr.optimizer.step
-
-    def timed_step(*a, **k):  # one host timestamp per optimizer step, after the GPU caught up
-        out = orig(*a, **k)
-        torch.cuda.synchronize()
-        times.append(time.perf_counter())
-        return out
-
-    tr.optimizer.step = timed_step
-    res = tr.fit()
+    res, times = timed_fit(tr)
     wall = time.perf_counter() - t0
-    dts = [b - a for a, b in zip(times, times[1:], strict=False)][args.warmup - 1:] if len(times) > 1 else []
-    step_s = statistics.median(dts) if dts else float("nan")
+    dts = [b - a for a, b in zip(times, times[1:], strict=False)][args.warmup - 1:]
+    step_s = median_step_s(times, args.warmup)
     rec = {"grad_checkpoint": gc_on, "compiled_blocks": compiled, "steps": res.step,
            "step_s": step_s, "step_s_all": [round(x, 4) for x in dts],
            "first_steps_s": round(times[args.warmup - 1] - t0, 2) if times else None,
