@@ -34,7 +34,14 @@ import torch.distributed as dist
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.harness import Result  # noqa: E402
-from bench.train_common import LATENT_480P_81F, RandomLatents, RandomText, median_step_s, timed_fit, train_config  # noqa: E402
+from bench.train_common import (  # noqa: E402
+    LATENT_480P_81F,
+    RandomLatents,
+    RandomText,
+    median_step_s,
+    timed_fit,
+    train_config,
+)
 from training.trainer import Trainer  # noqa: E402
 
 SMALL_LATENT = (16, 6, 32, 32)  # resume phase: 6 x 16 x 16 tokens

@@ -11,6 +11,7 @@ import torch.distributed as dist
 from models.linear_dit import LinearDiT
 from training.config import TrainConfig
 
+
 @dataclass
 class DistInfo:
     rank: int = 0

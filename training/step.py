@@ -24,6 +24,7 @@ from models.linear_dit import LinearDiT
 from training.checkpoint import unwrap
 from training.config import FlowConfig, OptimConfig, TrainConfig
 
+
 def sample_timesteps(batch: int, frames: int, flow: FlowConfig, block_frames: int,
                      generator: torch.Generator, device) -> torch.Tensor:
     """Flow times in (0, 1): shape (B,) for 'sample', (B, F) for 'frame' and 'block'."""

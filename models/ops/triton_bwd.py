@@ -20,8 +20,16 @@ if HAS_TRITON:
     import triton
     import triton.language as tl
 
-    from models.ops.triton_common import load_halves, load_pairs, load_rows, load_tables, span
-    from models.ops.triton_common import store_halves, store_pairs, store_rows
+    from models.ops.triton_common import (
+        load_halves,
+        load_pairs,
+        load_rows,
+        load_tables,
+        span,
+        store_halves,
+        store_pairs,
+        store_rows,
+    )
 
     @triton.jit
     def _bwd_q_kernel(Q, sqb, sqh, sqn, DO, sdb, sdh, sdn, DQ, sgb, sgh, sgn, COS, SIN, S, Z, DSBUF, DZBUF,

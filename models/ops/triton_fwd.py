@@ -29,8 +29,15 @@ if HAS_TRITON:
     import triton
     import triton.language as tl
 
-    from models.ops.triton_common import load_halves, load_pairs, load_rows, load_tables, span
-    from models.ops.triton_common import store_halves, store_rows
+    from models.ops.triton_common import (
+        load_halves,
+        load_pairs,
+        load_rows,
+        load_tables,
+        span,
+        store_halves,
+        store_rows,
+    )
 
     @triton.jit
     def _state_kernel(K, skb, skh, skn, V, svb, svh, svn, COS, SIN, SBUF, ZBUF, H, N, BS, SPLIT_LEN,
