@@ -157,6 +157,8 @@ def main() -> int:
                 modes[name]["profile"] = profile_steps(tr)
                 print(modes[name]["profile"], flush=True)
         rows.append((name, rec))
+        res.add("modes", modes)
+        res.write()  # after every mode: a later mode that hangs (compile) loses nothing
         del tr, model
         gc.collect()
         torch.cuda.empty_cache()
