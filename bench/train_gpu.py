@@ -4,7 +4,8 @@
 Each mode builds a ``training.trainer.Trainer`` (random-latent loader injected, checkpoint
 writing off) and runs ``fit()``: the step time is the median gap between metrics rows
 (log_every=1; the loss is read every step), after warm-up steps. Modes: gradient checkpointing
-on / off, and blocks compiled with torch.compile. A torch-profiler pass over two steps of the
+on every block, on the first 6 of 20 (the rest keep their activations) or off, each eager or with
+the blocks compiled by torch.compile. A torch-profiler pass over two steps of the
 fastest eager mode groups the GPU time by kind of kernel. MFU counts FLOPs as
 ``bench.train_common.flops_per_sample`` says (6 x params x tokens + attention, and an exact
 count), over the H200's dense bf16 peak (989 TFLOP/s) and over a measured bf16 matmul rate.
@@ -41,11 +42,13 @@ from bench.train_common import (  # noqa: E402
 from training.checkpoint import unwrap  # noqa: E402
 from training.trainer import Trainer  # noqa: E402
 
-MODES = {  # name -> (gradient checkpointing, compiled blocks)
-    "gc": (True, False),
-    "no_gc": (False, False),
-    "compiled_no_gc": (False, True),
-    "compiled_gc": (True, True),
+MODES = {  # name -> (gradient checkpointing, compiled blocks, checkpointed blocks: None = all)
+    "gc": (True, False, None),
+    "gc6": (True, False, 6),
+    "no_gc": (False, False, None),
+    "compiled_gc": (True, True, None),
+    "compiled_gc6": (True, True, 6),
+    "compiled_no_gc": (False, True, None),
 }
 KINDS = [  # (kind, regex over kernel names), first match wins
     ("linear attention (Triton)", r"_state_kernel|_out_kernel|_bwd_q_kernel|_bwd_kv_kernel"),
@@ -66,20 +69,21 @@ def matmul_tflops() -> float:
 
 
 def run_mode(name: str, args, work: Path) -> tuple[dict, Trainer | None]:
-    gc_on, compiled = MODES[name]
+    gc_on, compiled, ckpt_blocks = MODES[name]
     cfg = train_config(work / name, depth=args.depth, grad_checkpoint=gc_on, batch=args.batch,
                        steps=args.warmup + args.steps, latent=args.latent)
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
     tr = Trainer(cfg, loader=RandomLatents(args.batch, args.latent), text_encoder=RandomText(),
-                 compile_blocks=compiled)
+                 compile_blocks=compiled, checkpoint_blocks=ckpt_blocks)
     tr.save = lambda: None  # 2b checkpoints are ~25 GB: not written here
     res, times = timed_fit(tr)
     wall = time.perf_counter() - t0
     dts = [b - a for a, b in zip(times, times[1:], strict=False)][args.warmup - 1:]
     step_s = median_step_s(times, args.warmup)
-    rec = {"grad_checkpoint": gc_on, "compiled_blocks": compiled, "steps": res.step,
+    rec = {"grad_checkpoint": gc_on, "checkpointed_blocks": (ckpt_blocks or args.depth) if gc_on else 0,
+           "compiled_blocks": compiled, "steps": res.step,
            "step_s": step_s, "step_s_all": [round(x, 4) for x in dts],
            "first_steps_s": round(times[args.warmup - 1] - t0, 2) if times else None,
            "peak_gib": torch.cuda.max_memory_allocated() / 2**30,
@@ -114,7 +118,8 @@ def main() -> int:
     ap.add_argument("--latent", type=int, nargs=4, default=LATENT_480P_81F, metavar=("C", "F", "H", "W"))
     ap.add_argument("--steps", type=int, default=6, help="timed steps per mode")
     ap.add_argument("--warmup", type=int, default=3)
-    ap.add_argument("--modes", nargs="+", default=["gc", "no_gc", "compiled_no_gc"], choices=list(MODES))
+    ap.add_argument("--modes", nargs="+", default=["gc", "gc6", "compiled_gc", "compiled_no_gc"],
+                    choices=list(MODES))
     ap.add_argument("--no-profile", action="store_true")
     args = ap.parse_args()
     args.latent = tuple(args.latent)

@@ -100,9 +100,10 @@ def _like(full: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return full.to(target)
 
 
-def enable_grad_checkpointing(model: LinearDiT) -> None:
-    """Recompute each block in backward; parameter names and state dicts stay unchanged."""
-    for blk in model.blocks:
+def enable_grad_checkpointing(model: LinearDiT, blocks: int | None = None) -> None:
+    """Recompute blocks in backward: every block, or the first ``blocks`` (the others keep their
+    activations: less recompute where memory allows). Parameter names and state dicts stay."""
+    for blk in list(model.blocks)[:blocks]:
         blk.forward = partial(checkpoint, blk.forward, use_reentrant=False)
 
 

@@ -120,11 +120,13 @@ class Trainer:
 
     ``loader`` (anything with ``epoch(epoch, skip) -> Iterator[Batch]``) and ``text_encoder``
     replace the config's shard loader and encoder (benchmarks feed random latents this way);
-    ``compile_blocks`` compiles each transformer block with torch.compile (CUDA).
+    ``compile_blocks`` compiles each transformer block with torch.compile (CUDA);
+    ``checkpoint_blocks`` limits gradient checkpointing (model.grad_checkpoint) to the first N
+    blocks (None: all).
     """
 
     def __init__(self, cfg: TrainConfig, resume: bool = False, *, loader=None, text_encoder=None,
-                 compile_blocks: bool = False):
+                 compile_blocks: bool = False, checkpoint_blocks: int | None = None):
         self.cfg, self.resume = cfg, resume
         self.info = setup_distributed(cfg)
         self.device = self.info.device
@@ -132,7 +134,9 @@ class Trainer:
         torch.manual_seed(cfg.seed)  # same initial weights on every rank
 
         self.vae = make_vae(cfg.vae, self.device)
-        encoder = text_encoder if text_encoder is not None else make_text_encoder(cfg.text_encoder, self.device)
+        encoder = text_encoder
+        if encoder is None:
+            encoder = make_text_encoder(cfg.text_encoder, self.device)
         self.text = TextCache(encoder, cfg.text_encoder.cache_size)
         mcfg = get_config(cfg.model.name, in_channels=self.vae.channels, text_dim=self.text.dim,
                           **cfg.model.overrides())
@@ -142,7 +146,7 @@ class Trainer:
             for blk in model.blocks:
                 blk.compile()
         if cfg.model.grad_checkpoint:
-            enable_grad_checkpointing(model)
+            enable_grad_checkpointing(model, checkpoint_blocks)
         self.model_config = mcfg
         self.step = 0
         self.data_state = DataState()

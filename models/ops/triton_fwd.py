@@ -1,4 +1,4 @@
-"""Forward kernels of the fused linear attention (pair space: see ``triton_common``).
+"""Forward kernels of the fused linear attention.
 
   1. ``_state_kernel``: grid (B*H, splits, blocks). Each program sums RoPE(phi(k))^T v and phi(k)
      over one split of one block: (D, D) and (D,) partial sums in float32.
@@ -14,90 +14,108 @@ from __future__ import annotations
 
 import torch
 
-from models.ops.triton_common import (
-    HAS_TRITON,
-    dense_last,
-    geometry,
-    launch,
-    pairs,
-    strides,
-    tables,
-    tiles,
-)
+from models.ops.triton_common import HAS_TRITON, dense_last, geometry, launch, strides, tables, tiles
 
 if HAS_TRITON:
     import triton
     import triton.language as tl
 
-    from models.ops.triton_common import (
-        load_halves,
-        load_pairs,
-        load_rows,
-        load_tables,
-        span,
-        store_halves,
-        store_rows,
-    )
+    from models.ops.triton_common import load_rope, rope, span
 
     @triton.jit
-    def _state_kernel(K, skb, skh, skn, V, svb, svh, svn, COS, SIN, SBUF, ZBUF, H, N, BS, SPLIT_LEN,
-                      D: tl.constexpr, DP: tl.constexpr, HP: tl.constexpr, BLOCK_N: tl.constexpr,
-                      PACK_KIND: tl.constexpr, PREC: tl.constexpr):
+    def _state_kernel(
+        K,
+        skb,
+        skh,
+        skn,
+        V,
+        svb,
+        svh,
+        svn,
+        COS,
+        SIN,
+        SBUF,
+        ZBUF,
+        H,
+        N,
+        BS,
+        SPLIT_LEN,
+        D: tl.constexpr,
+        DP: tl.constexpr,
+        BLOCK_N: tl.constexpr,
+        PREC: tl.constexpr,
+    ):
         bh = tl.program_id(0)
         start, end = span(N, BS, SPLIT_LEN)
         cols = tl.arange(0, DP)
-        k_ptr = K + (bh // H) * skb + (bh % H) * skh  # packed pairs
+        cmask = cols[None, :] < D
+        k_ptr = K + (bh // H) * skb + (bh % H) * skh
         v_ptr = V + (bh // H) * svb + (bh % H) * svh
-        S0 = tl.zeros((HP, DP), dtype=tl.float32)  # even rows of S
-        S1 = tl.zeros((HP, DP), dtype=tl.float32)  # odd rows
-        z0 = tl.zeros((HP,), dtype=tl.float32)
-        z1 = tl.zeros((HP,), dtype=tl.float32)
+        S = tl.zeros((DP, DP), dtype=tl.float32)
+        z = tl.zeros((DP,), dtype=tl.float32)
         for off in range(start, end, BLOCK_N):
             rows = off + tl.arange(0, BLOCK_N)
             rmask = rows < end
-            k0, k1 = load_pairs(k_ptr, rows, skn, rmask, D // 2, HP, PACK_KIND)  # (BLOCK_N, HP) x 2
-            v = tl.load(v_ptr + rows[:, None] * svn + cols[None, :], mask=rmask[:, None] & (cols[None, :] < D),
-                        other=0.0)
-            c, s = load_tables(COS, SIN, rows, rmask, D // 2, HP)
-            p0 = tl.maximum(k0, 0.0)
-            p1 = tl.maximum(k1, 0.0)
-            r0 = (p0 * c - p1 * s).to(v.dtype)
-            r1 = (p1 * c + p0 * s).to(v.dtype)
-            S0 += tl.dot(tl.trans(r0), v, input_precision=PREC)  # (HP, DP)
-            S1 += tl.dot(tl.trans(r1), v, input_precision=PREC)
-            z0 += tl.sum(p0, axis=0)
-            z1 += tl.sum(p1, axis=0)
+            k = tl.load(k_ptr + rows[:, None] * skn + cols[None, :], mask=rmask[:, None] & cmask, other=0.0)
+            v = tl.load(v_ptr + rows[:, None] * svn + cols[None, :], mask=rmask[:, None] & cmask, other=0.0)
+            phi = tl.maximum(k.to(tl.float32), 0.0)  # (BLOCK_N, DP)
+            c, s = load_rope(COS, SIN, rows, rmask, D // 2, DP)
+            rot = rope(phi, c, s, BLOCK_N, DP, False)
+            S += tl.dot(tl.trans(rot.to(v.dtype)), v, input_precision=PREC)  # (DP, DP)
+            z += tl.sum(phi, axis=0)
         slot = (bh * tl.num_programs(2) + tl.program_id(2)) * tl.num_programs(1) + tl.program_id(1)
-        store_rows(SBUF + slot * DP * DP, S0, S1, DP, HP)
-        store_halves(ZBUF + slot * DP, z0, z1, HP)
+        tl.store(SBUF + slot * DP * DP + cols[:, None] * DP + cols[None, :], S)
+        tl.store(ZBUF + slot * DP + cols, z)
 
     @triton.jit
-    def _out_kernel(Q, sqb, sqh, sqn, OUT, sob, soh, son, COS, SIN, S, Z, H, N, BS, SPLIT_LEN, eps,
-                    D: tl.constexpr, DP: tl.constexpr, HP: tl.constexpr, BLOCK_N: tl.constexpr,
-                    PACK_KIND: tl.constexpr, PREC: tl.constexpr):
+    def _out_kernel(
+        Q,
+        sqb,
+        sqh,
+        sqn,
+        OUT,
+        sob,
+        soh,
+        son,
+        COS,
+        SIN,
+        S,
+        Z,
+        H,
+        N,
+        BS,
+        SPLIT_LEN,
+        eps,
+        D: tl.constexpr,
+        DP: tl.constexpr,
+        BLOCK_N: tl.constexpr,
+        PREC: tl.constexpr,
+    ):
         bh = tl.program_id(0)
         start, end = span(N, BS, SPLIT_LEN)
         cols = tl.arange(0, DP)
-        dt = OUT.dtype.element_ty
+        cmask = cols[None, :] < D
         q_ptr = Q + (bh // H) * sqb + (bh % H) * sqh
         o_ptr = OUT + (bh // H) * sob + (bh % H) * soh
         st = (bh * tl.num_programs(2) + tl.program_id(2)) * DP
-        Se, So = load_rows(S + st * DP, DP, HP)  # (HP, DP) each, once per program
-        Se = Se.to(dt)
-        So = So.to(dt)
-        ze, zo = load_halves(Z + st, HP)
+        Sb = tl.load(S + st * DP + cols[:, None] * DP + cols[None, :]).to(
+            Q.dtype.element_ty
+        )  # (DP, DP), once
+        zb = tl.load(Z + st + cols)  # (DP,)
         for off in range(start, end, BLOCK_N):
             rows = off + tl.arange(0, BLOCK_N)
-            rmask = rows < end
-            q0, q1 = load_pairs(q_ptr, rows, sqn, rmask, D // 2, HP, PACK_KIND)
-            c, s = load_tables(COS, SIN, rows, rmask, D // 2, HP)
-            p0 = tl.maximum(q0, 0.0)
-            p1 = tl.maximum(q1, 0.0)
-            den = tl.sum(p0 * ze[None, :], axis=1) + tl.sum(p1 * zo[None, :], axis=1) + eps  # (BLOCK_N,)
-            num = tl.dot((p0 * c - p1 * s).to(dt), Se, input_precision=PREC)  # (BLOCK_N, DP)
-            num = tl.dot((p1 * c + p0 * s).to(dt), So, num, input_precision=PREC)
-            tl.store(o_ptr + rows[:, None] * son + cols[None, :], (num / den[:, None]).to(dt),
-                     mask=rmask[:, None] & (cols[None, :] < D))
+            m = (rows < end)[:, None] & cmask
+            q = tl.load(q_ptr + rows[:, None] * sqn + cols[None, :], mask=m, other=0.0)
+            phi = tl.maximum(q.to(tl.float32), 0.0)
+            c, s = load_rope(COS, SIN, rows, rows < end, D // 2, DP)
+            rot = rope(phi, c, s, BLOCK_N, DP, False)
+            den = tl.sum(phi * zb[None, :], axis=1) + eps  # (BLOCK_N,)
+            num = tl.dot(rot.to(q.dtype), Sb, input_precision=PREC)  # (BLOCK_N, DP)
+            tl.store(
+                o_ptr + rows[:, None] * son + cols[None, :],
+                (num / den[:, None]).to(OUT.dtype.element_ty),
+                mask=m,
+            )
 
 
 def forward(q, k, v, cos, sin, block_size, eps, state=None):
@@ -114,8 +132,7 @@ def forward(q, k, v, cos, sin, block_size, eps, state=None):
     bs, nblk, split_len, nsplit = geometry(n, block_size, b * h, tiles("state", k, dp)["BLOCK_N"], k)
     sbuf = torch.empty(b * h, nblk, nsplit, dp, dp, device=q.device, dtype=torch.float32)
     zbuf = torch.empty(b * h, nblk, nsplit, dp, device=q.device, dtype=torch.float32)
-    kp = pairs(k)
-    launch(_state_kernel, "state", (b * h, nsplit, nblk), kp, *strides(kp), v, *strides(v), cos, sin,
+    launch(_state_kernel, "state", (b * h, nsplit, nblk), k, *strides(k), v, *strides(v), cos, sin,
            sbuf, zbuf, h, n, bs, split_len, d=d, dp=dp, ref=k)
     S = sbuf.sum(2)  # (BH, nblk, DP, DP)
     z = zbuf.sum(2)  # (BH, nblk, DP)
@@ -128,7 +145,6 @@ def forward(q, k, v, cos, sin, block_size, eps, state=None):
     # output laid out (B, N, H, D) so that merging heads afterwards is a free view
     o = torch.empty(b, n, h, d, device=q.device, dtype=q.dtype).transpose(1, 2)  # (B, H, N, D) view
     _, _, split_len, nsplit = geometry(n, bs, b * h, tiles("out", q, dp)["BLOCK_N"], q)
-    qp = pairs(q)
-    launch(_out_kernel, "out", (b * h, nsplit, nblk), qp, *strides(qp), o, *strides(o), cos, sin, S, z,
+    launch(_out_kernel, "out", (b * h, nsplit, nblk), q, *strides(q), o, *strides(o), cos, sin, S, z,
            h, n, bs, split_len, eps, d=d, dp=dp, ref=q)
     return o, S, z, bs, nblk, dp, (cos, sin)

@@ -51,6 +51,9 @@ def _check(q, k, v, block_size=None):
         raise ValueError(f"block_size must be >= 1 or None, got {block_size}")
 
 
+# torch.compile'd callers (training's compiled blocks) run the kernels as they are: opaque to
+# Dynamo, which would otherwise trace the launch code and the host-side tile lookups.
+@torch.compiler.disable
 def linear_attention(q, k, v, cos, sin, block_size: int | None = None, eps: float = 1e-6):
     """Fused full / block-causal linear attention; contract of ``models.ops.naive``.
 
@@ -63,6 +66,7 @@ def linear_attention(q, k, v, cos, sin, block_size: int | None = None, eps: floa
     return _LinearAttention.apply(q, k, v, cos, sin, block_size, float(eps))
 
 
+@torch.compiler.disable
 def step(state: naive.AttnState, q, k, v, cos, sin, eps: float = 1e-6):
     """``naive.step`` on the fused kernels: attend one block (B, H, n, D) (full attention inside
     it) given the float32 sums ``state`` of all earlier blocks; returns ``(out, new_state)``.
