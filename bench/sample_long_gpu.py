@@ -16,9 +16,6 @@ speed and memory do not depend on them. No VAE decoding is timed.
 from __future__ import annotations
 
 import argparse
-import json
-import platform
-import re
 import statistics
 import sys
 import time
@@ -30,6 +27,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.harness import Result  # noqa: E402
 from models.linear_dit import BlockState, DiTState, build  # noqa: E402
 from models.rope import apply_rope  # noqa: E402
 from training.long_video import BlockSampler  # noqa: E402
@@ -161,12 +159,8 @@ def main():
         t64 = statistics.median(r["s"] for r in lin_rows[59:64])
         flat = {"time_64_over_4": t64 / t4,
                 "peak_64_over_4": lin_rows[63]["peak_bytes"] / max(lin_rows[3]["peak_bytes"], 1)}
-    props = torch.cuda.get_device_properties(0) if device.startswith("cuda") else None
-    card = props.name if props else platform.processor() or "cpu"
+    res = Result("sample_long_gpu", out=args.out)
     result = {
-        "card": card,
-        "torch": torch.__version__,
-        "python": platform.python_version(),
         "model": {"config": args.config, "depth": cfg.depth, "hidden": cfg.hidden, "heads": cfg.heads,
                   "head_dim": cfg.head_dim, "reduced_depth": args.depth is not None,
                   "weights": "random init", "dtype": args.dtype},
@@ -180,8 +174,8 @@ def main():
         "notes": [
             "one run of N blocks; the row for n is block n (time: median of blocks n-2..n; peak: "
             "torch.cuda.max_memory_allocated during block n, reset before each block)",
-            "linear path: forward_block -> models.ops.step (plain PyTorch, fp32 sums), "
-            "not the Triton kernels",
+            "linear path: forward_block -> models.ops.step: on CUDA the fused Triton kernels with "
+            "an initial state (float32 sums), elsewhere the PyTorch reference step",
             "softmax twin: same weights and layers, SDPA over a per-layer KV cache of all earlier "
             "tokens (torch.cat per call); stops at OOM or its time budget",
             "no VAE decode timed (no Wan VAE weights on the device)",
@@ -189,27 +183,21 @@ def main():
         "linear": {**linear, "summary": summary(linear), "flatness": flat},
         "softmax_kv": {**twin, "summary": summary(twin)},
     }
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"sample_long_gpu_{re.sub(r'[^a-z0-9]+', '_', card.lower()).strip('_')}.json"
-    path.write_text(json.dumps(result, indent=2))
+    res.data.update(result)
 
-    print(f"\ncard: {card}  model {args.config} depth {cfg.depth}, {args.dtype}, "
-          f"{result['tokens_per_block']:,} tokens/block x batch {groups}, "
-          f"{result['model_calls_per_block']} model calls/block")
-    print("| blocks | linear s/block | linear peak GiB | linear state MiB | softmax-KV s/block | "
-          "softmax-KV peak GiB | softmax-KV state MiB |")
-    print("|---|---|---|---|---|---|---|")
     ls, ts = result["linear"]["summary"], result["softmax_kv"]["summary"]
-    for n in MARKS:
-        a = ls.get(n)
-        b = ts.get(n)
-        cell = lambda r, k: f"{r[k]:.3f}" if r else "-"  # noqa: E731
-        print(f"| {n} | {cell(a, 's_per_block')} | {cell(a, 'peak_gib')} | {cell(a, 'state_mib')} | "
-              f"{cell(b, 's_per_block')} | {cell(b, 'peak_gib')} | {cell(b, 'state_mib')} |")
+    cell = lambda r, k: r[k] if r else "-"  # noqa: E731
+    res.table(["blocks", "linear s/block", "linear peak GiB", "linear state MiB", "softmax-KV s/block",
+               "softmax-KV peak GiB", "softmax-KV state MiB"],
+              [(n, cell(ls.get(n), "s_per_block"), cell(ls.get(n), "peak_gib"), cell(ls.get(n), "state_mib"),
+                cell(ts.get(n), "s_per_block"), cell(ts.get(n), "peak_gib"), cell(ts.get(n), "state_mib"))
+               for n in MARKS],
+              title=f"sample_long_gpu: {args.config} depth {cfg.depth}, {args.dtype}, "
+                    f"{result['tokens_per_block']:,} tokens/block x batch {groups}, "
+                    f"{result['model_calls_per_block']} model calls/block")
     print(f"linear: {linear['stopped']}; flatness {flat}")
     print(f"softmax-KV: {twin['stopped']}")
-    print(f"wrote {path}")
+    res.write()
 
 
 if __name__ == "__main__":

@@ -208,7 +208,7 @@ class LinearSelfAttention(nn.Module):
             )
             new_state = None
         else:
-            out, new_state = ops.step(state, q, k, v, grid.cos, grid.sin, eps=self.eps)
+            out, new_state = ops.step(state, q, k, v, grid.cos, grid.sin, eps=self.eps, backend=self.backend)
         out = out.transpose(1, 2).reshape(b, f, s, c)  # (B, F, S, C)
         return self.proj(out), new_state
 
@@ -292,15 +292,16 @@ class Block(nn.Module):
         """x (B, F, S, C), mod (B, F, 6, C) -> (x, new BlockState or None)."""
         m = (mod + self.scale_shift_table.to(mod.dtype))[:, :, :, None, :]  # (B, F, 6, 1, C)
         shift_a, scale_a, gate_a, shift_f, scale_f, gate_f = m.unbind(2)  # 6 x (B, F, 1, C)
+        # addcmul: one pass for "shift + norm * (1 + scale)" and "x + gate * branch" (eager)
         a, attn_state = self.attn(
-            self.norm1(x) * (1 + scale_a) + shift_a, grid, None if state is None else state.attn
+            torch.addcmul(shift_a, self.norm1(x), 1 + scale_a), grid, None if state is None else state.attn
         )
-        x = x + gate_a * a
+        x = torch.addcmul(x, gate_a, a)
         x = x + self.cross(self.norm_x(x), text, text_mask)
         f, last = self.ffn(
-            self.norm2(x) * (1 + scale_f) + shift_f, grid, None if state is None else state.conv
+            torch.addcmul(shift_f, self.norm2(x), 1 + scale_f), grid, None if state is None else state.conv
         )
-        x = x + gate_f * f
+        x = torch.addcmul(x, gate_f, f)
         return x, (None if state is None else BlockState(attn_state, last))
 
 

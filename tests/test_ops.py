@@ -129,3 +129,13 @@ def test_triton_module_imports_on_cpu():
     from models.ops import triton_linear_attn  # must not fail without a GPU
 
     assert isinstance(triton_linear_attn.HAS_TRITON, bool)
+
+
+def test_step_dispatcher_uses_reference_on_cpu():
+    q, k, v, cos, sin = _inputs(1, 2, 2, 2, 2, 8, dtype=torch.float32)
+    state = naive.AttnState(torch.rand(1, 2, 8, 8), torch.rand(1, 2, 8))
+    out, new = ops.step(state, q, k, v, cos, sin)
+    ref, ref_new = naive.step(state, q, k, v, cos, sin)
+    assert torch.equal(out, ref) and torch.equal(new.S, ref_new.S)
+    with pytest.raises(ValueError, match="backend"):
+        ops.step(state, q, k, v, cos, sin, backend="cuda-magic")

@@ -99,4 +99,52 @@ def test_model_block_causal_on_gpu_matches_incremental():
         for s in range(0, 6, 2):
             o, state = m.forward_block(x[:, :, s : s + 2], t[:, s : s + 2], text, None, state)
             outs.append(o)
-    assert _rel(torch.cat(outs, 2), full) < 1e-3  # Triton (full pass) vs PyTorch step (blocks)
+    assert _rel(torch.cat(outs, 2), full) < 1e-3  # fused full pass vs fused step with a state (blocks)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("d", [32, 112])
+def test_fused_step_with_state_matches_reference_step(dtype, d):
+    """Initial state in, final state out: the fused step equals naive.step (the reference), and
+    chained over blocks equals one block-causal pass; the input state is not modified."""
+    b, h, f, hh, ww = 2, 3, 4, 5, 6
+    q, k, v, cos, sin = _case(b, h, f, hh, ww, d, dtype, seed=d)
+    bs = hh * ww
+    state = naive.AttnState(torch.zeros(b, h, d, d, device="cuda"), torch.zeros(b, h, d, device="cuda"))
+    ref_state, outs = state, []
+    with torch.no_grad():
+        for s in range(0, q.shape[2], bs):
+            sl = slice(s, s + bs)
+            before = [t.clone() for t in state]
+            out, new = ops.step(state, q[:, :, sl], k[:, :, sl], v[:, :, sl], cos[sl], sin[sl], backend="triton")
+            assert all(torch.equal(a, b) for a, b in zip(before, state, strict=True))
+            args = [t[:, :, sl].double() for t in (q, k, v)]
+            ref_out, ref_new = naive.step(naive.AttnState(*(t.double() for t in ref_state)), *args,
+                                          cos[sl], sin[sl])
+            assert out.dtype == dtype and new.S.dtype == torch.float32
+            assert _rel(out, ref_out) < TOL[dtype]
+            assert _rel(new.S, ref_new.S) < TOL[dtype] and _rel(new.z, ref_new.z) < TOL[dtype]
+            outs.append(out)
+            state, ref_state = new, ref_new
+    full = naive.linear_attention(q.double(), k.double(), v.double(), cos, sin, block_size=bs)
+    assert _rel(torch.cat(outs, dim=2), full) < TOL[dtype]
+
+
+def test_fused_step_falls_back_to_reference_under_autograd():
+    q, k, v, cos, sin = _case(1, 2, 2, 3, 3, 32, torch.float32, seed=5)
+    state = naive.AttnState(torch.rand(1, 2, 32, 32, device="cuda"), torch.rand(1, 2, 32, device="cuda"))
+    q = q.requires_grad_()
+    out, _ = ops.step(state, q, k, v, cos, sin, backend="triton")
+    out.sum().backward()
+    ref, _ = naive.step(state, q.detach(), k, v, cos, sin)
+    assert _rel(out, ref) < 1e-6 and q.grad is not None
+
+
+def test_pair_views_of_a_fused_projection():
+    """q, k, v as strided head views of one (B, N, 3, H, D) projection, as the model passes them."""
+    b, h, n, d = 1, 4, 300, 112
+    qkv = torch.randn(b, n, 3, h, d, device="cuda", dtype=torch.bfloat16)
+    q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B, H, N, D) views
+    cos, sin = rope_3d(3, 10, 10, d, device="cuda")
+    ref = naive.linear_attention(q.double(), k.double(), v.double(), cos, sin, block_size=100)
+    assert _rel(ops.linear_attention(q, k, v, cos, sin, block_size=100, backend="triton"), ref) < TOL[torch.bfloat16]

@@ -5,7 +5,6 @@ CPU, random weights)."""
 import argparse
 import json
 
-import av
 import pytest
 import torch
 
@@ -42,13 +41,13 @@ def model():
     return m.eval()
 
 
-def _cond(cfg_scale, batch=1, length=5, text_dim=64, seed=1):
+def _cond(cfg_scale, batch=1, length=5, text_dim=64, seed=1, device="cpu"):
     g = torch.Generator().manual_seed(seed)
     groups = 1 if cfg_scale == 1.0 else 2
     text = torch.randn(groups * batch, length, text_dim, generator=g)
     mask = torch.ones(groups * batch, length, dtype=torch.bool)
     mask[0, 3:] = False  # a short (negative) prompt: padding must be ignored
-    return Conditioning(text, mask, cfg_scale)
+    return Conditioning(text.to(device), mask.to(device), cfg_scale)
 
 
 def _rel(a, b):
@@ -79,14 +78,14 @@ def test_euler_on_straight_flow_lands_on_data():
     assert torch.allclose(out, x0, atol=1e-6)
 
 
-def _reference_blocks(model, cond, hw, opts, seed, n):
+def _reference_blocks(model, cond, hw, opts, seed, n, device="cpu"):
     """Teacher-forced reference: every denoising call is one full block-causal forward over
     [committed clean blocks at t = 0 ; the current noisy block at t]; no state involved."""
     g, fb = torch.Generator().manual_seed(seed), opts.block_frames
     c = model.cfg.in_channels
     done = []
     for _ in range(n):
-        noise = draw_noise((cond.batch, c, fb, *hw), g, "cpu")
+        noise = draw_noise((cond.batch, c, fb, *hw), g, device)
         ctx = torch.cat(done, dim=2) if done else None
 
         def call(x, t, ctx=ctx):  # x (G*B, C, Fb, H, W), t (G*B,)
@@ -94,7 +93,7 @@ def _reference_blocks(model, cond, hw, opts, seed, n):
             if ctx is not None:
                 prev = torch.cat([ctx] * cond.groups)  # (G*B, C, k*Fb, H, W)
                 x = torch.cat([prev, x], dim=2)
-                tt = torch.cat([torch.zeros(x.shape[0], prev.shape[2]), tt], dim=1)
+                tt = torch.cat([torch.zeros(x.shape[0], prev.shape[2], device=device), tt], dim=1)
             v = model(x, tt, cond.text, cond.mask, attention="block_causal", block_frames=fb)
             return v[:, :, -fb:]
 
@@ -103,24 +102,42 @@ def _reference_blocks(model, cond, hw, opts, seed, n):
     return done
 
 
+DEVICES = [
+    "cpu",
+    pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),
+                                                                       reason="needs a CUDA GPU")]),
+]
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("solver,cfg_scale", [("euler", 1.0), ("heun", 3.0)])
 @torch.no_grad()
-def test_blocks_equal_block_causal_forward(model, solver, cfg_scale):
-    opts = SampleOptions(steps=2, solver=solver, cfg_scale=cfg_scale, shift=2.0, block_frames=2)
-    cond, hw, seed, n = _cond(cfg_scale), (4, 6), 7, 3
-    sampler = BlockSampler(model, cond, hw, opts, torch.Generator().manual_seed(seed), "cpu")
-    got = list(sampler.blocks(n))
-    want = _reference_blocks(model, cond, hw, opts, seed, n)
-    assert sampler.state.frame_offset == n * opts.block_frames
-    for k, (a, b) in enumerate(zip(got, want, strict=True)):
-        assert a.shape == (1, model.cfg.in_channels, 2, *hw)
-        assert _rel(a, b) < 1e-5, f"block {k}: {_rel(a, b):.2e}"
-    # and the blocks really depend on what came before (the state is used)
-    fresh = BlockSampler(model, cond, hw, opts, torch.Generator().manual_seed(seed), "cpu")
-    fresh.next_block()
-    fresh.state = model.init_state(cond.text.shape[0], *hw)
-    fresh.state.frame_offset = opts.block_frames
-    assert _rel(fresh.next_block(), got[1]) > 1e-3
+def test_blocks_equal_block_causal_forward(model, solver, cfg_scale, device):
+    """On CUDA the blocks run the fused kernels with a state (ops.step) and the reference the
+    fused full-sequence kernels: float32 throughout (TF32 convolutions off)."""
+    tf32 = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False
+    model = model.to(device)
+    try:
+        opts = SampleOptions(steps=2, solver=solver, cfg_scale=cfg_scale, shift=2.0, block_frames=2)
+        cond, hw, seed, n = _cond(cfg_scale, device=device), (4, 6), 7, 3
+        sampler = BlockSampler(model, cond, hw, opts, torch.Generator().manual_seed(seed), device)
+        got = list(sampler.blocks(n))
+        want = _reference_blocks(model, cond, hw, opts, seed, n, device)
+        assert sampler.state.frame_offset == n * opts.block_frames
+        tol = 1e-5 if device == "cpu" else 1e-4
+        for k, (a, b) in enumerate(zip(got, want, strict=True)):
+            assert a.shape == (1, model.cfg.in_channels, 2, *hw)
+            assert _rel(a, b) < tol, f"block {k}: {_rel(a, b):.2e}"
+        # and the blocks really depend on what came before (the state is used)
+        fresh = BlockSampler(model, cond, hw, opts, torch.Generator().manual_seed(seed), device)
+        fresh.next_block()
+        fresh.state = model.init_state(cond.text.shape[0], *hw, device=device)
+        fresh.state.frame_offset = opts.block_frames
+        assert _rel(fresh.next_block(), got[1]) > 1e-3
+    finally:
+        model.to("cpu")
+        torch.backends.cudnn.allow_tf32 = tf32
 
 
 @pytest.mark.parametrize("window", [0, 4])
@@ -168,6 +185,7 @@ def checkpoint(tmp_path_factory):
 
 
 def test_sample_cli_writes_multi_block_mp4(checkpoint, tmp_path):
+    av = pytest.importorskip("av")  # PyAV: not on every GPU image (the other tests here need none)
     from training.sample_cmd import SOLVER_NAMES, cmd_sample, register
     from training.sampler import SOLVERS
 

@@ -7,11 +7,13 @@ sample, per latent frame, or per block of model.block_frames frames (for block-c
 A fraction of captions is replaced by the empty prompt so the model also learns the
 unconditional velocity (classifier-free guidance).
 
-`Trainer(cfg).fit()` runs the loop; `train_step` is one optimizer step over a list of
-micro-batches (gradient accumulation). Under torchrun the model is wrapped in DDP, or sharded
-with FSDP2 (dist.strategy: fsdp). All randomness of a step (noise, t, text dropout) is drawn
-from generators seeded by (seed, rank, step), and the loader's choices by (seed, epoch, key), so
-a resumed run continues the uninterrupted run's loss curve.
+`Trainer(cfg).fit()` runs the loop; `training.step.train_step` is one optimizer step over a list
+of micro-batches (gradient accumulation). Under torchrun the model is wrapped in DDP, or sharded
+with FSDP2 (dist.strategy: fsdp; `training.distributed`). All randomness of a micro-batch (noise,
+t, text dropout) is drawn from generators seeded by (seed, step, its index in the global batch),
+and the loader's choices by (seed, epoch, key): a resumed run continues the uninterrupted run's
+loss curve, and N processes with accumulation A draw what one process with accumulation N x A
+draws.
 """
 
 from __future__ import annotations
@@ -21,14 +23,12 @@ import logging
 import math
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
-from torch.utils.checkpoint import checkpoint
 
 from models.linear_dit import LinearDiT, get_config
 from training.checkpoint import (
@@ -41,91 +41,21 @@ from training.checkpoint import (
     save_checkpoint,
     unwrap,
 )
-from training.config import FlowConfig, OptimConfig, TrainConfig
-from training.data import Batch, ShardLoader
+from training.config import TrainConfig
+from training.distributed import DistInfo, setup_distributed, wrap_model  # noqa: F401  (re-exported)
+from training.step import (  # noqa: F401  (re-exported: the trainer's pieces)
+    EMA,
+    MicroBatch,
+    enable_grad_checkpointing,
+    flow_loss,
+    lr_at,
+    make_optimizer,
+    noised,
+    sample_timesteps,
+    train_step,
+)
 
 log = logging.getLogger("reelsift")
-
-
-# --------------------------------------------------------------------------------------------
-# Pieces (pure functions, tested alone)
-
-
-def sample_timesteps(batch: int, frames: int, flow: FlowConfig, block_frames: int,
-                     generator: torch.Generator, device) -> torch.Tensor:
-    """Flow times in (0, 1): shape (B,) for 'sample', (B, F) for 'frame' and 'block'."""
-    n = {"sample": 1, "frame": frames, "block": math.ceil(frames / block_frames)}[flow.timesteps]
-    u = torch.randn(batch, n, generator=generator, device=device) * flow.logit_std + flow.logit_mean
-    t = torch.sigmoid(u)
-    t = flow.shift * t / (1 + (flow.shift - 1) * t)  # (B, n)
-    if flow.timesteps == "sample":
-        return t[:, 0]
-    if flow.timesteps == "block":
-        t = t.repeat_interleave(block_frames, dim=1)[:, :frames]  # (B, F)
-    return t
-
-
-def noised(x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(x_t, velocity target) for latents x0 (B, C, F, H, W) and t (B,) or (B, F)."""
-    tt = t.view(t.shape[0], 1, -1, 1, 1) if t.ndim == 2 else t.view(-1, 1, 1, 1, 1)
-    return (1 - tt) * x0 + tt * noise, noise - x0
-
-
-def lr_at(step: int, optim: OptimConfig, total_steps: int) -> float:
-    """Learning rate for optimizer step `step` (0-based): linear warm-up, then constant/cosine."""
-    if step < optim.warmup_steps:
-        return optim.lr * (step + 1) / optim.warmup_steps
-    if optim.schedule == "constant":
-        return optim.lr
-    span = max(1, total_steps - optim.warmup_steps)
-    progress = min(1.0, (step - optim.warmup_steps) / span)
-    floor = optim.lr * optim.min_lr_ratio
-    return floor + (optim.lr - floor) * 0.5 * (1 + math.cos(math.pi * progress))
-
-
-class EMA:
-    """Exponential moving average of the trainable parameters (fp32, same device/sharding)."""
-
-    def __init__(self, model: torch.nn.Module, decay: float):
-        self.decay = decay
-        self.names = [n for n, p in model.named_parameters() if p.requires_grad]
-        self.shadow = [p.detach().clone().float() for n, p in model.named_parameters() if p.requires_grad]
-
-    @torch.no_grad()
-    def update(self, model: torch.nn.Module, step: int) -> None:
-        decay = min(self.decay, (1 + step) / (10 + step))  # warm-up: early weights fade quickly
-        params = [p.detach().float() for p in model.parameters() if p.requires_grad]
-        torch._foreach_lerp_(self.shadow, params, 1 - decay)
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        """Full (gathered) tensors on CPU, keyed like the model's state dict."""
-        return {n: _full(t).cpu() for n, t in zip(self.names, self.shadow, strict=True)}
-
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        for i, name in enumerate(self.names):
-            self.shadow[i].copy_(_like(state[name], self.shadow[i]))
-
-    def weights(self, model_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """A full model state dict with EMA values for the parameters (buffers as they are)."""
-        return {**model_state, **self.state_dict()}
-
-
-def _full(t: torch.Tensor) -> torch.Tensor:
-    return t.full_tensor() if hasattr(t, "full_tensor") else t  # FSDP2 DTensor -> whole tensor
-
-
-def _like(full: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    if hasattr(target, "device_mesh"):  # FSDP2 DTensor: take this rank's shard
-        from torch.distributed.tensor import distribute_tensor
-
-        return distribute_tensor(full.to(target.dtype), target.device_mesh, target.placements)
-    return full.to(target)
-
-
-def enable_grad_checkpointing(model: LinearDiT) -> None:
-    """Recompute each block in backward; parameter names and state dicts stay unchanged."""
-    for blk in model.blocks:
-        blk.forward = partial(checkpoint, blk.forward, use_reentrant=False)
 
 
 class TextCache:
@@ -159,112 +89,6 @@ class TextCache:
 
 
 # --------------------------------------------------------------------------------------------
-# One optimizer step
-
-
-@dataclass
-class MicroBatch:
-    x0: torch.Tensor
-    """clean latents, scaled (B, C, F, H, W)"""
-    text: torch.Tensor
-    """(B, L, text_dim)"""
-    mask: torch.Tensor
-    """(B, L) bool"""
-
-
-def flow_loss(model, mb: MicroBatch, t: torch.Tensor, noise: torch.Tensor, attention: str | None = None,
-              autocast=nullcontext) -> torch.Tensor:
-    """Mean squared velocity error of one micro-batch (fp32 loss)."""
-    x_t, target = noised(mb.x0, noise, t)
-    with autocast():
-        pred = model(x_t, t, mb.text, mb.mask, attention=attention)
-    return F.mse_loss(pred.float(), target.float())
-
-
-def train_step(model, optimizer, micro: list[MicroBatch], *, cfg: TrainConfig, step: int,
-               generator: torch.Generator, autocast=nullcontext) -> dict:
-    """One optimizer step over `micro` (gradient accumulation): forward/backward each
-    micro-batch, clip, AdamW update at lr_at(step). Returns {loss, grad_norm, lr}."""
-    inner = unwrap(model)
-    lr = lr_at(step, cfg.optim, cfg.steps)
-    for group in optimizer.param_groups:
-        group["lr"] = lr
-    model.train()
-    total = 0.0
-    for i, mb in enumerate(micro):
-        b, _, f = mb.x0.shape[:3]
-        t = sample_timesteps(b, f, cfg.flow, inner.cfg.block_frames, generator, mb.x0.device)
-        noise = torch.randn(mb.x0.shape, generator=generator, device=mb.x0.device)
-        last = i == len(micro) - 1
-        sync = model.no_sync if (hasattr(model, "no_sync") and not last) else nullcontext
-        with sync():
-            loss = flow_loss(model, mb, t, noise, autocast=autocast)
-            (loss / len(micro)).backward()
-        total += loss.item()
-    if cfg.optim.grad_clip > 0:
-        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
-    else:
-        norm = torch.sqrt(sum((p.grad.float() ** 2).sum() for p in model.parameters() if p.grad is not None))
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    return {"loss": total / len(micro), "grad_norm": float(_full(norm)), "lr": lr}
-
-
-# --------------------------------------------------------------------------------------------
-# Distributed setup
-
-
-@dataclass
-class DistInfo:
-    rank: int = 0
-    world: int = 1
-    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def setup_distributed(cfg: TrainConfig) -> DistInfo:
-    """Join the torchrun process group when launched by torchrun; pick the device."""
-    want_cuda = cfg.device.startswith("cuda") or (cfg.device == "auto" and torch.cuda.is_available())
-    if not dist.is_torchelastic_launched():
-        return DistInfo(device=torch.device(cfg.device if cfg.device != "auto" else
-                                            ("cuda" if want_cuda else "cpu")))
-    backend = cfg.dist.backend if cfg.dist.backend != "auto" else ("nccl" if want_cuda else "gloo")
-    if not dist.is_initialized():
-        dist.init_process_group(backend)
-    rank, world = dist.get_rank(), dist.get_world_size()
-    if want_cuda:
-        local = rank % torch.cuda.device_count()
-        torch.cuda.set_device(local)
-        device = torch.device("cuda", local)
-    else:
-        device = torch.device("cpu")
-    return DistInfo(rank, world, device)
-
-
-def wrap_model(model: LinearDiT, cfg: TrainConfig, info: DistInfo) -> torch.nn.Module:
-    if info.world == 1:
-        return model
-    if cfg.dist.strategy == "fsdp":
-        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
-
-        mp = None
-        if info.device.type == "cuda" and cfg.optim.precision == "bf16":
-            mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
-        kwargs = {"mp_policy": mp} if mp is not None else {}
-        for blk in model.blocks:
-            fully_shard(blk, **kwargs)
-        fully_shard(model, **kwargs)
-        return model
-    from torch.nn.parallel import DistributedDataParallel as DDP
-
-    ids = [info.device.index] if info.device.type == "cuda" else None
-    return DDP(model, device_ids=ids)
-
-
-# --------------------------------------------------------------------------------------------
 # The trainer
 
 
@@ -292,9 +116,17 @@ class FitResult:
 
 
 class Trainer:
-    """Builds VAE, text encoder, model, optimizer, EMA and loader from one TrainConfig."""
+    """Builds VAE, text encoder, model, optimizer, EMA and loader from one TrainConfig.
 
-    def __init__(self, cfg: TrainConfig, resume: bool = False):
+    ``loader`` (anything with ``epoch(epoch, skip) -> Iterator[Batch]``) and ``text_encoder``
+    replace the config's shard loader and encoder (benchmarks feed random latents this way);
+    ``compile_blocks`` compiles each transformer block with torch.compile (CUDA);
+    ``checkpoint_blocks`` limits gradient checkpointing (model.grad_checkpoint) to the first N
+    blocks (None: all).
+    """
+
+    def __init__(self, cfg: TrainConfig, resume: bool = False, *, loader=None, text_encoder=None,
+                 compile_blocks: bool = False, checkpoint_blocks: int | None = None):
         self.cfg, self.resume = cfg, resume
         self.info = setup_distributed(cfg)
         self.device = self.info.device
@@ -302,13 +134,19 @@ class Trainer:
         torch.manual_seed(cfg.seed)  # same initial weights on every rank
 
         self.vae = make_vae(cfg.vae, self.device)
-        self.text = TextCache(make_text_encoder(cfg.text_encoder, self.device), cfg.text_encoder.cache_size)
+        encoder = text_encoder
+        if encoder is None:
+            encoder = make_text_encoder(cfg.text_encoder, self.device)
+        self.text = TextCache(encoder, cfg.text_encoder.cache_size)
         mcfg = get_config(cfg.model.name, in_channels=self.vae.channels, text_dim=self.text.dim,
                           **cfg.model.overrides())
-        model = LinearDiT(mcfg).to(self.device)
+        with torch.device(self.device):  # initialised where it trains: a 2B model in seconds, not minutes
+            model = LinearDiT(mcfg)
+        if compile_blocks:
+            for blk in model.blocks:
+                blk.compile()
         if cfg.model.grad_checkpoint:
-            enable_grad_checkpointing(model)
-        self.ema = EMA(model, cfg.optim.ema_decay) if cfg.optim.ema_decay > 0 else None
+            enable_grad_checkpointing(model, checkpoint_blocks)
         self.model_config = mcfg
         self.step = 0
         self.data_state = DataState()
@@ -319,20 +157,25 @@ class Trainer:
             if found is not None:
                 blob = load_checkpoint(found)
                 model.load_state_dict(blob["model"])
-                if self.ema is not None and blob.get("ema"):
-                    self.ema.load_state_dict(blob["ema"])
                 self.step = int(blob["step"])
                 self.data_state = self._own_data_state(blob.get("data_state") or {})
                 log.info("resuming from %s (step %d, %s)", found, self.step, self.data_state)
             else:
                 log.info("--resume: no checkpoint in %s, starting fresh", self.out)
         self.model = wrap_model(model, cfg, self.info)
+        # after wrapping: under FSDP2 the EMA holds this rank's shards, like the parameters
+        self.ema = EMA(unwrap(self.model), cfg.optim.ema_decay) if cfg.optim.ema_decay > 0 else None
+        if self.ema is not None and blob is not None and blob.get("ema"):
+            self.ema.load_state_dict(blob["ema"])
         o = cfg.optim
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=o.lr, betas=o.betas, eps=o.eps,
-                                           weight_decay=o.weight_decay)
+        self.optimizer = make_optimizer(self.model, o)
         if blob is not None and blob.get("optimizer"):
             self._load_optimizer(blob["optimizer"])
-        self.loader = ShardLoader(cfg, rank=self.info.rank)
+        if loader is None:
+            from training.data import ShardLoader  # PyAV and webdataset: only for the real loader
+
+            loader = ShardLoader(cfg, rank=self.info.rank)
+        self.loader = loader
         use_bf16 = self.device.type == "cuda" and o.precision == "bf16"
         self.autocast = (partial(torch.autocast, "cuda", dtype=torch.bfloat16) if use_bf16 else nullcontext)
 
@@ -413,7 +256,7 @@ class Trainer:
             ds.batches_in_epoch = 0
 
     @torch.no_grad()
-    def micro_batch(self, batch: Batch, generator: torch.Generator) -> MicroBatch:
+    def micro_batch(self, batch, generator: torch.Generator) -> MicroBatch:
         """Batch -> scaled latents + text features (with text dropout)."""
         if batch.latents is not None:
             z = batch.latents.to(self.device)
@@ -426,8 +269,11 @@ class Trainer:
         text, mask = self.text(captions, self.device)
         return MicroBatch(z, text, mask)
 
-    def _generators(self) -> tuple[torch.Generator, torch.Generator]:
-        seed = (self.cfg.seed * 1_000_003 + self.info.rank) * 1_000_033 + self.step
+    def _generators(self, micro: int) -> tuple[torch.Generator, torch.Generator]:
+        """(CPU, device) generators of micro-batch ``micro`` of this process at this step, seeded
+        by its index in the global batch."""
+        index = self.info.rank * self.cfg.optim.grad_accum + micro
+        seed = (self.cfg.seed * 1_000_003 + index) * 1_000_033 + self.step
         cpu = torch.Generator().manual_seed(seed)
         dev = torch.Generator(device=self.device).manual_seed(seed + 1)
         return cpu, dev
@@ -452,17 +298,17 @@ class Trainer:
         total_samples, t_start = 0, time.perf_counter()
         try:
             while self.step < end:
-                cpu_gen, dev_gen = self._generators()
+                gens = [self._generators(i) for i in range(cfg.optim.grad_accum)]
                 t_data = time.perf_counter()
                 micro = []
-                for _ in range(cfg.optim.grad_accum):
+                for cpu_gen, _ in gens:
                     batch = next(batches)
                     micro.append(self.micro_batch(batch, cpu_gen))
                     window["samples"] += batch.size
                     window["frames"] += batch.size * cfg.data.num_frames
                 window["data_s"] += time.perf_counter() - t_data
                 out = train_step(self.model, self.optimizer, micro, cfg=cfg, step=self.step,
-                                 generator=dev_gen, autocast=self.autocast)
+                                 generator=[dev for _, dev in gens], autocast=self.autocast)
                 self.step += 1
                 if self.ema is not None:
                     self.ema.update(unwrap(self.model), self.step)

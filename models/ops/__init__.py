@@ -2,13 +2,14 @@
 
 ``linear_attention`` picks the fused Triton kernels for CUDA tensors when Triton imports, and the
 chunked PyTorch form elsewhere; ``backend`` forces one ("naive", "chunked", "triton").
-``step`` is the recurrent form used by block-by-block generation.
+``step`` is the recurrent form used by block-by-block generation: the fused kernels with an
+initial state on CUDA, ``naive.step`` (the reference) elsewhere.
 """
 
 from __future__ import annotations
 
 from models.ops import chunked, naive
-from models.ops.naive import AttnState, step
+from models.ops.naive import AttnState
 
 BACKENDS = {"naive": naive.linear_attention, "chunked": chunked.linear_attention}
 
@@ -33,6 +34,20 @@ def linear_attention(q, k, v, cos, sin, block_size=None, eps: float = 1e-6, back
             f"unknown linear-attention backend {backend!r}: use auto, triton, {', '.join(BACKENDS)}"
         )
     return BACKENDS[backend](q, k, v, cos, sin, block_size=block_size, eps=eps)
+
+
+def step(state: AttnState, q, k, v, cos, sin, eps: float = 1e-6, backend: str = "auto"):
+    """One block (B, H, n, D) against the running sums ``state``: ``(out, new_state)``; see
+    ``naive.step``. ``backend``: auto (Triton on CUDA, else the reference), triton, naive."""
+    if backend == "auto":
+        backend = "triton" if q.is_cuda and triton_available() else "naive"
+    if backend == "triton":
+        from models.ops.triton_linear_attn import step as fused_step
+
+        return fused_step(state, q, k, v, cos, sin, eps=eps)
+    if backend not in ("naive", "chunked"):  # the chunked form has no separate step: it is naive's
+        raise ValueError(f"unknown step backend {backend!r}: use auto, triton, naive")
+    return naive.step(state, q, k, v, cos, sin, eps=eps)
 
 
 __all__ = ["AttnState", "BACKENDS", "linear_attention", "step", "triton_available"]

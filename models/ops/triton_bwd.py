@@ -1,0 +1,176 @@
+"""Backward kernels of the fused linear attention.
+
+  4. ``_bwd_q_kernel``: grid (B*H, splits, blocks): recomputes out, writes dq, and sums the
+     query-side gradients dS = RoPE(phi(q))^T dnum and dz = sum dden phi(q) per split.
+  5. PyTorch: sum the splits, reverse cumulative sum over blocks (block b's keys are seen by the
+     queries of blocks >= b).
+  6. ``_bwd_kv_kernel``: grid (B*H, splits, blocks): dk, dv from dS_b, dz_b.
+
+A gradient on RoPE(phi) is one on phi after the inverse rotation (RoPE is orthogonal per pair).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from models.ops.triton_common import HAS_TRITON, dense_last, geometry, launch, strides, tiles
+
+if HAS_TRITON:
+    import triton
+    import triton.language as tl
+
+    from models.ops.triton_common import load_rope, rope, span
+
+    @triton.jit
+    def _bwd_q_kernel(
+        Q,
+        sqb,
+        sqh,
+        sqn,
+        DO,
+        sdb,
+        sdh,
+        sdn,
+        DQ,
+        sgb,
+        sgh,
+        sgn,
+        COS,
+        SIN,
+        S,
+        Z,
+        DSBUF,
+        DZBUF,
+        H,
+        N,
+        BS,
+        SPLIT_LEN,
+        eps,
+        D: tl.constexpr,
+        DP: tl.constexpr,
+        BLOCK_N: tl.constexpr,
+        PREC: tl.constexpr,
+    ):
+        bh = tl.program_id(0)
+        start, end = span(N, BS, SPLIT_LEN)
+        cols = tl.arange(0, DP)
+        cmask = cols[None, :] < D
+        dt = Q.dtype.element_ty
+        st = (bh * tl.num_programs(2) + tl.program_id(2)) * DP
+        Sb = tl.load(S + st * DP + cols[:, None] * DP + cols[None, :]).to(dt)  # (DP, DP)
+        SbT = tl.trans(Sb)
+        zb = tl.load(Z + st + cols)
+        q_ptr = Q + (bh // H) * sqb + (bh % H) * sqh
+        do_ptr = DO + (bh // H) * sdb + (bh % H) * sdh
+        dq_ptr = DQ + (bh // H) * sgb + (bh % H) * sgh
+        dS = tl.zeros((DP, DP), dtype=tl.float32)
+        dz = tl.zeros((DP,), dtype=tl.float32)
+        for off in range(start, end, BLOCK_N):
+            rows = off + tl.arange(0, BLOCK_N)
+            m = (rows < end)[:, None] & cmask
+            q = tl.load(q_ptr + rows[:, None] * sqn + cols[None, :], mask=m, other=0.0).to(tl.float32)
+            do = tl.load(do_ptr + rows[:, None] * sdn + cols[None, :], mask=m, other=0.0).to(tl.float32)
+            phi = tl.maximum(q, 0.0)
+            c, s = load_rope(COS, SIN, rows, rows < end, D // 2, DP)
+            rot = rope(phi, c, s, BLOCK_N, DP, False).to(dt)
+            den = tl.sum(phi * zb[None, :], axis=1) + eps  # (BLOCK_N,)
+            out = tl.dot(rot, Sb, input_precision=PREC) / den[:, None]  # recomputed (BLOCK_N, DP)
+            dnum = (do / den[:, None]).to(dt)
+            dden = -tl.sum(do * out, axis=1) / den  # (BLOCK_N,)
+            drot = tl.dot(dnum, SbT, input_precision=PREC)  # (BLOCK_N, DP)
+            dphi = rope(drot, c, s, BLOCK_N, DP, True) + dden[:, None] * zb[None, :]
+            dq = tl.where(q > 0.0, dphi, 0.0)
+            tl.store(dq_ptr + rows[:, None] * sgn + cols[None, :], dq.to(DQ.dtype.element_ty), mask=m)
+            dS += tl.dot(tl.trans(rot), dnum, input_precision=PREC)
+            dz += tl.sum(dden[:, None] * phi, axis=0)
+        slot = (bh * tl.num_programs(2) + tl.program_id(2)) * tl.num_programs(1) + tl.program_id(1)
+        tl.store(DSBUF + slot * DP * DP + cols[:, None] * DP + cols[None, :], dS)
+        tl.store(DZBUF + slot * DP + cols, dz)
+
+    @triton.jit
+    def _bwd_kv_kernel(
+        K,
+        skb,
+        skh,
+        skn,
+        V,
+        svb,
+        svh,
+        svn,
+        DK,
+        sgb,
+        sgh,
+        sgn,
+        DV,
+        swb,
+        swh,
+        swn,
+        COS,
+        SIN,
+        DS,
+        DZ,
+        H,
+        N,
+        BS,
+        SPLIT_LEN,
+        D: tl.constexpr,
+        DP: tl.constexpr,
+        BLOCK_N: tl.constexpr,
+        PREC: tl.constexpr,
+    ):
+        bh = tl.program_id(0)
+        start, end = span(N, BS, SPLIT_LEN)
+        cols = tl.arange(0, DP)
+        cmask = cols[None, :] < D
+        dt = K.dtype.element_ty
+        st = (bh * tl.num_programs(2) + tl.program_id(2)) * DP
+        dSb = tl.load(DS + st * DP + cols[:, None] * DP + cols[None, :]).to(dt)  # (DP, DP)
+        dSbT = tl.trans(dSb)
+        dzb = tl.load(DZ + st + cols)
+        b, h = bh // H, bh % H
+        for off in range(start, end, BLOCK_N):
+            rows = off + tl.arange(0, BLOCK_N)
+            m = (rows < end)[:, None] & cmask
+            k = tl.load(K + b * skb + h * skh + rows[:, None] * skn + cols[None, :], mask=m, other=0.0).to(
+                tl.float32
+            )
+            v = tl.load(V + b * svb + h * svh + rows[:, None] * svn + cols[None, :], mask=m, other=0.0)
+            phi = tl.maximum(k, 0.0)
+            c, s = load_rope(COS, SIN, rows, rows < end, D // 2, DP)
+            rot = rope(phi, c, s, BLOCK_N, DP, False)
+            drot = tl.dot(v.to(dt), dSbT, input_precision=PREC)  # (BLOCK_N, DP)
+            dv = tl.dot(rot.to(dt), dSb, input_precision=PREC)  # (BLOCK_N, DP)
+            dphi = rope(drot, c, s, BLOCK_N, DP, True) + dzb[None, :]
+            dk = tl.where(k > 0.0, dphi, 0.0)
+            tl.store(
+                DK + b * sgb + h * sgh + rows[:, None] * sgn + cols[None, :],
+                dk.to(DK.dtype.element_ty),
+                mask=m,
+            )
+            tl.store(
+                DV + b * swb + h * swh + rows[:, None] * swn + cols[None, :],
+                dv.to(DV.dtype.element_ty),
+                mask=m,
+            )
+
+
+def backward(do, q, k, v, cos, sin, S, z, bs, nblk, eps):
+    """Gradients (dq, dk, dv) of ``triton_fwd.forward``'s output; S, z as it returned them."""
+    b, h, n, d = q.shape
+    dp = S.shape[-1]
+    do = dense_last(do)
+    _, _, split_len, nsplit = geometry(n, bs, b * h, tiles("bwd_q", q, dp)["BLOCK_N"], q)
+    dq = torch.empty_like(q)
+    dsbuf = torch.empty(b * h, nblk, nsplit, dp, dp, device=q.device, dtype=torch.float32)
+    dzbuf = torch.empty(b * h, nblk, nsplit, dp, device=q.device, dtype=torch.float32)
+    launch(_bwd_q_kernel, "bwd_q", (b * h, nsplit, nblk), q, *strides(q), do, *strides(do), dq,
+           *strides(dq), cos, sin, S, z, dsbuf, dzbuf, h, n, bs, split_len, eps, d=d, dp=dp, ref=q)
+    dS, dz = dsbuf.sum(2), dzbuf.sum(2)  # (BH, nblk, DP, DP), (BH, nblk, DP)
+    if nblk > 1:  # keys of block b are seen by the queries of blocks >= b: reverse cumulative sum
+        dS = dS.flip(1).cumsum(1).flip(1).contiguous()
+        dz = dz.flip(1).cumsum(1).flip(1).contiguous()
+    dk, dv = torch.empty_like(k), torch.empty_like(v)
+    _, _, split_len, nsplit = geometry(n, bs, b * h, tiles("bwd_kv", q, dp)["BLOCK_N"], q)
+    launch(_bwd_kv_kernel, "bwd_kv", (b * h, nsplit, nblk), k, *strides(k), v, *strides(v), dk,
+           *strides(dk), dv, *strides(dv), cos, sin, dS, dz, h, n, bs, split_len, d=d, dp=dp, ref=q)
+    return dq, dk, dv

@@ -1,0 +1,141 @@
+"""Shared pieces of the fused linear-attention kernels: Triton helpers, launch geometry and the
+tile table per card. Imports cleanly where Triton is missing (``HAS_TRITON`` is then False).
+
+RoPE rotates interleaved pairs (x[2i], x[2i+1]) of a (BLOCK_N, DP) tile in registers
+(``rope``: split into halves, rotate, join). A pair-space variant (q, k read as packed 32-bit
+pairs, the halves taken apart with integer shifts, no shuffles) was tried and measured slower on
+an H200 (bench/NOTES_attention.md, v5): the shuffles are not what limits these kernels.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+
+try:
+    import triton
+    import triton.language as tl
+
+    HAS_TRITON = True
+except ImportError:  # CPU-only installs: the module still imports, the op refuses to run
+    triton = None
+    tl = None
+    HAS_TRITON = False
+
+# Launch config per kernel, per card (torch.cuda.get_device_name): BLOCK_N tokens per tile,
+# warps and software-pipelining stages. "default" serves cards not listed. The H200 entry is
+# bench/attention_gpu.py's sweep on that card (bench/NOTES_attention.md); "default" is the
+# H100-tuned v3 table.
+TILES_BY_CARD: dict[str, dict[str, dict]] = {
+    "default": {
+        "state": dict(BLOCK_N=128, num_warps=8, num_stages=2),
+        "out": dict(BLOCK_N=64, num_warps=4, num_stages=2),
+        "bwd_q": dict(BLOCK_N=64, num_warps=8, num_stages=1),
+        "bwd_kv": dict(BLOCK_N=64, num_warps=4, num_stages=2),
+    },
+}
+TILES_BY_CARD["NVIDIA H200"] = {k: dict(v) for k, v in TILES_BY_CARD["default"].items()}
+# float32 inputs at a padded head dim of 128: every tile is twice the bytes of bf16 and the
+# 16-bit configs can exceed shared memory (232,448 B on Hopper). float32 is the exact test path.
+TILES_FP32_WIDE = {
+    "state": dict(BLOCK_N=64, num_warps=8, num_stages=2),
+    "out": dict(BLOCK_N=64, num_warps=4, num_stages=1),
+    "bwd_q": dict(BLOCK_N=32, num_warps=4, num_stages=1),
+    "bwd_kv": dict(BLOCK_N=64, num_warps=4, num_stages=1),
+}
+MIN_PROGRAMS = {"default": 1056}  # per card: splits per block launch at least this many programs
+
+
+@functools.lru_cache(maxsize=16)
+def card_of(index: int) -> str:
+    return torch.cuda.get_device_name(index)
+
+
+def card_table(device: torch.device, table: dict):
+    name = card_of(device.index if device.index is not None else torch.cuda.current_device())
+    return table.get(name, table["default"])
+
+
+def tiles(name: str, x: torch.Tensor, dp: int) -> dict:
+    """Launch config of one kernel for x's card and dtype (float32 at DP >= 128: the small table)."""
+    if x.dtype == torch.float32 and dp >= 128:
+        return TILES_FP32_WIDE[name]
+    return card_table(x.device, TILES_BY_CARD)[name]
+
+
+def cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def geometry(n: int, block_size: int | None, bh: int, block_n: int, x: torch.Tensor):
+    """Block size, block count, split length (multiple of block_n) and splits per block."""
+    bs = n if block_size is None else min(block_size, n)
+    nblk = cdiv(n, bs)
+    want = max(1, cdiv(card_table(x.device, MIN_PROGRAMS), bh * nblk))  # splits per block
+    split_len = cdiv(cdiv(bs, want), block_n) * block_n
+    return bs, nblk, split_len, cdiv(bs, split_len)
+
+
+def precision(x: torch.Tensor) -> str:
+    # float32 inputs: exact float32 products (tests); 16-bit inputs: their own tensor-core path.
+    return "ieee" if x.dtype == torch.float32 else "tf32"
+
+
+def tables(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """RoPE table in the dtype the kernels read: float32 for float32 inputs, float16 (rel. error
+    <= 2^-11, below the 2^-8 of bf16 inputs) for 16-bit inputs: half the table bytes."""
+    return t.to(torch.float32 if dtype == torch.float32 else torch.float16).contiguous()
+
+
+def strides(x: torch.Tensor) -> tuple[int, int, int]:
+    """(batch, head, token) strides of a (B, H, N, D) tensor whose last dim is contiguous."""
+    return x.stride(0), x.stride(1), x.stride(2)
+
+
+def dense_last(x: torch.Tensor) -> torch.Tensor:
+    # kernels take any (B, H, N) strides, e.g. views of a (B, N, 3, H, D) qkv projection
+    return x if x.stride(-1) == 1 else x.contiguous()
+
+
+def launch(kernel, name, grid, *args, d, dp, ref):
+    cfg = tiles(name, ref, dp)
+    kernel[grid](
+        *args,
+        D=d,
+        DP=dp,
+        BLOCK_N=cfg["BLOCK_N"],
+        PREC=precision(ref),
+        num_warps=cfg["num_warps"],
+        num_stages=cfg["num_stages"],
+    )
+
+
+if HAS_TRITON:
+
+    @triton.jit
+    def span(N, BS, SPLIT_LEN):
+        """Token range [start, end) of this program: one split of one block."""
+        blk = tl.program_id(2)
+        start = blk * BS + tl.program_id(1) * SPLIT_LEN
+        end = tl.minimum(tl.minimum(start + SPLIT_LEN, (blk + 1) * BS), N)
+        return start, end
+
+    @triton.jit
+    def rope(x, c, s, BLOCK_N: tl.constexpr, DP: tl.constexpr, INVERSE: tl.constexpr):
+        """Rotate interleaved pairs of x (BLOCK_N, DP) by c, s (BLOCK_N, DP/2); INVERSE: by -angle."""
+        x0, x1 = tl.split(tl.reshape(x, (BLOCK_N, DP // 2, 2)))  # 2 x (BLOCK_N, DP/2)
+        if INVERSE:
+            s = -s
+        y0 = x0 * c - x1 * s
+        y1 = x1 * c + x0 * s
+        return tl.reshape(tl.join(y0, y1), (BLOCK_N, DP))
+
+    @triton.jit
+    def load_rope(cos_ptr, sin_ptr, rows, rmask, HALF: tl.constexpr, DP: tl.constexpr):
+        """cos, sin tiles (BLOCK_N, DP/2) of the (N, HALF) tables as float32; padding rotates by 0."""
+        pairs = tl.arange(0, DP // 2)
+        offs = rows[:, None] * HALF + pairs[None, :]
+        m = rmask[:, None] & (pairs[None, :] < HALF)
+        c = tl.load(cos_ptr + offs, mask=m, other=1.0).to(tl.float32)
+        return c, tl.load(sin_ptr + offs, mask=m, other=0.0).to(tl.float32)
