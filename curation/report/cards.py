@@ -8,7 +8,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from curation.report.html import e, fmt, hours, n_of
-from curation.report.media import CLIP_FIELDS, VIDEO_JOIN, write_media
+from curation.report.media import CLIP_FIELDS, VIDEO_JOIN, write_all_media
 from filters.policy import FilterConfig
 from manifests.schemas import SCORES
 
@@ -79,8 +79,9 @@ def clip_groups(con, out: Path, filt: FilterConfig, max_thumbs: int, untrained: 
              "(at every tier), so a clip can appear more than once. Red: why the clip was dropped; grey: why "
              "a kept clip missed the tiers above its own."
              + (" Aesthetic scores marked * are UNTRAINED (random weights)." if untrained else "") + "</p>"]
+    media = write_all_media([c for g in order for c in g["clips"]], out)
     for g in order:
-        cards = "".join(card(c, write_media(c, out), shown) for c in g["clips"])
+        cards = "".join(card(c, media[c["clip_id"]], shown) for c in g["clips"])
         size = f"{n_of(g['n'], 'clip')}, {hours(g['seconds'] / 3600)}"
         parts.append(f"<h3>{e(g['grp'])} <small>({size})</small></h3><div class=grid>{cards}</div>")
     return "\n".join(parts)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import cv2
@@ -71,6 +72,16 @@ def write_media(c: dict, out: Path) -> dict:
         except MEDIA_ERRORS as exc:
             media["error"] = media["error"] or f"no {key}: {exc}"
     return media
+
+
+def write_all_media(clips: list[dict], out: Path) -> dict[str, dict]:
+    """`write_media` of each clip, in threads (decoding and x264 release the GIL) -> by clip id."""
+    todo = list({c["clip_id"]: c for c in clips}.values())
+    if not todo:
+        return {}
+    with ThreadPoolExecutor(max_workers=min(len(todo), os.cpu_count() or 1, 8)) as pool:
+        made = pool.map(lambda c: write_media(c, out), todo)
+        return dict(zip((c["clip_id"] for c in todo), made, strict=True))
 
 
 def media_folders(out: Path) -> None:

@@ -285,13 +285,19 @@
     else if (m && m.thumb) card.append(el("img", { src: m.thumb, alt: "clip " + id }));
     const moved = [...new Set(D.sliders.filter((s) => value(s) !== s.value).map((s) => s.col))];
     const vals = moved.map((c) => `${c} ${fmt4g(col[c][i])}`).join(" · ");
-    card.append(el("figcaption", {}, el("code", { text: id }), el("div", { text: `${name(from)} → ${name(to)}` }), el("div", { class: "scores", text: vals })));
+    // the reasons filter would now write that involve a moved score (as in the decisions table)
+    const why = decideRow(i, cur).reasons.filter((r) => moved.some((c) => r.startsWith(c + "=")));
+    card.append(el("figcaption", {}, el("code", { text: id }), el("div", { text: `${name(from)} → ${name(to)}` }),
+      el("div", { class: "scores", text: vals }), el("div", { class: to >= 0 ? "missed" : "reasons", text: why.join(", ") })));
     return card;
   }
   function renderCrossing(E) {
     crossing.replaceChildren();
-    if (!E.changed.length) { crossing.append(el("p", { text: "No clip of the sample changes tier at these values." })); return; }
-    const up = E.changed.filter(([, a, b]) => b >= 0 && (a < 0 || b < a)), down = E.changed.filter((c) => !up.includes(c));
+    const moves = E.changed.filter(([, a, b]) => a !== b), reasonsOnly = E.changed.length - moves.length;
+    const note = reasonsOnly ? ` ${reasonsOnly} rejected clip${reasonsOnly === 1 ? "" : "s"} of the sample change reasons only.` : "";
+    if (!moves.length) { crossing.append(el("p", { text: "No clip of the sample changes tier at these values." + note })); return; }
+    if (note) crossing.append(el("p", { text: note.trim() }));
+    const up = moves.filter(([, a, b]) => b >= 0 && (a < 0 || b < a)), down = moves.filter((c) => !up.includes(c));
     for (const [label, list] of [["Now kept, or kept at a higher tier", up], ["Now rejected, or kept at a lower tier", down]]) {
       const withMedia = list.filter(([i]) => D.media[i]), shown = [...withMedia, ...list.filter(([i]) => !D.media[i])].slice(0, 12);
       crossing.append(el("h4", { text: `${label}: ${list.length} clip${list.length === 1 ? "" : "s"} of the sample` + (shown.length < list.length ? ` (${shown.length} shown)` : "") }));
