@@ -57,14 +57,15 @@ def _page_counts(cells: dict[str, str], tiers: list[str]) -> tuple[dict, int, di
     return kept, int(cells["rejected"]), reasons
 
 
-def test_slider_moves_the_funnel_to_what_filter_decides(tmp_path, browser, capsys):
-    root = make_run_root(tmp_path / "run")
-    config = tmp_path / "filter.yaml"
+def test_slider_moves_the_funnel_to_what_filter_decides(tmp_path, browser, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # relative paths: the command on the page (and the screenshot) stay the same
+    root = make_run_root(Path("run"))
+    config = Path("filter.yaml")
     config.write_text(yaml.safe_dump({"filter": {"tiers": {
         "96p": {"min_source_short_side": 96, "short_side": 96, "bounds": {"motion_mean": {"min": 0.5}}},
         "48p": {"min_source_short_side": 48, "short_side": 48, "bounds": {"ocr_area": {"max": 0.05}}},
     }}}))
-    page = write_report(root, load_config(config), max_thumbs=2, config_path=str(config))
+    page = write_report(root, load_config(config), max_thumbs=2, config_path=str(config)).resolve()
     browser.open(page.as_uri())
     browser.wait_for("document.body.dataset.images !== undefined")
     n_posters = page.read_text().count(" poster=")  # b0 shows in two groups (it failed two bounds)

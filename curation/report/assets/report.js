@@ -188,7 +188,7 @@
       const base = k === "rejected" ? D.exact.rejected[0] : D.exact.kept[k.slice(5)][0];
       const x = E.est(k), xs = E.est(ks);
       funnelT.append(el("tr", {}, el("th", { text: label }), cell(k + ":config", String(base)), cell(k, fmtN(x)),
-        cell(k + ":change", delta(base, x.v), "chg"), cell(ks, (E.estimated ? "≈" : "") + hoursText(Math.max(0, xs.v)))));
+        cell(k + ":change", delta(base, x.v), delta(base, x.v).startsWith("+") ? "chg up" : "chg"), cell(ks, (E.estimated ? "≈" : "") + hoursText(Math.max(0, xs.v)))));
     }
     funnelT.append(el("tr", {}, el("th", { text: "decided" }), cell("decided", String(N)), cell("decided:now", String(N)), cell("", ""), cell("", "")));
     reasonsT.replaceChildren(el("tr", {}, el("th", { text: "reason" }), el("th", { text: "at the config" }), el("th", { text: "with the sliders" }), el("th", { text: "change" })));
