@@ -15,25 +15,29 @@ from manifests.schemas import SCORES
 MAIN_SCORES = ("motion_mean", "ocr_area", "quality_sharpness", "aesthetic_mean")
 UNTRAINED_SCORES = ("aesthetic_mean", "aesthetic_min")  # random weights under offline.yaml
 
+# One hash aggregate (no window over every clip): each group's size, hours and first clip ids.
+# A rejected clip counts once per score that failed, whatever the number of tiers it failed at.
 _GROUPS_SQL = """
     WITH g AS (
         SELECT 0 AS kind, 'kept @' || d.tier AS grp, d.tier, c.clip_id, c.duration_s
         FROM clips c JOIN decisions d USING (clip_id) WHERE c.status = 'ok' AND d.keep
         UNION ALL
-        SELECT DISTINCT 1, 'rejected at split: ' || split_part(r, '=', 1), NULL, clip_id, duration_s
-        FROM (SELECT clip_id, duration_s, unnest(reasons) AS r FROM clips WHERE status = 'rejected')
-        UNION ALL  -- a rejected clip failed every tier: group it by each score that failed
-        SELECT DISTINCT 2, 'rejected by filter: ' || split_part(r, '=', 1), NULL, clip_id, duration_s
-        FROM (SELECT c.clip_id, c.duration_s, unnest(d.reasons) AS r
+        SELECT 1, 'rejected at split: ' || name, NULL, clip_id, duration_s
+        FROM (SELECT clip_id, duration_s,
+                     unnest(list_distinct(list_transform(reasons, lambda r: split_part(r, '=', 1)))) AS name
+              FROM clips WHERE status = 'rejected')
+        UNION ALL
+        SELECT 2, 'rejected by filter: ' || name, NULL, clip_id, duration_s
+        FROM (SELECT c.clip_id, c.duration_s,
+                     unnest(list_distinct(list_transform(d.reasons, lambda r: split_part(r, '=', 1)))) AS name
               FROM clips c JOIN decisions d USING (clip_id) WHERE c.status = 'ok' AND NOT d.keep)
         UNION ALL
-        SELECT 3, 'not decided yet', NULL, clip_id, duration_s FROM clips
-        WHERE status = 'ok' AND clip_id NOT IN (SELECT clip_id FROM decisions)
+        SELECT 3, 'not decided yet', NULL, c.clip_id, c.duration_s
+        FROM clips c ANTI JOIN decisions d USING (clip_id) WHERE c.status = 'ok'
     )
-    SELECT kind, grp, tier, clip_id, count(*) OVER w AS n, sum(duration_s) OVER w AS seconds,
-           row_number() OVER (PARTITION BY grp ORDER BY clip_id) AS rn
-    FROM g WINDOW w AS (PARTITION BY grp)
-    QUALIFY rn <= {limit}
+    SELECT kind, grp, any_value(tier) AS tier, count(*) AS n, sum(duration_s) AS seconds,
+           min_by(clip_id, clip_id, {limit}) AS ids
+    FROM g GROUP BY kind, grp
 """
 
 
@@ -41,18 +45,27 @@ def clip_details(con, clip_ids: list[str], shown: list[str]) -> dict[str, dict]:
     """Media fields, decision, caption and `shown` scores of the given clips, by clip id."""
     con.register("__report_clip_ids", pa.table({"clip_id": sorted(set(clip_ids))}, schema=pa.schema(
         [("clip_id", pa.string())])))
+    # Each table is cut down to the given clips first: a few rows, whatever the size of the run.
+    mine = "clip_id IN (SELECT clip_id FROM __report_clip_ids)"
+
+    def newest(table: str) -> str:  # the view `table` (newest row per clip), cut first: DuckDB would
+        return (f"SELECT * FROM {table}_history WHERE {mine} "  # not push the cut through its window
+                "QUALIFY row_number() OVER (PARTITION BY clip_id ORDER BY created_at DESC) = 1")
+
     rows = con.sql(f"""
+        WITH c AS (SELECT * FROM clips WHERE {mine}),
+             videos AS (SELECT * FROM videos WHERE video_id IN (SELECT video_id FROM c))
         SELECT {CLIP_FIELDS}, c.duration_s, c.reasons AS clip_reasons, d.keep, d.reasons,
                coalesce(cap.caption, sh.caption) AS caption, cap.untrained AS caption_untrained
                {"".join(f', s."{c}"' for c in shown)}
-        FROM __report_clip_ids ids
-        JOIN clips c ON c.clip_id = ids.clip_id
+        FROM c
         {VIDEO_JOIN}
-        LEFT JOIN decisions d ON d.clip_id = c.clip_id
-        LEFT JOIN scores s ON s.clip_id = c.clip_id AND s.status = 'ok'
+        LEFT JOIN ({newest("decisions")}) d ON d.clip_id = c.clip_id
+        LEFT JOIN (SELECT * FROM scores WHERE {mine} AND status = 'ok') s ON s.clip_id = c.clip_id
         LEFT JOIN (SELECT clip_id, any_value(caption) AS caption, bool_or(untrained) AS untrained
-                   FROM captions WHERE status = 'ok' GROUP BY clip_id) cap ON cap.clip_id = c.clip_id
-        LEFT JOIN (SELECT clip_id, any_value(caption) AS caption FROM shards GROUP BY clip_id) sh
+                   FROM ({newest("captions")}) WHERE status = 'ok' GROUP BY clip_id) cap
+               ON cap.clip_id = c.clip_id
+        LEFT JOIN (SELECT clip_id, any_value(caption) AS caption FROM shards WHERE {mine} GROUP BY clip_id) sh
                ON sh.clip_id = c.clip_id
     """).to_arrow_table().to_pylist()
     con.unregister("__report_clip_ids")
@@ -61,18 +74,15 @@ def clip_details(con, clip_ids: list[str], shown: list[str]) -> dict[str, dict]:
 
 def clip_groups(con, out: Path, filt: FilterConfig, max_thumbs: int, untrained: bool) -> str:
     """Cards of the first `max_thumbs` clips (by id) of each group; groups and counts come from SQL."""
-    picked = con.sql(_GROUPS_SQL.format(limit=max(max_thumbs, 1))).to_arrow_table().to_pylist()
-    if not picked:
+    groups = con.sql(_GROUPS_SQL.format(limit=max(max_thumbs, 1))).to_arrow_table().to_pylist()
+    if not groups:
         return "<p>No clips yet.</p>"
     shown = [c for c in MAIN_SCORES if c in SCORES.names]
-    by_id = clip_details(con, [p["clip_id"] for p in picked], shown)
-    groups: dict[str, dict] = {}
-    for p in picked:
-        g = groups.setdefault(p["grp"], dict(p, clips=[]))
-        if len(g["clips"]) < max_thumbs:
-            g["clips"].append(by_id[p["clip_id"]])
+    by_id = clip_details(con, [i for g in groups for i in g["ids"][:max_thumbs]], shown)
+    for g in groups:
+        g["clips"] = [by_id[i] for i in sorted(g["ids"])[:max_thumbs]]
     tier_rank = {t: i for i, (t, _) in enumerate(filt.ordered())}
-    order = sorted(groups.values(), key=lambda g: (g["kind"], tier_rank.get(g["tier"], len(tier_rank)),
+    order = sorted(groups, key=lambda g: (g["kind"], tier_rank.get(g["tier"], len(tier_rank)),
                                                    -g["n"], g["grp"]))
     parts = [f"<p>Up to {max_thumbs} clips per group (the first by clip id): hover or click a clip to play "
              f"its preview (the first seconds, muted). Rejected clips are grouped by each score that failed "

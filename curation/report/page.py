@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 import uuid
 from datetime import datetime, timezone
 from importlib import resources
@@ -21,6 +22,7 @@ from manifests import queries
 from manifests.schemas import TABLES
 from manifests.store import Table
 
+MEMORY_LIMIT = "640MB"
 
 def write_report(root: str | Path, cfg: CurateConfig, *, max_thumbs: int = 12, sample_rows: int = SAMPLE_ROWS,
                  max_examples: int = 48, config_path: str | None = None,
@@ -38,8 +40,18 @@ def write_report(root: str | Path, cfg: CurateConfig, *, max_thumbs: int = 12, s
     root = Path(root)
     out = root / "report"
     media_folders(out)
-    con = queries.connect(root)
-    results = {name: queries.run(root, name).to_pylist()
+    with tempfile.TemporaryDirectory(prefix="reelsift-report-") as spill:
+        return _write(root, out, cfg, queries.connect(root), spill, max_thumbs=max_thumbs,
+                      sample_rows=sample_rows, max_examples=max_examples, config_path=config_path,
+                      overrides=overrides)
+
+
+def _write(root: Path, out: Path, cfg: CurateConfig, con, spill: str, *, max_thumbs: int, sample_rows: int,
+           max_examples: int, config_path: str | None, overrides) -> Path:
+    # DuckDB holds at most MEMORY_LIMIT and spills the rest: the driver's memory stays bounded at any scale.
+    con.execute(f"SET memory_limit = '{MEMORY_LIMIT}'")
+    con.execute(f"SET temp_directory = '{spill}'")
+    results = {name: con.sql(queries.load(name)).to_arrow_table().to_pylist()
                for name in ("funnel", "rejected-by-reason", "tier-summary")}
     untrained = bool(con.execute("SELECT bool_or(aesthetic_untrained) FROM scores").fetchall()[0][0])
     current = con.execute(
