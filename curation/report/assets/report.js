@@ -146,7 +146,8 @@
   const setValue = (v) => { let s = String(v); if (Number.isInteger(v)) s += ".0"; else if (s.includes("e") && !s.includes(".")) s = s.replace("e", ".0e"); return s; };
 
   function commandText() {
-    const sets = D.sliders.filter((s) => value(s) !== s.value).map((s) => `--set ${s.key}=${setValue(value(s))}`);
+    const quote = (a) => (/^[\w@%+=:,./-]+$/.test(a) ? a : "'" + a.replace(/'/g, "'\\''") + "'"); // as shlex.quote
+    const sets = D.sliders.filter((s) => value(s) !== s.value).map((s) => "--set " + quote(`${s.key}=${setValue(value(s))}`));
     return { sets, line: [D.command, ...sets, "--dry-run"].join(" ") };
   }
 
