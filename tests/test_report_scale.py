@@ -20,8 +20,8 @@ from curation.report import write_report
 t = time.monotonic()
 page = write_report(sys.argv[1], load_config(sys.argv[2]), config_path=sys.argv[2])
 ru = resource.getrusage(resource.RUSAGE_SELF)
-print(json.dumps({"seconds": time.monotonic() - t, "cpu_s": ru.ru_utime + ru.ru_stime, "bytes": page.stat().st_size,
-                  "max_rss_mb": ru.ru_maxrss / 1024}))
+print(json.dumps({"seconds": time.monotonic() - t, "cpu_s": ru.ru_utime + ru.ru_stime,
+                  "bytes": page.stat().st_size, "max_rss_mb": ru.ru_maxrss / 1024}))
 """
 
 
