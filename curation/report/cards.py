@@ -47,11 +47,6 @@ def clip_details(con, clip_ids: list[str], shown: list[str]) -> dict[str, dict]:
         [("clip_id", pa.string())])))
     # Each table is cut down to the given clips first: a few rows, whatever the size of the run.
     mine = "clip_id IN (SELECT clip_id FROM __report_clip_ids)"
-
-    def newest(table: str) -> str:  # the view `table` (newest row per clip), cut first: DuckDB would
-        return (f"SELECT * FROM {table}_history WHERE {mine} "  # not push the cut through its window
-                "QUALIFY row_number() OVER (PARTITION BY clip_id ORDER BY created_at DESC) = 1")
-
     rows = con.sql(f"""
         WITH c AS (SELECT * FROM clips WHERE {mine}),
              videos AS (SELECT * FROM videos WHERE video_id IN (SELECT video_id FROM c))
@@ -60,10 +55,10 @@ def clip_details(con, clip_ids: list[str], shown: list[str]) -> dict[str, dict]:
                {"".join(f', s."{c}"' for c in shown)}
         FROM c
         {VIDEO_JOIN}
-        LEFT JOIN ({newest("decisions")}) d ON d.clip_id = c.clip_id
+        LEFT JOIN (SELECT * FROM decisions WHERE {mine}) d ON d.clip_id = c.clip_id
         LEFT JOIN (SELECT * FROM scores WHERE {mine} AND status = 'ok') s ON s.clip_id = c.clip_id
         LEFT JOIN (SELECT clip_id, any_value(caption) AS caption, bool_or(untrained) AS untrained
-                   FROM ({newest("captions")}) WHERE status = 'ok' GROUP BY clip_id) cap
+                   FROM captions WHERE {mine} AND status = 'ok' GROUP BY clip_id) cap
                ON cap.clip_id = c.clip_id
         LEFT JOIN (SELECT clip_id, any_value(caption) AS caption FROM shards WHERE {mine} GROUP BY clip_id) sh
                ON sh.clip_id = c.clip_id
