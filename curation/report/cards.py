@@ -67,26 +67,32 @@ def clip_details(con, clip_ids: list[str], shown: list[str]) -> dict[str, dict]:
     return {r["clip_id"]: r for r in rows}
 
 
-def clip_groups(con, out: Path, filt: FilterConfig, max_thumbs: int, untrained: bool) -> str:
-    """Cards of the first `max_thumbs` clips (by id) of each group; groups and counts come from SQL."""
+def clip_groups(con, out: Path, filt: FilterConfig, max_thumbs: int, max_previews: int,
+                untrained: bool) -> str:
+    """Cards of the first `max_thumbs` clips (by id) of each group; groups and counts come from SQL.
+    Previews (a decode and an encode each, the first time) go to the first `max_previews` cards
+    taken in turn from each group; the others show their still."""
     groups = con.sql(_GROUPS_SQL.format(limit=max(max_thumbs, 1))).to_arrow_table().to_pylist()
     if not groups:
         return "<p>No clips yet.</p>"
     shown = [c for c in MAIN_SCORES if c in SCORES.names]
-    by_id = clip_details(con, [i for g in groups for i in g["ids"][:max_thumbs]], shown)
     for g in groups:
-        g["clips"] = [by_id[i] for i in sorted(g["ids"])[:max_thumbs]]
+        g["ids"] = sorted(g["ids"])[:max_thumbs]
+    by_id = clip_details(con, [i for g in groups for i in g["ids"]], shown)
     tier_rank = {t: i for i, (t, _) in enumerate(filt.ordered())}
-    order = sorted(groups, key=lambda g: (g["kind"], tier_rank.get(g["tier"], len(tier_rank)),
-                                                   -g["n"], g["grp"]))
-    parts = [f"<p>Up to {max_thumbs} clips per group (the first by clip id): hover or click a clip to play "
-             f"its preview (the first seconds, muted). Rejected clips are grouped by each score that failed "
-             "(at every tier), so a clip can appear more than once. Red: why the clip was dropped; grey: why "
-             "a kept clip missed the tiers above its own."
+    rank = lambda g: (g["kind"], tier_rank.get(g["tier"], len(tier_rank)), -g["n"], g["grp"])  # noqa: E731
+    order = sorted(groups, key=rank)
+    in_turn = [g["ids"][k] for k in range(max_thumbs) for g in order if k < len(g["ids"])]
+    previews = set(list(dict.fromkeys(in_turn))[:max_previews])
+    media = write_all_media(list(by_id.values()), out, previews)
+    parts = [f"<p>Up to {max_thumbs} clips per group (the first by clip id). Hover or click a clip to play "
+             f"its preview, the first seconds, muted ({len(previews)} clips have one, the others a still). "
+             "Rejected clips are grouped by each score that failed (at every tier), so a clip can appear "
+             "more than once. Red: why the clip was dropped; grey: why a kept clip missed the tiers above "
+             "its own."
              + (" Aesthetic scores marked * are UNTRAINED (random weights)." if untrained else "") + "</p>"]
-    media = write_all_media([c for g in order for c in g["clips"]], out)
     for g in order:
-        cards = "".join(card(c, media[c["clip_id"]], shown) for c in g["clips"])
+        cards = "".join(card(by_id[i], media[i], shown) for i in g["ids"])
         size = f"{n_of(g['n'], 'clip')}, {hours(g['seconds'] / 3600)}"
         parts.append(f"<h3>{e(g['grp'])} <small>({size})</small></h3><div class=grid>{cards}</div>")
     return "\n".join(parts)
