@@ -172,7 +172,8 @@ def test_estimates_hold_the_truth_within_their_interval(tmp_path, browser, capsy
     cells, command = _snapshot(browser)
     assert "--set filter.tiers.480p.bounds.motion_mean.min=0.9 " in command
     out = _dry_run(command, capsys)
-    truth = {**{f"kept:{t}": out["kept_per_tier"].get(t, 0) for t in tiers}, "rejected": out["rejected"]}
+    truth = {**{f"kept:{t}": out["kept_per_tier"].get(t, 0) for t in tiers}, "rejected": out["rejected"],
+             **{f"r:{h}": n for h, n in out["reasons"].items()}}
     assert truth["kept:480p"] < int(cells["kept:480p:config"])  # the moves changed something
     for key, true in truth.items():
         m = re.fullmatch(r"≈(-?\d+) ±(\d+)", cells[key])
@@ -180,5 +181,11 @@ def test_estimates_hold_the_truth_within_their_interval(tmp_path, browser, capsy
         est, err = int(m.group(1)), int(m.group(2))
         assert abs(est - true) <= err, (key, est, err, true)
         assert err < 0.2 * 3000, (key, err)  # and the interval says something
+    # a count no sample clip changes gets the rule of three, 3 N/n; hours get 3 N/n x the mean duration
+    unseen = browser.js("(() => { const E = reelsift.estimate(); return [...E.keys]"
+                        ".filter(k => !E.est(k).seen).map(k => [k, E.est(k).err]); })()")
+    assert any(k.startswith("r:") for k, _ in unseen) and any(k.startswith("kept_s:") for k, _ in unseen)
+    for key, err in unseen:
+        assert (err > 15 * 1.5) if key.startswith("kept_s:") or key == "rejected_s" else err == 15, (key, err)
     assert browser.errors() == []
 

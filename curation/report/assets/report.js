@@ -121,8 +121,9 @@
       if (n >= N || !moved) return { v: base + s, err: 0 };
       const varD = n > 1 ? (s2 - (s * s) / n) / (n - 1) : s2;
       let err = 1.96 * N * Math.sqrt(Math.max(0, (1 - n / N) * varD / n));
-      if (s2 === 0) err = (3 * N) / n * (k.includes("_s") ? meanDur : 1); // rule of three: no change seen
-      return { v: base + (N / n) * s, err };
+      const seconds = k.startsWith("kept_s:") || k === "rejected_s";
+      if (s2 === 0) err = ((3 * N) / n) * (seconds ? meanDur : 1); // rule of three: no change seen
+      return { v: base + (N / n) * s, err, seen: s2 > 0 };
     };
     const keys = new Set([...exact.keys(), ...sum.keys()]);
     return { est, keys, changed, estimated: n < N && moved };
