@@ -68,6 +68,7 @@ def plan_shards(
     con = connect(root)
     con.execute("SET preserve_insertion_order = false")
     con.execute(f"SET memory_limit = {_lit(memory_limit)}")
+    con.execute("SET threads = 1")  # per-thread sort buffers of wide rows overrun the limit otherwise
     con.execute(f"SET temp_directory = {_lit(str(plan_dir(root) / 'spill'))}")
     con.execute(f"""CREATE TEMP TABLE todo AS
         SELECT clip_id, tier, (row_number() OVER (PARTITION BY tier ORDER BY clip_id) - 1)

@@ -12,6 +12,8 @@ are dropped with an anti-join (a hash join, no sort of the whole history).
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 
 import duckdb
@@ -73,10 +75,20 @@ def table_views(con: duckdb.DuckDBPyConnection, table: Table, name: str | None =
     con.execute(f"CREATE VIEW {name} AS {current}")
 
 
-def connect(root: str | Path) -> duckdb.DuckDBPyConnection:
-    """In-memory DuckDB with a view per table of `root` (parts are read at query time)."""
+MEMORY_LIMIT = "512MB"
+"""DuckDB's working memory per connection; joins, aggregates and sorts spill beyond it."""
+
+
+def connect(root: str | Path, memory_limit: str = MEMORY_LIMIT) -> duckdb.DuckDBPyConnection:
+    """In-memory DuckDB with a view per table of `root` (parts are read at query time).
+
+    Bounded: DuckDB works within `memory_limit` and spills to the system temp folder, so a query
+    over 10^7 clips costs disk, not the driver's memory."""
     root = Path(root)
     con = duckdb.connect(":memory:")
+    con.execute(f"SET memory_limit = '{memory_limit}'")
+    spill = Path(tempfile.gettempdir()) / f"reelsift-duckdb-{os.getuid()}"
+    con.execute(f"SET temp_directory = {_quote(spill)}")
     for name in TABLES:
         table_views(con, Table(root, name))
     return con
