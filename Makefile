@@ -14,7 +14,7 @@ PROMPT  ?= a textured disk drifting across a panning background
 SECONDS ?= 4
 OUT     ?= samples/demo.mp4
 
-.PHONY: install browser demo demo-data run ingest split score dedup filter caption align shard verify summary report status train cache-latents sample test test-slow lint clean
+.PHONY: install browser demo demo-data run ingest split score dedup filter caption align shard verify summary report status compact train cache-latents sample test test-slow lint clean
 
 $(VENV)/.installed: pyproject.toml constraints-ci.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -53,7 +53,7 @@ ingest: install
 split score dedup filter caption align shard: install
 	$(REELSIFT) $@ --config $(CONFIG) --root $(ROOT) $(SETS)
 
-verify summary status: install
+verify summary status compact: install
 	$(REELSIFT) $@ --root $(ROOT)
 
 report: install

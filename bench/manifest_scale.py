@@ -84,9 +84,14 @@ def measure(name: str, argv: list[str], env: dict) -> dict:
     wall = time.perf_counter() - t0
     res = json.loads(out.read_text())
     out.unlink()
-    row = dict(step=name, wall_s=round(wall, 3), cpu_s=round(res["cpu_s"], 3),
-               peak_rss_mib=round(res["max_rss_kib"] / 1024, 1), tree_rss_mib=round(peak / 1024, 1),
-               rc=res["rc"])
+    row = dict(
+        step=name,
+        wall_s=round(wall, 3),
+        cpu_s=round(res["cpu_s"], 3),
+        peak_rss_mib=round(res["max_rss_kib"] / 1024, 1),
+        tree_rss_mib=round(peak / 1024, 1),
+        rc=res["rc"],
+    )
     if res["rc"] != 0:
         row["stderr"] = res["stderr"]
     print(json.dumps({k: v for k, v in row.items() if k != "stderr"}), flush=True)
@@ -120,87 +125,178 @@ def build_root(root: Path, n: int, seed: int = 0) -> dict:
     vsize = sizes[rng.integers(0, 4, n_vid)]
     vpaths = pa.array(np.char.mod("/data/videos/%08d.mp4", np.arange(n_vid)).astype(object), pa.string())
     vstatus = np.where(rng.random(n_vid) < 0.99, "ok", "error").astype(object)
-    _write(root, "videos", pa.table({
-        "video_id": vid, "path": vpaths, "status": vstatus,
-        "error": np.where(vstatus == "error", "not a decodable video (invalid data)", None),
-        "size_bytes": rng.integers(1 << 20, 1 << 28, n_vid), "duration_s": rng.uniform(10, 120, n_vid),
-        "fps": np.full(n_vid, 24.0), "vfr": np.zeros(n_vid, bool), "n_frames": rng.integers(240, 2880, n_vid),
-        "width": vsize[:, 0].astype(np.int32), "height": vsize[:, 1].astype(np.int32),
-        "rotation": np.zeros(n_vid, np.int32), "display_width": vsize[:, 0].astype(np.int32),
-        "display_height": vsize[:, 1].astype(np.int32), "codec": ["h264"] * n_vid,
-        "pix_fmt": ["yuv420p"] * n_vid, "has_audio": rng.random(n_vid) < 0.5,
-        "bitrate": rng.integers(500_000, 8_000_000, n_vid),
-    }))
+    _write(
+        root,
+        "videos",
+        pa.table(
+            {
+                "video_id": vid,
+                "path": vpaths,
+                "status": vstatus,
+                "error": np.where(vstatus == "error", "not a decodable video (invalid data)", None),
+                "size_bytes": rng.integers(1 << 20, 1 << 28, n_vid),
+                "duration_s": rng.uniform(10, 120, n_vid),
+                "fps": np.full(n_vid, 24.0),
+                "vfr": np.zeros(n_vid, bool),
+                "n_frames": rng.integers(240, 2880, n_vid),
+                "width": vsize[:, 0].astype(np.int32),
+                "height": vsize[:, 1].astype(np.int32),
+                "rotation": np.zeros(n_vid, np.int32),
+                "display_width": vsize[:, 0].astype(np.int32),
+                "display_height": vsize[:, 1].astype(np.int32),
+                "codec": ["h264"] * n_vid,
+                "pix_fmt": ["yuv420p"] * n_vid,
+                "has_audio": rng.random(n_vid) < 0.5,
+                "bitrate": rng.integers(500_000, 8_000_000, n_vid),
+            }
+        ),
+    )
     cid = _ids(rng, n, 2)
     v_of = np.arange(n) // 4 % n_vid
     start = rng.integers(0, 2000, n)
     length = rng.integers(36, 144, n)
     cstatus = rng.choice(np.array(["ok", "rejected", "error"], object), n, p=[0.95, 0.03, 0.02])
     cstatus = np.where(vstatus[v_of] == "ok", cstatus, "error")
-    _write(root, "clips", pa.table({
-        "clip_id": cid, "video_id": vid.take(pa.array(v_of)), "path": vpaths.take(pa.array(v_of)),
-        "scene_index": (np.arange(n) % 4).astype(np.int32), "piece_index": np.zeros(n, np.int32),
-        "start_frame": start, "end_frame": start + length, "start_s": start / 24.0,
-        "end_s": (start + length) / 24.0, "duration_s": length / 24.0, "fps": np.full(n, 24.0),
-        "width": vsize[v_of, 0].astype(np.int32), "height": vsize[v_of, 1].astype(np.int32),
-        "status": cstatus, "error": np.where(cstatus == "error", "could not split: decode error", None),
-        "reasons": pa.array([["too_short=1.2s<1.5s"] if s == "rejected" else [] for s in cstatus],
-                            pa.list_(pa.string())),
-    }))
+    _write(
+        root,
+        "clips",
+        pa.table(
+            {
+                "clip_id": cid,
+                "video_id": vid.take(pa.array(v_of)),
+                "path": vpaths.take(pa.array(v_of)),
+                "scene_index": (np.arange(n) % 4).astype(np.int32),
+                "piece_index": np.zeros(n, np.int32),
+                "start_frame": start,
+                "end_frame": start + length,
+                "start_s": start / 24.0,
+                "end_s": (start + length) / 24.0,
+                "duration_s": length / 24.0,
+                "fps": np.full(n, 24.0),
+                "width": vsize[v_of, 0].astype(np.int32),
+                "height": vsize[v_of, 1].astype(np.int32),
+                "status": cstatus,
+                "error": np.where(cstatus == "error", "could not split: decode error", None),
+                "reasons": pa.array(
+                    [["too_short=1.2s<1.5s"] if s == "rejected" else [] for s in cstatus],
+                    pa.list_(pa.string()),
+                ),
+            }
+        ),
+    )
     ok = np.flatnonzero(cstatus == "ok")
     m = len(ok)
     serr = rng.random(m) < 0.02
     f = lambda lo, hi: np.where(serr, np.nan, rng.uniform(lo, hi, m)).astype(np.float32)  # noqa: E731
     emb = rng.standard_normal((m, EMBED)).astype(np.float32)
     emb /= np.linalg.norm(emb, axis=1, keepdims=True)
-    embedding = pa.ListArray.from_arrays(pa.array(np.arange(m + 1, dtype=np.int32) * EMBED), pa.array(emb.ravel()))
+    embedding = pa.ListArray.from_arrays(
+        pa.array(np.arange(m + 1, dtype=np.int32) * EMBED), pa.array(emb.ravel())
+    )
     scid = cid.take(pa.array(ok))
-    _write(root, "scores", pa.table({
-        "clip_id": scid, "status": np.where(serr, "error", "ok").astype(object),
-        "error": np.where(serr, "clip not decodable", None), "n_frames_scored": np.full(m, 8, np.int32),
-        "frame_step": np.full(m, 8.0, np.float32), "work_width": np.full(m, 640, np.int32),
-        "work_height": np.full(m, 360, np.int32), "motion_mean": f(0.0, 3.0), "motion_p90": f(0, 6),
-        "motion_max": f(0, 12), "motion_static_frac": f(0, 0.6), "motion_pairs": np.full(m, 7, np.int32),
-        "ocr_area": f(0, 0.06), "ocr_boxes": rng.integers(0, 5, m).astype(np.int32),
-        "ocr_text": np.where(rng.random(m) < 0.2, "SALE 50% OFF", ""),
-        "quality_brightness": f(0.1, 0.9), "quality_contrast": f(0.05, 0.4), "quality_saturation": f(0, 1),
-        "quality_colorfulness": f(0, 150), "quality_sharpness": f(0, 500), "quality_dark_frac": f(0, 0.4),
-        "quality_bright_frac": f(0, 0.4), "aesthetic_mean": f(3, 7), "aesthetic_min": f(2, 6),
-        "aesthetic_untrained": np.ones(m, bool), "clip_model": [cfg.score.aesthetic.clip_model] * m,
-        "clip_embedding": embedding, "nsfw_max": f(0, 0.55), "nsfw_mean": f(0, 0.3),
-        "nsfw_breast": f(0, 0.2), "nsfw_genitalia": f(0, 0.2), "nsfw_buttocks": f(0, 0.2),
-    }))
+    _write(
+        root,
+        "scores",
+        pa.table(
+            {
+                "clip_id": scid,
+                "status": np.where(serr, "error", "ok").astype(object),
+                "error": np.where(serr, "clip not decodable", None),
+                "n_frames_scored": np.full(m, 8, np.int32),
+                "frame_step": np.full(m, 8.0, np.float32),
+                "work_width": np.full(m, 640, np.int32),
+                "work_height": np.full(m, 360, np.int32),
+                "motion_mean": f(0.0, 3.0),
+                "motion_p90": f(0, 6),
+                "motion_max": f(0, 12),
+                "motion_static_frac": f(0, 0.6),
+                "motion_pairs": np.full(m, 7, np.int32),
+                "ocr_area": f(0, 0.06),
+                "ocr_boxes": rng.integers(0, 5, m).astype(np.int32),
+                "ocr_text": np.where(rng.random(m) < 0.2, "SALE 50% OFF", ""),
+                "quality_brightness": f(0.1, 0.9),
+                "quality_contrast": f(0.05, 0.4),
+                "quality_saturation": f(0, 1),
+                "quality_colorfulness": f(0, 150),
+                "quality_sharpness": f(0, 500),
+                "quality_dark_frac": f(0, 0.4),
+                "quality_bright_frac": f(0, 0.4),
+                "aesthetic_mean": f(3, 7),
+                "aesthetic_min": f(2, 6),
+                "aesthetic_untrained": np.ones(m, bool),
+                "clip_model": [cfg.score.aesthetic.clip_model] * m,
+                "clip_embedding": embedding,
+                "nsfw_max": f(0, 0.55),
+                "nsfw_mean": f(0, 0.3),
+                "nsfw_breast": f(0, 0.2),
+                "nsfw_genitalia": f(0, 0.2),
+                "nsfw_buttocks": f(0, 0.2),
+            }
+        ),
+    )
     dup = rng.random(m) < 0.03
     other = scid.take(pa.array(rng.integers(0, m, m)))
-    _write(root, "duplicates", pa.table({
-        "clip_id": scid, "group_id": pa.array(np.where(dup, other.to_numpy(zero_copy_only=False), scid.to_numpy(zero_copy_only=False))),
-        "group_size": np.where(dup, 2, 1).astype(np.int32),
-        "duplicate_of": pa.array(np.where(dup, other.to_numpy(zero_copy_only=False), None)),
-        "similarity": np.where(dup, 0.97, np.nan).astype(np.float32), "clip_model": [cfg.score.aesthetic.clip_model] * m,
-        "dedup_run": ["d1"] * m,
-    }))
+    _write(
+        root,
+        "duplicates",
+        pa.table(
+            {
+                "clip_id": scid,
+                "group_id": pa.array(
+                    np.where(dup, other.to_numpy(zero_copy_only=False), scid.to_numpy(zero_copy_only=False))
+                ),
+                "group_size": np.where(dup, 2, 1).astype(np.int32),
+                "duplicate_of": pa.array(np.where(dup, other.to_numpy(zero_copy_only=False), None)),
+                "similarity": np.where(dup, 0.97, np.nan).astype(np.float32),
+                "clip_model": [cfg.score.aesthetic.clip_model] * m,
+                "dedup_run": ["d1"] * m,
+            }
+        ),
+    )
     cap = np.flatnonzero((rng.random(m) < 0.7) & ~serr)
     k = len(cap)
-    words = np.array("a the person dog car street city walks runs slowly under bright sky camera pans "
-                     "across green field water light night indoor kitchen table".split(), object)
+    words = np.array(
+        "a the person dog car street city walks runs slowly under bright sky camera pans "
+        "across green field water light night indoor kitchen table".split(),
+        object,
+    )
     text = [" ".join(ws) for ws in words[rng.integers(0, len(words), (k, 24))]]
     capid = scid.take(pa.array(cap))
     cstat = np.where(rng.random(k) < 0.98, "ok", "error").astype(object)
-    _write(root, "captions", pa.table({
-        "clip_id": capid, "caption": pa.array(np.where(cstat == "ok", np.array(text, object), None)),
-        "backend": ["transformers"] * k, "model": [cfg.caption.model_name] * k,
-        "prompt_hash": [cfg.caption.prompt_hash] * k, "n_tokens": np.full(k, 32, np.int32),
-        "latency_s": rng.uniform(0.5, 3, k), "untrained": np.ones(k, bool), "status": cstat,
-        "error": np.where(cstat == "error", "generation failed", None),
-    }))
+    _write(
+        root,
+        "captions",
+        pa.table(
+            {
+                "clip_id": capid,
+                "caption": pa.array(np.where(cstat == "ok", np.array(text, object), None)),
+                "backend": ["transformers"] * k,
+                "model": [cfg.caption.model_name] * k,
+                "prompt_hash": [cfg.caption.prompt_hash] * k,
+                "n_tokens": np.full(k, 32, np.int32),
+                "latency_s": rng.uniform(0.5, 3, k),
+                "untrained": np.ones(k, bool),
+                "status": cstat,
+                "error": np.where(cstat == "error", "generation failed", None),
+            }
+        ),
+    )
     okcap = np.flatnonzero(cstat == "ok")
-    _write(root, "alignment", pa.table({
-        "clip_id": capid.take(pa.array(okcap)), "caption_model": [cfg.caption.model_name] * len(okcap),
-        "prompt_hash": [cfg.caption.prompt_hash] * len(okcap),
-        "clip_score": rng.uniform(0.1, 0.4, len(okcap)).astype(np.float32),
-        "clip_model": [cfg.score.aesthetic.clip_model] * len(okcap), "untrained": np.ones(len(okcap), bool),
-        "status": ["ok"] * len(okcap),
-    }))
+    _write(
+        root,
+        "alignment",
+        pa.table(
+            {
+                "clip_id": capid.take(pa.array(okcap)),
+                "caption_model": [cfg.caption.model_name] * len(okcap),
+                "prompt_hash": [cfg.caption.prompt_hash] * len(okcap),
+                "clip_score": rng.uniform(0.1, 0.4, len(okcap)).astype(np.float32),
+                "clip_model": [cfg.score.aesthetic.clip_model] * len(okcap),
+                "untrained": np.ones(len(okcap), bool),
+                "status": ["ok"] * len(okcap),
+            }
+        ),
+    )
     return dict(videos=n_vid, clips=n, ok_clips=m, captions=k)
 
 
@@ -238,34 +334,64 @@ def run_scale(n: int, work: Path, env: dict, res: Result, label: str) -> list[di
     ing = work / f"ingest-{label}"
     shutil.rmtree(ing, ignore_errors=True)
     paths = np.char.mod("/data/ingest/%09d.mp4", np.arange(n)).astype(object)
-    _write(ing, "videos", pa.table({"video_id": pa.array(np.char.mod("%032x", np.arange(n)).astype(object)),
-                                    "path": paths, "status": ["ok"] * n}))
+    _write(
+        ing,
+        "videos",
+        pa.table(
+            {
+                "video_id": pa.array(np.char.mod("%032x", np.arange(n)).astype(object)),
+                "path": paths,
+                "status": ["ok"] * n,
+            }
+        ),
+    )
     (ing / "list.txt").write_text("\n".join(paths) + "\n")
     c = ["--config", str(CONFIG), "--root", str(root)]
-    rows = [measure("ingest (N-line list, nothing to probe)",
-                    cli("ingest", "--config", str(CONFIG), "--root", str(ing), "--input", str(ing / "list.txt")), env)]
+    rows = [
+        measure(
+            "ingest (N-line list, nothing to probe)",
+            cli("ingest", "--config", str(CONFIG), "--root", str(ing), "--input", str(ing / "list.txt")),
+            env,
+        )
+    ]
     for stage in ("score", "caption", "align"):
         rows.append(measure(f"{stage} (pending query, nothing pending)", cli(stage, *c), env))
     rows.append(measure("filter (1st run)", cli("filter", *c), env))
     rows.append(measure("filter --dry-run", cli("filter", "--dry-run", *c), env))
     rows.append(measure("filter (2nd run)", cli("filter", *c), env))
-    plan = ("from curation.config import load_config; from curation.shard_plan import plan_shards, clean_plans; "
-            f"cfg = load_config({str(CONFIG)!r}, []); g = plan_shards({str(root)!r}, cfg.filter, cfg.shard); "
-            f"print(g.num_rows); clean_plans(__import__('pathlib').Path({str(root)!r}))")
+    plan = (
+        "from curation.config import load_config; from curation.shard_plan import plan_shards, clean_plans; "
+        f"cfg = load_config({str(CONFIG)!r}, []); g = plan_shards({str(root)!r}, cfg.filter, cfg.shard); "
+        f"print(g.num_rows); clean_plans(__import__('pathlib').Path({str(root)!r}))"
+    )
     rows.append(measure("shard planning (plan_shards)", [sys.executable, "-c", plan], env))
     kept = fake_shards(root)
     rows.append(measure("filter (3rd run, after shard)", cli("filter", *c), env))
     rows.append(measure("status", cli("status", "--root", str(root)), env))
     for q in queries.names():
         rows.append(measure(f"sql --named {q}", cli("sql", "--named", q, "--root", str(root)), env))
-    rows.append(measure("report --max-thumbs 0 (report.py as on this branch)",
-                        cli("report", *c, "--max-thumbs", "0"), env))
-    rows.append(measure("verify --tables-only (3 decision runs)", cli("verify", "--tables-only", "--root", str(root)), env))
+    rows.append(
+        measure(
+            "report --max-thumbs 0 (report.py as on this branch)", cli("report", *c, "--max-thumbs", "0"), env
+        )
+    )
+    rows.append(
+        measure(
+            "verify --tables-only (3 decision runs)", cli("verify", "--tables-only", "--root", str(root)), env
+        )
+    )
     rows.append(measure("compact", cli("compact", "--root", str(root)), env))
-    rows.append(measure("verify --tables-only (compacted)", cli("verify", "--tables-only", "--root", str(root)), env))
+    rows.append(
+        measure("verify --tables-only (compacted)", cli("verify", "--tables-only", "--root", str(root)), env)
+    )
     rows.append(measure("status (compacted)", cli("status", "--root", str(root)), env))
-    rows.append(measure("sql --named rejected-by-reason (compacted)",
-                        cli("sql", "--named", "rejected-by-reason", "--root", str(root)), env))
+    rows.append(
+        measure(
+            "sql --named rejected-by-reason (compacted)",
+            cli("sql", "--named", "rejected-by-reason", "--root", str(root)),
+            env,
+        )
+    )
     for r in rows:
         r["clips"] = n
     res.add("root", dict(built, kept=kept, part_rows=PART_ROWS, embed_dim=EMBED))
@@ -298,9 +424,14 @@ def main() -> int:
         res.add("note", "2-core machine shared with other engineers' work at the same time; one run per step")
         rows = startup(work, env) + run_scale(n, work, env, res, label)
         res.add("steps", rows)
-        res.table(["step", "wall s", "CPU s", "peak RSS MiB", "tree RSS MiB", "rc"],
-                  [(r["step"], r["wall_s"], r["cpu_s"], r["peak_rss_mib"], r["tree_rss_mib"], r["rc"]) for r in rows],
-                  title=f"manifest_scale N={n}")
+        res.table(
+            ["step", "wall s", "CPU s", "peak RSS MiB", "tree RSS MiB", "rc"],
+            [
+                (r["step"], r["wall_s"], r["cpu_s"], r["peak_rss_mib"], r["tree_rss_mib"], r["rc"])
+                for r in rows
+            ],
+            title=f"manifest_scale N={n}",
+        )
         res.write()
         if not args.keep:
             shutil.rmtree(work / f"root-{label}", ignore_errors=True)

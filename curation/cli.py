@@ -329,7 +329,8 @@ def cmd_compact(args) -> int:
         if c.skipped:
             print(f"{c.table:11s} {c.parts_before} part(s): nothing to compact")
         else:
-            print(f"{c.table:11s} {c.parts_before} part(s), {c.rows_before} rows -> 1 part, {c.rows_after} rows")
+            print(f"{c.table:11s} {c.parts_before} part(s), {c.rows_before} rows -> 1 part, "
+                  f"{c.rows_after} rows")
     return 0
 
 

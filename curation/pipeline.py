@@ -174,8 +174,8 @@ def shard(cfg: CurateConfig, root: Path, ray_address: str | None = None) -> Part
     holds yet (planned in DuckDB; Ray starts only when there is something to cut)."""
     import pyarrow.compute as pc
 
-    from curation.runner import PartSink, run_stage
     from curation.reshard import reshard
+    from curation.runner import PartSink, run_stage
     from curation.shard_plan import clean_plans, plan_shards
     from curation.stages.shard import ShardJob, ShardWriter, clean_orphans
 

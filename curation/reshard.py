@@ -84,8 +84,7 @@ def rewrite_tar(root: Path, shard: str, rows: list[dict], summary: ReshardSummar
         log.warning("reshard: %s is missing on disk; its %d kept clip(s) will be cut again", shard, len(keep))
         drop, keep = rows, []
     out = [
-        dict(clip_id=r["clip_id"], key=r["key"], tier=r["tier"], status="removed", shard=None)
-        for r in drop
+        dict(clip_id=r["clip_id"], key=r["key"], tier=r["tier"], status="removed", shard=None) for r in drop
     ]
     summary.clips_removed += len(drop)
     if not keep:

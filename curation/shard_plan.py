@@ -25,15 +25,17 @@ from manifests.db import connect
 
 PLAN_DIR = ".plan"  # under <root>/shards/
 
-GROUPS = pa.schema([
-    ("group", pa.string()),
-    ("tier", pa.string()),
-    ("short_side", pa.int32()),
-    ("fps", pa.float64()),  # NaN: keep the source rate
-    ("group_index", pa.int64()),  # the group's rows in the plan file
-    ("n_clips", pa.int64()),
-    ("plan", pa.string()),  # plan file path
-])
+GROUPS = pa.schema(
+    [
+        ("group", pa.string()),
+        ("tier", pa.string()),
+        ("short_side", pa.int32()),
+        ("fps", pa.float64()),  # NaN: keep the source rate
+        ("group_index", pa.int64()),  # the group's rows in the plan file
+        ("n_clips", pa.int64()),
+        ("plan", pa.string()),  # plan file path
+    ]
+)
 
 # kept, not in a tar (a 'removed' row means a reshard took it out: cut it again)
 _TODO = """
@@ -77,7 +79,9 @@ def plan_shards(
     tiers = [t for (t,) in con.execute("SELECT DISTINCT tier FROM todo").fetchall()]
     unknown = sorted(set(tiers) - set(filt.tiers))
     if unknown:
-        raise ConfigError(f"decisions name tier(s) {unknown}, which filter.tiers no longer has; re-run filter")
+        raise ConfigError(
+            f"decisions name tier(s) {unknown}, which filter.tiers no longer has; re-run filter"
+        )
     empty = GROUPS.empty_table()
     if not tiers:
         return empty
@@ -92,7 +96,9 @@ def plan_shards(
                count(*)::BIGINT AS n_clips, g.chunk
         FROM todo g JOIN (VALUES {values}) t(tier, short_side, fps) ON t.tier = g.tier
         GROUP BY g.tier, g.chunk, t.short_side, t.fps""")
-    has = {name: bool(con.execute(f"SELECT 1 FROM {name} LIMIT 1").fetchall()) for name in ("scores", "captions")}
+    has = {
+        name: bool(con.execute(f"SELECT 1 FROM {name} LIMIT 1").fetchall()) for name in ("scores", "captions")
+    }
     scores = "s" if has["scores"] else "NULL"
     caption = "cap.caption" if has["captions"] else "NULL::VARCHAR"
     joins = "LEFT JOIN scores s ON s.clip_id = d.clip_id" if has["scores"] else ""
@@ -120,7 +126,9 @@ def plan_shards(
     with pq.ParquetWriter(plan, reader.schema) as writer:
         for batch in reader:
             writer.write_batch(batch, row_group_size=rows_per_group)
-    groups = con.sql('SELECT "group", tier, short_side, fps, group_index, n_clips FROM groups ORDER BY group_index')
+    groups = con.sql(
+        'SELECT "group", tier, short_side, fps, group_index, n_clips FROM groups ORDER BY group_index'
+    )
     table = groups.to_arrow_table()
     table = table.append_column("plan", pa.array([str(plan)] * table.num_rows, pa.string()))
     return table.cast(GROUPS)

@@ -75,16 +75,26 @@ def check_kept_set(con) -> list[Problem]:
     n = con.sql(f"SELECT count(*) FROM ({_NOT_SHARDED})").fetchall()[0][0]
     if n:
         rows = con.sql(f"{_NOT_SHARDED} ORDER BY clip_id LIMIT {NAMED}").fetchall()
-        problems.append(Problem(
-            "decisions", f"{n} kept clip(s) in no tar of their tier: {_names(rows, n)} (run reelsift shard)"))
+        problems.append(
+            Problem(
+                "decisions",
+                f"{n} kept clip(s) in no tar of their tier: {_names(rows, n)} (run reelsift shard)",
+            )
+        )
     n = con.sql(f"SELECT count(*) FROM ({_NOT_KEPT})").fetchall()[0][0]
     if n:
         rows = con.sql(f"{_NOT_KEPT} ORDER BY clip_id LIMIT {NAMED}").fetchall()
         where = "; ".join(
-            f"{c} in {sh} ({'rejected' if not keep else f'now kept in {dt}'})" for c, sh, _, keep, dt in rows)
-        problems.append(Problem(
-            "decisions", f"{n} clip(s) in a tar that the newest decisions do not keep there: {where}"
-            + (f" and {n - len(rows)} more" if n > len(rows) else "") + " (run reelsift shard)"))
+            f"{c} in {sh} ({'rejected' if not keep else f'now kept in {dt}'})" for c, sh, _, keep, dt in rows
+        )
+        problems.append(
+            Problem(
+                "decisions",
+                f"{n} clip(s) in a tar that the newest decisions do not keep there: {where}"
+                + (f" and {n - len(rows)} more" if n > len(rows) else "")
+                + " (run reelsift shard)",
+            )
+        )
     return problems
 
 
@@ -133,9 +143,13 @@ def verify(root: str | Path, decode: bool = True, read_tars: bool = True) -> tup
         missing = sorted(set(expected) - set(samples))
         extra = sorted(set(samples) - set(expected))
         if missing:
-            problems.append(Problem(shard, f"{len(missing)} indexed sample(s) missing: {', '.join(missing[:NAMED])}"))
+            problems.append(
+                Problem(shard, f"{len(missing)} indexed sample(s) missing: {', '.join(missing[:NAMED])}")
+            )
         if extra:
-            problems.append(Problem(shard, f"{len(extra)} sample(s) not in the table: {', '.join(extra[:NAMED])}"))
+            problems.append(
+                Problem(shard, f"{len(extra)} sample(s) not in the table: {', '.join(extra[:NAMED])}")
+            )
         for key in sorted(set(expected) & set(samples)):
             checked += 1
             problems.extend(_check_sample(shard, key, samples[key], expected[key], decode))

@@ -23,7 +23,6 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from manifests.schemas import TABLES
@@ -113,7 +112,11 @@ class Table:
         os.replace(tmp, final)
         return final
 
-    def dataset(self) -> ds.Dataset | None:
+    def dataset(self):
+        """A pyarrow Dataset over the current parts, or None (imported here: pyarrow.dataset
+        pulls in pandas, 0.3 s that `reelsift sql`/`status` do not need)."""
+        import pyarrow.dataset as ds
+
         parts = self.parts()
         if not parts:
             return None

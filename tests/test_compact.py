@@ -21,13 +21,15 @@ N = 60_000  # clips; 3 filter runs of decisions -> 180k history rows
 def _decisions(ids: list[str], run: str, seed: int) -> pa.Table:
     rng = np.random.default_rng(seed)
     keep = rng.random(len(ids)) < 0.6
-    return pa.table({
-        "clip_id": ids,
-        "tier": np.where(keep, "256p", None).tolist(),
-        "keep": keep,
-        "reasons": [[] if k else [f"motion_mean={seed}<0.5@256p"] for k in keep],
-        "filter_run": [run] * len(ids),
-    })
+    return pa.table(
+        {
+            "clip_id": ids,
+            "tier": np.where(keep, "256p", None).tolist(),
+            "keep": keep,
+            "reasons": [[] if k else [f"motion_mean={seed}<0.5@256p"] for k in keep],
+            "filter_run": [run] * len(ids),
+        }
+    )
 
 
 def make_root(root, runs: int = 3):
@@ -49,8 +51,10 @@ def state(root) -> dict:
     return {
         "decisions": query(root, STATE).to_pylist()[0],
         "clips": query(root, "SELECT count(*) AS n, count(DISTINCT clip_id) AS k FROM clips").to_pylist()[0],
-        "rows": sorted(query(root, "SELECT clip_id, keep, reasons FROM decisions").to_pylist(),
-                       key=lambda r: r["clip_id"])[:: N // 500],
+        "rows": sorted(
+            query(root, "SELECT clip_id, keep, reasons FROM decisions").to_pylist(),
+            key=lambda r: r["clip_id"],
+        )[:: N // 500],
     }
 
 
@@ -73,7 +77,9 @@ def test_compact_keeps_newest_and_merges(tmp_path):
     assert runs == [{"filter_run": "run2", "n": N - 10}, {"filter_run": "run3", "n": 10}]
     compact(root)
     assert query(root, "SELECT count(*) AS n FROM decisions_history").to_pylist()[0]["n"] == N
-    assert query(root, "SELECT count(*) AS n FROM decisions WHERE filter_run = 'run3'").to_pylist()[0]["n"] == 10
+    assert (
+        query(root, "SELECT count(*) AS n FROM decisions WHERE filter_run = 'run3'").to_pylist()[0]["n"] == 10
+    )
 
 
 def test_reader_sees_old_or_new_set_never_a_mix(tmp_path):

@@ -22,19 +22,55 @@ from manifests.store import Table, rows_to_table
 
 N = 3000
 
-CFG = FilterConfig(tiers={
-    "720p": TierConfig(min_source_short_side=720, short_side=720, bounds={
-        "motion_mean": Bound(min=0.5, max=10.0), "ocr_area": Bound(max=0.02),
-        "aesthetic_mean": Bound(min=4.5), "clip_score": Bound(min=0.2)}),
-    "480p": TierConfig(min_source_short_side=480, short_side=480, bounds={
-        "motion_mean": Bound(min=0.3, max=12.0), "ocr_area": Bound(max=0.05),
-        "quality_sharpness": Bound(min=1e-5)}),
-    "256p": TierConfig(min_source_short_side=256, short_side=256, bounds={
-        "motion_mean": Bound(min=0.1), "nsfw_max": Bound(max=0.5)}),
-})
+CFG = FilterConfig(
+    tiers={
+        "720p": TierConfig(
+            min_source_short_side=720,
+            short_side=720,
+            bounds={
+                "motion_mean": Bound(min=0.5, max=10.0),
+                "ocr_area": Bound(max=0.02),
+                "aesthetic_mean": Bound(min=4.5),
+                "clip_score": Bound(min=0.2),
+            },
+        ),
+        "480p": TierConfig(
+            min_source_short_side=480,
+            short_side=480,
+            bounds={
+                "motion_mean": Bound(min=0.3, max=12.0),
+                "ocr_area": Bound(max=0.05),
+                "quality_sharpness": Bound(min=1e-5),
+            },
+        ),
+        "256p": TierConfig(
+            min_source_short_side=256,
+            short_side=256,
+            bounds={"motion_mean": Bound(min=0.1), "nsfw_max": Bound(max=0.5)},
+        ),
+    }
+)
 
-EDGES = [None, math.nan, math.inf, -math.inf, 0.0, -0.0, 0.1, 0.3, 0.5, 10.0, 12.0, 0.02, 0.05,
-         4.5, 0.2, 1e-5, 123456.7, 2.5e-7]
+EDGES = [
+    None,
+    math.nan,
+    math.inf,
+    -math.inf,
+    0.0,
+    -0.0,
+    0.1,
+    0.3,
+    0.5,
+    10.0,
+    12.0,
+    0.02,
+    0.05,
+    4.5,
+    0.2,
+    1e-5,
+    123456.7,
+    2.5e-7,
+]
 
 
 def _value(rng: np.random.Generator, scale: float):
@@ -49,7 +85,7 @@ def make_root(root, *, drop_nsfw: bool = False):
     ids = [f"c{i:05d}" for i in range(N)]
     sides = [None, 0, 255, 256, 479, 480, 719, 720, 1080]
     clips, scores, align, dups = [], [], [], []
-    for i, cid in enumerate(ids):
+    for cid in ids:
         w, h = sides[rng.integers(len(sides))], sides[rng.integers(len(sides))]
         status = ["ok"] * 8 + ["rejected", "error"]
         clips.append(dict(clip_id=cid, video_id="v", status=status[rng.integers(10)], width=w, height=h))
@@ -58,18 +94,50 @@ def make_root(root, *, drop_nsfw: bool = False):
         if rng.random() < 0.05:
             scores.append(dict(clip_id=cid, status="error", error="could not decode"))
             continue
-        scores.append(dict(clip_id=cid, status="ok", motion_mean=_value(rng, 2.0), ocr_area=_value(rng, 0.03),
-                           aesthetic_mean=_value(rng, 4.5), quality_sharpness=_value(rng, 1e-5),
-                           nsfw_max=_value(rng, 0.4)))
+        scores.append(
+            dict(
+                clip_id=cid,
+                status="ok",
+                motion_mean=_value(rng, 2.0),
+                ocr_area=_value(rng, 0.03),
+                aesthetic_mean=_value(rng, 4.5),
+                quality_sharpness=_value(rng, 1e-5),
+                nsfw_max=_value(rng, 0.4),
+            )
+        )
         if rng.random() < 0.6:
-            align.append(dict(clip_id=cid, caption_model="m", prompt_hash="p", clip_model="c",
-                              status="ok", clip_score=_value(rng, 0.2)))
+            align.append(
+                dict(
+                    clip_id=cid,
+                    caption_model="m",
+                    prompt_hash="p",
+                    clip_model="c",
+                    status="ok",
+                    clip_score=_value(rng, 0.2),
+                )
+            )
         if rng.random() < 0.1:
-            align.append(dict(clip_id=cid, caption_model="m", prompt_hash="p", clip_model="c",
-                              status="error", error="no caption"))
+            align.append(
+                dict(
+                    clip_id=cid,
+                    caption_model="m",
+                    prompt_hash="p",
+                    clip_model="c",
+                    status="error",
+                    error="no caption",
+                )
+            )
         if rng.random() < 0.1:
-            dups.append(dict(clip_id=cid, group_id=ids[0], group_size=2, duplicate_of=ids[0],
-                             similarity=0.99, dedup_run="r"))
+            dups.append(
+                dict(
+                    clip_id=cid,
+                    group_id=ids[0],
+                    group_size=2,
+                    duplicate_of=ids[0],
+                    similarity=0.99,
+                    dedup_run="r",
+                )
+            )
     Table(root, "clips").write(rows_to_table(clips, CLIPS))
     half = len(scores) // 2
     scores_t = rows_to_table(scores, SCORES)
@@ -83,7 +151,7 @@ def make_root(root, *, drop_nsfw: bool = False):
     Table(root, "alignment").write(rows_to_table(align[: len(align) // 2], ALIGNMENT))
     # a newer alignment run re-scores some clips: the newest row must win
     newer = [dict(a, clip_score=_value(rng, 0.2)) for a in align[: len(align) // 4]]
-    Table(root, "alignment").write(rows_to_table(newer + align[len(align) // 2:], ALIGNMENT))
+    Table(root, "alignment").write(rows_to_table(newer + align[len(align) // 2 :], ALIGNMENT))
     Table(root, "duplicates").write(rows_to_table(dups, DUPLICATES))
     return root
 
@@ -124,7 +192,8 @@ def test_sql_filter_equals_python_decide(tmp_path, drop_nsfw, dedup):
     got = {r["clip_id"]: r for r in query(root, "SELECT * FROM decisions").to_pylist()}
     assert len(got) == len(expected) > N // 2
     mismatches = [
-        (cid, d, got[cid]) for cid, d in expected.items()
+        (cid, d, got[cid])
+        for cid, d in expected.items()
         if (got[cid]["tier"], got[cid]["keep"], got[cid]["reasons"]) != (d.tier, d.keep, d.reasons)
     ]
     assert not mismatches, mismatches[:5]
@@ -137,7 +206,11 @@ def test_sql_filter_equals_python_decide(tmp_path, drop_nsfw, dedup):
         assert needle in text
     ref = reference_summary(expected)
     assert (summary.decided, summary.kept_per_tier, summary.rejected, summary.reasons) == (
-        ref.decided, ref.kept_per_tier, ref.rejected, ref.reasons)
+        ref.decided,
+        ref.kept_per_tier,
+        ref.rejected,
+        ref.reasons,
+    )
     run = {r["filter_run"] for r in got.values()}
     assert run == {summary.run}
 
@@ -148,5 +221,9 @@ def test_dry_run_writes_nothing_and_counts_the_same(tmp_path):
     assert not Table(root, "decisions").exists()
     wet = run_filter(root, CFG)
     assert (dry.decided, dry.kept_per_tier, dry.rejected, dry.reasons) == (
-        wet.decided, wet.kept_per_tier, wet.rejected, wet.reasons)
+        wet.decided,
+        wet.kept_per_tier,
+        wet.rejected,
+        wet.reasons,
+    )
     assert pa.types.is_timestamp(Table(root, "decisions").read().schema.field("created_at").type)

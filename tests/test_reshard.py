@@ -13,8 +13,8 @@ import os
 import shutil
 import signal
 import subprocess
-import tarfile
 import sys
+import tarfile
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -35,17 +35,27 @@ from tests.procs import REPO
 
 N_VIDEOS, CLIPS_PER_VIDEO = 3, 800  # 2,400 clips; each clip is 2 frames of a 48-frame video
 
-FIRST = FilterConfig(tiers={
-    "t32": TierConfig(min_source_short_side=48, short_side=32, bounds={"motion_mean": Bound(min=0.93)}),
-})
+FIRST = FilterConfig(
+    tiers={
+        "t32": TierConfig(min_source_short_side=48, short_side=32, bounds={"motion_mean": Bound(min=0.93)}),
+    }
+)
 # drops motion > 0.97 from t32 into t16 (cut again there), keeps 0.90..0.93 newly
-SECOND = FilterConfig(tiers={
-    "t32": TierConfig(min_source_short_side=48, short_side=32, bounds={"motion_mean": Bound(min=0.90, max=0.97)}),
-    "t16": TierConfig(min_source_short_side=0, short_side=16, bounds={"motion_mean": Bound(min=0.985)}),
-})
-THIRD = FilterConfig(tiers={  # everything in t32 above 0.95 dropped
-    "t32": TierConfig(min_source_short_side=48, short_side=32, bounds={"motion_mean": Bound(min=0.90, max=0.95)}),
-})
+SECOND = FilterConfig(
+    tiers={
+        "t32": TierConfig(
+            min_source_short_side=48, short_side=32, bounds={"motion_mean": Bound(min=0.90, max=0.97)}
+        ),
+        "t16": TierConfig(min_source_short_side=0, short_side=16, bounds={"motion_mean": Bound(min=0.985)}),
+    }
+)
+THIRD = FilterConfig(
+    tiers={  # everything in t32 above 0.95 dropped
+        "t32": TierConfig(
+            min_source_short_side=48, short_side=32, bounds={"motion_mean": Bound(min=0.90, max=0.95)}
+        ),
+    }
+)
 
 
 def build_root(root: Path) -> Path:
@@ -53,17 +63,48 @@ def build_root(root: Path) -> Path:
     vids, clips = [], []
     for v in range(N_VIDEOS):
         path = make_video(root / "in" / f"v{v}.mp4", n_frames=48, size=(64, 48), kind="moving", seed=v)
-        vids.append(dict(video_id=f"v{v}", path=str(path), status="ok", fps=24.0, n_frames=48, width=64,
-                         height=48, rotation=0, display_width=64, display_height=48, duration_s=2.0))
+        vids.append(
+            dict(
+                video_id=f"v{v}",
+                path=str(path),
+                status="ok",
+                fps=24.0,
+                n_frames=48,
+                width=64,
+                height=48,
+                rotation=0,
+                display_width=64,
+                display_height=48,
+                duration_s=2.0,
+            )
+        )
         for k in range(CLIPS_PER_VIDEO):
             s = (k * 2) % 46
-            clips.append(dict(clip_id=f"{v}{k:05d}", video_id=f"v{v}", path=str(path), start_frame=s,
-                              end_frame=s + 2, fps=24.0, width=64, height=48, status="ok"))
+            clips.append(
+                dict(
+                    clip_id=f"{v}{k:05d}",
+                    video_id=f"v{v}",
+                    path=str(path),
+                    start_frame=s,
+                    end_frame=s + 2,
+                    fps=24.0,
+                    width=64,
+                    height=48,
+                    status="ok",
+                )
+            )
     Table(root, "videos").write(pa.Table.from_pylist(vids))
     Table(root, "clips").write(pa.Table.from_pylist(clips))
     ids = [c["clip_id"] for c in clips]
-    Table(root, "scores").write(pa.table({"clip_id": ids, "status": ["ok"] * len(ids),
-                                          "motion_mean": rng.random(len(ids)).astype(np.float32)}))
+    Table(root, "scores").write(
+        pa.table(
+            {
+                "clip_id": ids,
+                "status": ["ok"] * len(ids),
+                "motion_mean": rng.random(len(ids)).astype(np.float32),
+            }
+        )
+    )
     return root
 
 
@@ -83,13 +124,18 @@ def tar_members(root: Path) -> dict[str, dict[str, str]]:
     out = {}
     for tar in sorted((root / "shards").glob("*/*.tar")):
         out[str(tar.relative_to(root))] = {
-            f"{k}.{ext}": hashlib.sha1(b).hexdigest() for k, parts in _read_tar(tar).items() for ext, b in parts.items()
+            f"{k}.{ext}": hashlib.sha1(b).hexdigest()
+            for k, parts in _read_tar(tar).items()
+            for ext, b in parts.items()
         }
     return out
 
 
 def kept(root: Path) -> set[tuple[str, str]]:
-    return {(r["clip_id"], r["tier"]) for r in query(root, "SELECT clip_id, tier FROM decisions WHERE keep").to_pylist()}
+    return {
+        (r["clip_id"], r["tier"])
+        for r in query(root, "SELECT clip_id, tier FROM decisions WHERE keep").to_pylist()
+    }
 
 
 def in_tars(root: Path) -> set[tuple[str, str]]:
@@ -130,7 +176,12 @@ def test_reshard_follows_the_newest_decisions(sharded, tmp_path):
     assert rows == new_kept
     after = tar_members(root)
     same_tier = {c for c, t in old_kept & new_kept}
-    copied = {n: h for m in after.values() for n, h in m.items() if n.split(".")[0] in same_tier and n.endswith(".mp4")}
+    copied = {
+        n: h
+        for m in after.values()
+        for n, h in m.items()
+        if n.split(".")[0] in same_tier and n.endswith(".mp4")
+    }
     assert copied and all(old_bytes[n] == h for n, h in copied.items())  # never re-encoded
     checked, problems = verify(root)
     assert not problems, problems[:5]
@@ -153,16 +204,27 @@ def test_verify_names_rejected_clips_after_refilter_without_shard(sharded, tmp_p
     shutil.copytree(sharded, root)
     run_filter(root, THIRD, dedup=False)
     gone = sorted(c for c, _ in kept(sharded) - kept(root))
-    code = subprocess.run([sys.executable, "-m", "curation.cli", "verify", "--root", str(root), "--no-decode"],
-                          cwd=REPO, capture_output=True, text=True)
+    code = subprocess.run(
+        [sys.executable, "-m", "curation.cli", "verify", "--root", str(root), "--no-decode"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
     assert code.returncode == 1 and gone[0] in code.stdout, code.stdout[-2000:]
 
 
 def _write_config(path: Path, filt: FilterConfig) -> Path:
     cfg = yaml.safe_load((REPO / "configs/offline.yaml").read_text())
-    cfg["filter"] = {"tiers": {n: dict(min_source_short_side=t.min_source_short_side, short_side=t.short_side,
-                                       bounds={c: {"min": b.min, "max": b.max} for c, b in t.bounds.items()})
-                               for n, t in filt.tiers.items()}}
+    cfg["filter"] = {
+        "tiers": {
+            n: dict(
+                min_source_short_side=t.min_source_short_side,
+                short_side=t.short_side,
+                bounds={c: {"min": b.min, "max": b.max} for c, b in t.bounds.items()},
+            )
+            for n, t in filt.tiers.items()
+        }
+    }
     cfg.setdefault("dedup", {})["enabled"] = False
     cfg.setdefault("ray", {})["progress"] = False
     path.write_text(yaml.safe_dump(cfg))
@@ -174,8 +236,9 @@ def _shard_cmd(config: Path, root: Path) -> list[str]:
 
 
 def _run_and_kill(cmd: list[str], ready) -> bool:
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     deadline = time.monotonic() + 300
     try:
         while proc.poll() is None and time.monotonic() < deadline:
@@ -199,8 +262,7 @@ KILLS = {
 }
 
 
-@pytest.mark.parametrize("point", [
-    "rewrite", pytest.param("cut", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("point", ["rewrite", pytest.param("cut", marks=pytest.mark.slow)])
 def test_sigkill_during_reshard_then_rerun_ends_the_same(sharded, tmp_path, point):
     config = _write_config(tmp_path / "second.yaml", SECOND)
     ref, root = tmp_path / "ref", tmp_path / "killed"

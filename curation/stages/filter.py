@@ -135,7 +135,7 @@ def decide_sql(candidates: str, cfg: FilterConfig, run: str, chash: str, stamp) 
         WITH f AS (SELECT clip_id, duplicate_of, {fails} FROM ({candidates}))
         SELECT clip_id,
                CASE WHEN duplicate_of IS NOT NULL THEN NULL {tier_case} END AS tier,
-               duplicate_of IS NULL AND ({' OR '.join(passes)}) AS keep,
+               duplicate_of IS NULL AND ({" OR ".join(passes)}) AS keep,
                CASE WHEN duplicate_of IS NULL THEN []::VARCHAR[] ELSE ['duplicate_of=' || duplicate_of] END
                  || CASE {reasons_case} ELSE {concat(len(tiers))} END AS reasons,
                {_lit(run)} AS filter_run, {_lit(chash)} AS config_hash,
@@ -156,7 +156,8 @@ def _tally(summary: FilterSummary, batch: pa.Table, con: duckdb.DuckDBPyConnecti
         summary.kept_per_tier[tier] = summary.kept_per_tier.get(tier, 0) + n
     summary.rejected += con.sql("SELECT count(*) FROM batch WHERE NOT keep").fetchall()[0][0]
     heads = con.sql(
-        f"SELECT {_HEAD} AS h, count(*) FROM (SELECT unnest(reasons) AS r FROM batch WHERE NOT keep) GROUP BY 1"
+        f"SELECT {_HEAD} AS h, count(*) FROM (SELECT unnest(reasons) AS r FROM batch WHERE NOT keep) "
+        "GROUP BY 1"
     ).fetchall()
     for head, n in heads:
         summary.reasons[head] = summary.reasons.get(head, 0) + n
