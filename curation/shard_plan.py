@@ -1,7 +1,7 @@
 """Shard planning: which kept clips still need cutting, grouped into writer tasks, in DuckDB.
 
 The driver never holds the kept set as Python objects. One DuckDB query numbers the kept,
-unsharded clips per tier, cuts them into groups of `shard.clip_per_task` (deterministic: by tier
+unsharded clips per tier, cuts them into groups of `shard.clips_per_task` (deterministic: by tier
 and clip_id; a group's name is a hash of its clip ids) and streams every row a writer needs (the
 cut columns, the caption and the manifest rows that go into the sample's `.json`) into one plan
 Parquet file, sorted by group, in small row groups. Ray gets one tiny row per group; each writer
@@ -11,10 +11,12 @@ reads its own group's rows from the plan file (row-group statistics skip the res
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import uuid
 from pathlib import Path
 
+import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -22,6 +24,8 @@ from curation.config import ShardConfig
 from filters.policy import FilterConfig
 from manifests.configtools import ConfigError
 from manifests.db import connect
+
+log = logging.getLogger("reelsift")
 
 PLAN_DIR = ".plan"  # under <root>/shards/
 
@@ -59,14 +63,31 @@ def clean_plans(root: Path) -> None:
     shutil.rmtree(plan_dir(root), ignore_errors=True)
 
 
-def plan_shards(
-    root: str | Path, filt: FilterConfig, cfg: ShardConfig, memory_limit: str = "400MB"
-) -> pa.Table:
+MEMORY_LIMITS = ("400MB", "1GB", "4GB")
+"""DuckDB memory limits tried in turn: a join whose build side is wide can fail to spill."""
+
+
+def plan_shards(root: str | Path, filt: FilterConfig, cfg: ShardConfig) -> pa.Table:
     """Write the plan file of the pending shard work -> one GROUPS row per writer task.
 
-    DuckDB works within `memory_limit` and spills the sort of the plan rows (the manifest rows
-    of each clip, embedding included) under `<root>/shards/.plan/spill`."""
-    root = Path(root)
+    DuckDB works within a memory limit and spills the sort of the plan rows (the manifest rows
+    of each clip, embedding included) under `<root>/shards/.plan/spill`; where it cannot within
+    400 MB, the plan is made again with the next limit (logged)."""
+    for i, limit in enumerate(MEMORY_LIMITS):
+        try:
+            return _plan(Path(root), filt, cfg, limit)
+        except duckdb.OutOfMemoryException as exc:
+            if i == len(MEMORY_LIMITS) - 1:
+                raise
+            log.warning(
+                "shard planning: %s; planning again with a %s limit",
+                str(exc).splitlines()[0],
+                MEMORY_LIMITS[i + 1],
+            )
+    raise AssertionError("unreachable")
+
+
+def _plan(root: Path, filt: FilterConfig, cfg: ShardConfig, memory_limit: str) -> pa.Table:
     con = connect(root)
     con.execute("SET preserve_insertion_order = false")
     con.execute(f"SET memory_limit = {_lit(memory_limit)}")

@@ -140,7 +140,7 @@ def decide_sql(candidates: str, cfg: FilterConfig, run: str, chash: str, stamp) 
                  || CASE {reasons_case} ELSE {concat(len(tiers))} END AS reasons,
                {_lit(run)} AS filter_run, {_lit(chash)} AS config_hash,
                {_lit(stamp.isoformat())}::TIMESTAMPTZ AS created_at
-        FROM f ORDER BY clip_id
+        FROM f
     """
 
 
@@ -166,7 +166,8 @@ def _tally(summary: FilterSummary, batch: pa.Table, con: duckdb.DuckDBPyConnecti
 def decide_batches(
     root: Path, cfg: FilterConfig, summary: FilterSummary, dedup: bool = True, batch_rows: int = 65536
 ) -> Iterator[pa.Table]:
-    """The decisions of every ok clip, in clip_id order, as Arrow batches (tallied in `summary`)."""
+    """The decisions of every ok clip as Arrow batches (tallied in `summary`); unordered: a sort
+    of every decision would cost memory and nothing reads the part in order."""
     con = connect(root)
     sql = decide_sql(candidates_sql(con, cfg, dedup), cfg, summary.run, config_hash(cfg), now_utc())
     tally = duckdb.connect(":memory:")
