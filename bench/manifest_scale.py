@@ -113,17 +113,32 @@ def _write(root: Path, name: str, table: pa.Table) -> None:
         t.write(table.slice(i, PART_ROWS))
 
 
-def build_root(root: Path, n: int, seed: int = 0) -> dict:
-    """A run root after score/dedup/caption/align of `n` clips (no decisions, no shards yet)."""
+CHUNK = 1_000_000
+
+
+def build_root(root: Path, n: int) -> dict:
+    """A run root after score/dedup/caption/align of `n` clips (no decisions, no shards yet),
+    built 1M clips at a time (ids stay unique: each chunk has its own high bits)."""
+    total: dict[str, int] = {}
+    for c, start in enumerate(range(0, n, CHUNK)):
+        for k, v in _build_chunk(root, min(CHUNK, n - start), c).items():
+            total[k] = total.get(k, 0) + v
+    return total
+
+
+def _build_chunk(root: Path, n: int, chunk: int) -> dict:
     from curation.config import load_config
 
     cfg = load_config(str(CONFIG), [])
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(chunk)
     n_vid = max(1, n // 4)
-    vid = _ids(rng, n_vid, 1)
+    vid = _ids(rng, n_vid, 1 + (chunk << 52))
     sizes = np.array([(1920, 1080), (1280, 720), (854, 480), (640, 360)])
     vsize = sizes[rng.integers(0, 4, n_vid)]
-    vpaths = pa.array(np.char.mod("/data/videos/%08d.mp4", np.arange(n_vid)).astype(object), pa.string())
+    first = chunk * (CHUNK // 4)
+    vpaths = pa.array(
+        np.char.mod("/data/videos/%09d.mp4", np.arange(first, first + n_vid)).astype(object), pa.string()
+    )
     vstatus = np.where(rng.random(n_vid) < 0.99, "ok", "error").astype(object)
     _write(
         root,
@@ -151,7 +166,7 @@ def build_root(root: Path, n: int, seed: int = 0) -> dict:
             }
         ),
     )
-    cid = _ids(rng, n, 2)
+    cid = _ids(rng, n, 2 + (chunk << 52))
     v_of = np.arange(n) // 4 % n_vid
     start = rng.integers(0, 2000, n)
     length = rng.integers(36, 144, n)
@@ -322,7 +337,18 @@ def cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "curation.cli", *args]
 
 
-def run_scale(n: int, work: Path, env: dict, res: Result, label: str) -> list[dict]:
+def run_scale(
+    n: int, work: Path, env: dict, res: Result, label: str, rows: list[dict], skip: set[str]
+) -> list[dict]:
+    """Build the root and time every step into `rows` (the JSON is rewritten after each step)."""
+
+    def go(name: str, argv: list[str]) -> None:
+        if any(name.startswith(s) for s in skip):
+            return
+        rows.append(dict(measure(name, argv, env), clips=n))
+        res.add("steps", rows)
+        res.write()
+
     from manifests import queries
 
     root = work / f"root-{label}"
@@ -347,54 +373,36 @@ def run_scale(n: int, work: Path, env: dict, res: Result, label: str) -> list[di
     )
     (ing / "list.txt").write_text("\n".join(paths) + "\n")
     c = ["--config", str(CONFIG), "--root", str(root)]
-    rows = [
-        measure(
-            "ingest (N-line list, nothing to probe)",
-            cli("ingest", "--config", str(CONFIG), "--root", str(ing), "--input", str(ing / "list.txt")),
-            env,
-        )
-    ]
+    go(
+        "ingest (N-line list, nothing to probe)",
+        cli("ingest", "--config", str(CONFIG), "--root", str(ing), "--input", str(ing / "list.txt")),
+    )
     for stage in ("score", "caption", "align"):
-        rows.append(measure(f"{stage} (pending query, nothing pending)", cli(stage, *c), env))
-    rows.append(measure("filter (1st run)", cli("filter", *c), env))
-    rows.append(measure("filter --dry-run", cli("filter", "--dry-run", *c), env))
-    rows.append(measure("filter (2nd run)", cli("filter", *c), env))
+        go(f"{stage} (pending query, nothing pending)", cli(stage, *c))
+    go("filter (1st run)", cli("filter", *c))
+    go("filter --dry-run", cli("filter", "--dry-run", *c))
+    go("filter (2nd run)", cli("filter", *c))
     plan = (
         "from curation.config import load_config; from curation.shard_plan import plan_shards, clean_plans; "
         f"cfg = load_config({str(CONFIG)!r}, []); g = plan_shards({str(root)!r}, cfg.filter, cfg.shard); "
         f"print(g.num_rows); clean_plans(__import__('pathlib').Path({str(root)!r}))"
     )
-    rows.append(measure("shard planning (plan_shards)", [sys.executable, "-c", plan], env))
+    go("shard planning (plan_shards)", [sys.executable, "-c", plan])
     kept = fake_shards(root)
-    rows.append(measure("filter (3rd run, after shard)", cli("filter", *c), env))
-    rows.append(measure("status", cli("status", "--root", str(root)), env))
-    for q in queries.names():
-        rows.append(measure(f"sql --named {q}", cli("sql", "--named", q, "--root", str(root)), env))
-    rows.append(
-        measure(
-            "report --max-thumbs 0 (report.py as on this branch)", cli("report", *c, "--max-thumbs", "0"), env
-        )
-    )
-    rows.append(
-        measure(
-            "verify --tables-only (3 decision runs)", cli("verify", "--tables-only", "--root", str(root)), env
-        )
-    )
-    rows.append(measure("compact", cli("compact", "--root", str(root)), env))
-    rows.append(
-        measure("verify --tables-only (compacted)", cli("verify", "--tables-only", "--root", str(root)), env)
-    )
-    rows.append(measure("status (compacted)", cli("status", "--root", str(root)), env))
-    rows.append(
-        measure(
-            "sql --named rejected-by-reason (compacted)",
-            cli("sql", "--named", "rejected-by-reason", "--root", str(root)),
-            env,
-        )
-    )
-    for r in rows:
-        r["clips"] = n
     res.add("root", dict(built, kept=kept, part_rows=PART_ROWS, embed_dim=EMBED))
+    go("filter (3rd run, after shard)", cli("filter", *c))
+    go("status", cli("status", "--root", str(root)))
+    for q in queries.names():
+        go(f"sql --named {q}", cli("sql", "--named", q, "--root", str(root)))
+    go("report --max-thumbs 0 (report.py as on this branch)", cli("report", *c, "--max-thumbs", "0"))
+    go("verify --tables-only (3 decision runs)", cli("verify", "--tables-only", "--root", str(root)))
+    go("compact", cli("compact", "--root", str(root)))
+    go("verify --tables-only (compacted)", cli("verify", "--tables-only", "--root", str(root)))
+    go("status (compacted)", cli("status", "--root", str(root)))
+    go(
+        "sql --named rejected-by-reason (compacted)",
+        cli("sql", "--named", "rejected-by-reason", "--root", str(root)),
+    )
     return rows
 
 
@@ -429,6 +437,7 @@ def main() -> int:
         action="store_true",
         help="only the start-up rows, best of --repeat runs -> manifest_scale_startup.json",
     )
+    ap.add_argument("--skip", action="append", default=[], help="skip steps whose name starts so")
     ap.add_argument("--repeat", type=int, default=1, help="runs per start-up row (the fastest is kept)")
     args = ap.parse_args()
     work = Path(args.work)
@@ -454,7 +463,8 @@ def main() -> int:
         label = f"{n // 1_000_000}m" if n >= 1_000_000 and n % 1_000_000 == 0 else f"{n // 1000}k"
         res = Result("manifest_scale", suffix=label)
         res.add("note", note + "; one run per step")
-        rows = startup(work, env, args.repeat) + run_scale(n, work, env, res, label)
+        rows = startup(work, env, args.repeat)
+        run_scale(n, work, env, res, label, rows, set(args.skip))
         res.add("steps", rows)
         res.table(
             ["step", "wall s", "CPU s", "peak RSS MiB", "tree RSS MiB", "rc"],
