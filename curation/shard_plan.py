@@ -92,6 +92,7 @@ def _plan(root: Path, filt: FilterConfig, cfg: ShardConfig, memory_limit: str) -
     con.execute("SET preserve_insertion_order = false")
     con.execute(f"SET memory_limit = {_lit(memory_limit)}")
     con.execute("SET threads = 1")  # per-thread sort buffers of wide rows overrun the limit otherwise
+    plan_dir(root).mkdir(parents=True, exist_ok=True)  # DuckDB creates the spill folder, not its parents
     con.execute(f"SET temp_directory = {_lit(str(plan_dir(root) / 'spill'))}")
     con.execute(f"""CREATE TEMP TABLE todo AS
         SELECT clip_id, tier, (row_number() OVER (PARTITION BY tier ORDER BY clip_id) - 1)
