@@ -145,16 +145,18 @@ def main() -> None:
     res.add("corpus", {"files": len(corpus["files"]), "video_s": video_s, "seconds": corpus["files"]})
 
     # Fixed cost of one CLI start: on an empty folder (imports only: nothing to do, no Ray),
-    # and on one tiny video (imports + Ray init + one actor + shutdown).
+    # on one tiny video (as configured), and on one tiny video with Ray forced on (imports +
+    # Ray init + one actor + shutdown).
     empty = work / "empty"
     empty.mkdir()
     tiny = work / "tiny"
     tiny.mkdir()
     shutil.copy(args.corpus / "black.mp4", tiny / "black.mp4")
     starts = {}
-    for name, folder in (("empty_folder", empty), ("one_video", tiny)):
+    ray_on = ["--set", "ray.inline_max_items=0"]  # a stage this small would otherwise skip Ray
+    for name, folder, more in (("empty_folder", empty, []), ("one_video", tiny, []), ("one_video_ray", tiny, ray_on)):
         u = run_measured(cli("ingest", "--config", str(CONFIG), "--input", str(folder),
-                             "--root", str(work / f"start_{name}"), *sets), env())
+                             "--root", str(work / f"start_{name}"), *sets, *more), env())
         check(f"start {name}", u)
         starts[name] = summary(u, 0.0)
         starts[name]["cpu_by_process"] = u.cpu_by_name

@@ -28,11 +28,17 @@ def as_format(batch: pa.Table, fmt: str) -> Any:
     return {name: np.asarray(col.to_numpy(zero_copy_only=False)) for name, col in zip(batch.column_names, batch.columns)}
 
 
+_BUILD = threading.Lock()
+
+
 class _Chain:
     """One thread's operator instances."""
 
     def __init__(self, ops: list[tuple[type, Any, Resources]]):
-        self.ops = [(cls(cfg), getattr(cls, "BATCH_FORMAT", "numpy")) for cls, cfg, _ in ops]
+        # One at a time: a model built from a seeded random init draws from torch's global RNG,
+        # and two threads drawing at once would each get different weights than an actor does.
+        with _BUILD:
+            self.ops = [(cls(cfg), getattr(cls, "BATCH_FORMAT", "numpy")) for cls, cfg, _ in ops]
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         for op, fmt in self.ops:

@@ -270,3 +270,36 @@ def test_a_decoder_killed_by_the_oom_killer_costs_one_error_row(tmp_path):
     assert got["good.mp4"] == ("ok", None)
     assert got["huge.mp4"][0] == "error" and got["huge.mp4"][1].startswith("out of memory"), got
     assert failcnt > 0  # the cgroup's limit was hit
+
+
+def _small_files(limit: int):
+    def set_limit():
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    return set_limit
+
+
+def test_a_full_disk_stops_the_stage_with_one_message_and_loses_nothing(tmp_path):
+    """The file-size limit (RLIMIT_FSIZE) stands in for a full disk: the next part can't be
+    written. The stage stops naming the run root and the bytes it needs; no part or temp file
+    is left; the same command, once there is room, finishes with every video split once."""
+    src = tmp_path / "in"
+    for i in range(3):
+        make_video(src / f"v{i}.mp4", n_frames=48, size=(96, 64), kind="cuts", cuts=(24,), seed=i)
+    root = tmp_path / "root"
+    pipeline.ingest(CFG, root, src)
+    cmd = [sys.executable, "-m", "curation.cli", "split", "--config", str(REPO / "configs/offline.yaml"),
+           "--root", str(root)]
+    full = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120, preexec_fn=_small_files(1024))
+    assert full.returncode == 2, full.stderr[-2000:]
+    message = [line for line in full.stderr.splitlines() if line.startswith("error")]
+    assert len(message) == 1 and f"run root {root}: cannot write the next clips part" in message[0]
+    assert "needs about" in message[0] and "run the same command again" in message[0]
+    assert not list((root / "clips").glob("*")), "a part or temp file was left behind"
+
+    again = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0, again.stderr[-2000:]
+    got = rows(root, "SELECT video_id, count(*) AS n, count(DISTINCT clip_id) AS d FROM clips GROUP BY 1")
+    assert len(got) == 3 and all(r["n"] == r["d"] == 2 for r in got)  # two scenes each, once
