@@ -38,9 +38,20 @@ def main() -> None:
         path = str(corpus / c["file"])
         p = facts.setdefault(path, probe(path))
         w, h = p.display_size
-        clips.append(dict(path=path, start_frame=c["start_frame"], end_frame=c["end_frame"], fps=p.fps,
-                          rotation=p.rotation, display_width=w, display_height=h))
-    runs = [[clips[k] for k in run[i : i + 8]] for run in runs_of_one_video(clips) for i in range(0, len(run), 8)]
+        clips.append(
+            dict(
+                path=path,
+                start_frame=c["start_frame"],
+                end_frame=c["end_frame"],
+                fps=p.fps,
+                rotation=p.rotation,
+                display_width=w,
+                display_height=h,
+            )
+        )
+    runs = [
+        [clips[k] for k in run[i : i + 8]] for run in runs_of_one_video(clips) for i in range(0, len(run), 8)
+    ]
     t = cpu()
     for run in runs:
         decode_run(run, cfg)
@@ -57,8 +68,10 @@ def main() -> None:
     res.add("direct_cpu_s", round(direct, 2))
     res.add("guarded_cpu_s", round(guarded, 2))
     res.add("overhead_cpu_s", round(guarded - direct, 2))
-    res.table(["clips", "calls", "in-process CPU s", "guarded CPU s (both processes)", "overhead CPU s"],
-              [(len(clips), len(runs), direct, guarded, guarded - direct)])
+    res.table(
+        ["clips", "calls", "in-process CPU s", "guarded CPU s (both processes)", "overhead CPU s"],
+        [(len(clips), len(runs), direct, guarded, guarded - direct)],
+    )
     res.write()
 
 

@@ -25,7 +25,10 @@ def as_format(batch: pa.Table, fmt: str) -> Any:
     """A pyarrow batch in the form an operator declared (Ray Data's 'numpy' or 'pyarrow')."""
     if fmt == "pyarrow":
         return batch
-    return {name: np.asarray(col.to_numpy(zero_copy_only=False)) for name, col in zip(batch.column_names, batch.columns)}
+    return {
+        name: np.asarray(col.to_numpy(zero_copy_only=False))
+        for name, col in zip(batch.column_names, batch.columns, strict=True)
+    }
 
 
 _BUILD = threading.Lock()
@@ -51,7 +54,13 @@ def run_inline(name: str, ops: list[tuple[type, Any, Resources]], items: pa.Tabl
     size = ops[0][2].batch_size
     batches = [items.slice(i, size) for i in range(0, items.num_rows, size)]
     threads = max(1, min(int(cpus), len(batches)))
-    log.info("%s: %d items in %d batches on %d thread(s) in this process (no Ray)", name, items.num_rows, len(batches), threads)
+    log.info(
+        "%s: %d items in %d batches on %d thread(s) in this process (no Ray)",
+        name,
+        items.num_rows,
+        len(batches),
+        threads,
+    )
     local = threading.local()
 
     def work(batch: pa.Table) -> pa.Table:

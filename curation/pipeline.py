@@ -68,7 +68,9 @@ def changed_sources(known: list[dict], paths: set[str]) -> list[str]:
 
     newest: dict[str, dict] = {}
     for r in known:
-        if r["path"] in paths and (r["path"] not in newest or r["created_at"] > newest[r["path"]]["created_at"]):
+        if r["path"] in paths and (
+            r["path"] not in newest or r["created_at"] > newest[r["path"]]["created_at"]
+        ):
             newest[r["path"]] = r
     return sorted(
         p

@@ -35,9 +35,22 @@ def test_every_listed_input_gets_a_row_and_no_fifo_is_opened(tmp_path):
     os.symlink("/dev/null", src / "device.mp4")
     root = tmp_path / "root"
     out = subprocess.run(
-        [sys.executable, "-m", "curation.cli", "ingest", "--config", str(REPO / "configs/offline.yaml"),
-         "--input", str(src), "--root", str(root)],
-        cwd=REPO, capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "curation.cli",
+            "ingest",
+            "--config",
+            str(REPO / "configs/offline.yaml"),
+            "--input",
+            str(src),
+            "--root",
+            str(root),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     sock.close()
     assert out.returncode == 0, out.stderr[-2000:]
@@ -91,8 +104,11 @@ def test_a_source_changed_after_ingest_is_never_cut_or_scored_then_reingested_as
     st = os.stat(c)
     os.utime(c, (st.st_atime, st.st_mtime + 3600))
     pipeline.score(CFG, root)
-    scored = rows(root, """SELECT regexp_extract(c.path, '[^/]+$') AS f, s.status, s.error
-                           FROM scores s JOIN clips c USING (clip_id)""")
+    scored = rows(
+        root,
+        """SELECT regexp_extract(c.path, '[^/]+$') AS f, s.status, s.error
+                           FROM scores s JOIN clips c USING (clip_id)""",
+    )
     by_file = {}
     for r in scored:
         by_file.setdefault(r["f"], set()).add((r["status"], (r["error"] or "").split(":")[0]))
@@ -137,7 +153,9 @@ def blocking_input(tmp_path):
     d.mkdir()
     os.mkfifo(d / "pipe.ts")
     (d / "hang.mp4").write_text("ffconcat version 1.0\nfile pipe.ts\n")
-    writer = subprocess.Popen([sys.executable, "-c", f"import time; f = open({str(d / 'pipe.ts')!r}, 'wb'); time.sleep(600)"])
+    writer = subprocess.Popen(
+        [sys.executable, "-c", f"import time; f = open({str(d / 'pipe.ts')!r}, 'wb'); time.sleep(600)"]
+    )
     yield d / "hang.mp4"
     writer.kill()
     writer.wait()
@@ -149,9 +167,24 @@ def test_a_decoder_that_never_returns_is_cut_off_at_ingest(blocking_input, tmp_p
     listing.write_text(f"{blocking_input}\n{good}\n")
     root = tmp_path / "root"
     out = subprocess.run(
-        [sys.executable, "-m", "curation.cli", "ingest", "--config", str(REPO / "configs/offline.yaml"),
-         "--input", str(listing), "--root", str(root), "--set", "ingest.timeout_s=3"],
-        cwd=REPO, capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "curation.cli",
+            "ingest",
+            "--config",
+            str(REPO / "configs/offline.yaml"),
+            "--input",
+            str(listing),
+            "--root",
+            str(root),
+            "--set",
+            "ingest.timeout_s=3",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert out.returncode == 0, out.stderr[-2000:]
     got = {Path(r["path"]).name: (r["status"], r["error"]) for r in rows(root, "SELECT * FROM videos")}
@@ -177,10 +210,17 @@ def test_split_and_score_cut_off_a_stuck_decoder_and_replace_it(blocking_input, 
     assert [(r["status"], r["error"]) for r in stuck] == [("error", f"timed out after {1.0 + GRACE_S:g} s")]
     assert {r["status"] for r in split.one({**video, "path": str(good)})} == {"ok"}  # a new child
 
-    clip = dict(clip_id="a", start_frame=0, end_frame=48, fps=24.0, rotation=0, display_width=96, display_height=64)
+    clip = dict(
+        clip_id="a", start_frame=0, end_frame=48, fps=24.0, rotation=0, display_width=96, display_height=64
+    )
     score = DecodeAndScoreCpu(replace(CFG.score, timeout_s=1.0))
-    out = score(pa.Table.from_pylist([dict(clip, path=str(blocking_input)), dict(clip, clip_id="b", path=str(good))]))
-    got = {r["clip_id"]: (r["status"], r["error"]) for r in out.select(["clip_id", "status", "error"]).to_pylist()}
+    out = score(
+        pa.Table.from_pylist([dict(clip, path=str(blocking_input)), dict(clip, clip_id="b", path=str(good))])
+    )
+    got = {
+        r["clip_id"]: (r["status"], r["error"])
+        for r in out.select(["clip_id", "status", "error"]).to_pylist()
+    }
     assert got == {"a": ("error", f"timed out after {1.0 + GRACE_S:g} s"), "b": ("ok", None)}
 
 
@@ -207,7 +247,9 @@ def test_ingest_caps_the_frame_size():
     from curation.stages.ingest import IngestStage
 
     row = IngestStage(CFG.ingest).one(str(_eight_k(Path(os.environ.get("TMPDIR", "/tmp")))))
-    assert row["status"] == "error" and row["error"].startswith("frame size 7680x4320 is over ingest.max_pixels=")
+    assert row["status"] == "error" and row["error"].startswith(
+        "frame size 7680x4320 is over ingest.max_pixels="
+    )
 
 
 def _eight_k(d: Path) -> Path:
@@ -253,9 +295,24 @@ def test_a_decoder_killed_by_the_oom_killer_costs_one_error_row(tmp_path):
     watcher.start()
     try:
         out = subprocess.run(
-            [sys.executable, "-m", "curation.cli", "ingest", "--config", str(REPO / "configs/offline.yaml"),
-             "--input", str(src), "--root", str(tmp_path / "root"), "--set", f"ingest.max_pixels={8000 * 4400}"],
-            cwd=REPO, capture_output=True, text=True, timeout=300,
+            [
+                sys.executable,
+                "-m",
+                "curation.cli",
+                "ingest",
+                "--config",
+                str(REPO / "configs/offline.yaml"),
+                "--input",
+                str(src),
+                "--root",
+                str(tmp_path / "root"),
+                "--set",
+                f"ingest.max_pixels={8000 * 4400}",
+            ],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=300,
         )
         failcnt = int((group / "memory.failcnt").read_text())
     finally:
@@ -266,7 +323,10 @@ def test_a_decoder_killed_by_the_oom_killer_costs_one_error_row(tmp_path):
         time.sleep(0.5)
         group.rmdir()
     assert out.returncode == 0, out.stderr[-2000:]
-    got = {Path(r["path"]).name: (r["status"], r["error"]) for r in rows(tmp_path / "root", "SELECT * FROM videos")}
+    got = {
+        Path(r["path"]).name: (r["status"], r["error"])
+        for r in rows(tmp_path / "root", "SELECT * FROM videos")
+    }
     assert got["good.mp4"] == ("ok", None)
     assert got["huge.mp4"][0] == "error" and got["huge.mp4"][1].startswith("out of memory"), got
     assert failcnt > 0  # the cgroup's limit was hit
@@ -290,9 +350,19 @@ def test_a_full_disk_stops_the_stage_with_one_message_and_loses_nothing(tmp_path
         make_video(src / f"v{i}.mp4", n_frames=48, size=(96, 64), kind="cuts", cuts=(24,), seed=i)
     root = tmp_path / "root"
     pipeline.ingest(CFG, root, src)
-    cmd = [sys.executable, "-m", "curation.cli", "split", "--config", str(REPO / "configs/offline.yaml"),
-           "--root", str(root)]
-    full = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120, preexec_fn=_small_files(1024))
+    cmd = [
+        sys.executable,
+        "-m",
+        "curation.cli",
+        "split",
+        "--config",
+        str(REPO / "configs/offline.yaml"),
+        "--root",
+        str(root),
+    ]
+    full = subprocess.run(
+        cmd, cwd=REPO, capture_output=True, text=True, timeout=120, preexec_fn=_small_files(1024)
+    )
     assert full.returncode == 2, full.stderr[-2000:]
     message = [line for line in full.stderr.splitlines() if line.startswith("error")]
     assert len(message) == 1 and f"run root {root}: cannot write the next clips part" in message[0]
