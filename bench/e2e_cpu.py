@@ -50,7 +50,8 @@ def write_corpus(out: Path) -> dict:
     manifest = out / "corpus.json"
     if manifest.exists():
         return json.loads(manifest.read_text())
-    from curation.demo_data import encode_video, render_frames, write_demo_corpus
+    from curation.demo_data import write_demo_corpus
+    from curation.demo_frames import encode_video, render_frames
 
     write_demo_corpus(out, with_samples=True)
     for i, (name, kind, w, h, seconds, every) in enumerate(LONG_VIDEOS):
