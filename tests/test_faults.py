@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -161,34 +162,24 @@ def blocking_input(tmp_path):
     writer.wait()
 
 
-def test_a_decoder_that_never_returns_is_cut_off_at_ingest(blocking_input, tmp_path):
+@pytest.mark.parametrize(
+    "ray", [pytest.param(False, id="in-process"), pytest.param(True, id="ray", marks=pytest.mark.slow)]
+)
+def test_a_decoder_that_never_returns_is_cut_off_at_ingest(blocking_input, tmp_path, ray):
     good = make_video(tmp_path / "good.mp4", n_frames=12)
     listing = tmp_path / "inputs.txt"
     listing.write_text(f"{blocking_input}\n{good}\n")
     root = tmp_path / "root"
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "curation.cli",
-            "ingest",
-            "--config",
-            str(REPO / "configs/offline.yaml"),
-            "--input",
-            str(listing),
-            "--root",
-            str(root),
-            "--set",
-            "ingest.timeout_s=3",
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    cmd = [sys.executable, "-m", "curation.cli", "ingest", "--config", str(REPO / "configs/offline.yaml")]
+    cmd += ["--input", str(listing), "--root", str(root), "--set", "ingest.timeout_s=3"]
+    if ray:  # the guard's child under a Ray actor
+        cmd += ["--set", "ray.inline_max_items=0"]
+    out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     got = {Path(r["path"]).name: (r["status"], r["error"]) for r in rows(root, "SELECT * FROM videos")}
     assert got == {"hang.mp4": ("error", "timed out after 3 s"), "good.mp4": ("ok", None)}
+    metrics = [json.loads(p.read_text()) for p in (root / "_metrics").glob("ingest-*.json")]
+    assert [m["inline"] for m in metrics] == [not ray]
 
 
 def test_split_and_score_cut_off_a_stuck_decoder_and_replace_it(blocking_input, tmp_path):
