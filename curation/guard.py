@@ -89,7 +89,11 @@ class Guard:
             for f in (proc.stdin, proc.stdout):
                 f.close()
 
-    __del__ = close
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - interpreter shutdown: the child exits on EOF anyway
+            pass
 
     def call(self, fn: Callable, args: tuple, timeout_s: float) -> Any:
         last = None
@@ -127,6 +131,18 @@ class Guard:
         raise value
 
 
+def _die_with_parent() -> None:
+    """A child stuck in a read must not outlive a parent that was killed (Linux only)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() == 1:  # the parent died before the call above
+        os._exit(1)
+
+
 class _ChildGone(Exception):
     def __init__(self, code: int | None = None):
         super().__init__(code)
@@ -135,6 +151,7 @@ class _ChildGone(Exception):
 
 def serve(memory_mb: int = 0) -> None:
     """The child's loop: read a call, run it, write (ok, result or exception)."""
+    _die_with_parent()
     if memory_mb:
         import resource
 
