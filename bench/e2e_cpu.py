@@ -50,7 +50,8 @@ def write_corpus(out: Path) -> dict:
     manifest = out / "corpus.json"
     if manifest.exists():
         return json.loads(manifest.read_text())
-    from curation.demo_data import encode_video, render_frames, write_demo_corpus
+    from curation.demo_data import write_demo_corpus
+    from curation.demo_frames import encode_video, render_frames
 
     write_demo_corpus(out, with_samples=True)
     for i, (name, kind, w, h, seconds, every) in enumerate(LONG_VIDEOS):
@@ -110,17 +111,23 @@ def outputs(root: Path) -> dict:
     """What quality checks compare before/after: every clip, its scores and its decision."""
     from manifests.db import query
 
-    clips = query(root, """
+    clips = query(
+        root,
+        """
         SELECT regexp_extract(c.path, '[^/]+$') AS file, c.start_frame, c.end_frame, c.status,
-               c.reasons, c.error FROM clips c ORDER BY 1, 2""").to_pylist()
-    scores = query(root, """
+               c.reasons, c.error FROM clips c ORDER BY 1, 2""",
+    ).to_pylist()
+    scores = query(
+        root,
+        """
         SELECT regexp_extract(c.path, '[^/]+$') AS file, c.start_frame, s.status, s.n_frames_scored,
                round(s.motion_mean, 4) AS motion_mean, round(s.motion_static_frac, 4) AS static_frac,
                round(s.ocr_area, 5) AS ocr_area, s.ocr_text,
                round(s.quality_dark_frac, 4) AS dark, round(s.quality_bright_frac, 4) AS bright,
                round(s.quality_sharpness, 3) AS sharpness, round(s.nsfw_max, 4) AS nsfw_max,
                round(s.aesthetic_mean, 4) AS aesthetic_mean
-        FROM scores s JOIN clips c USING (clip_id) ORDER BY 1, 2""").to_pylist()
+        FROM scores s JOIN clips c USING (clip_id) ORDER BY 1, 2""",
+    ).to_pylist()
     return {"clips": clips, "scores": scores}
 
 
@@ -145,16 +152,34 @@ def main() -> None:
     res.add("corpus", {"files": len(corpus["files"]), "video_s": video_s, "seconds": corpus["files"]})
 
     # Fixed cost of one CLI start: on an empty folder (imports only: nothing to do, no Ray),
-    # and on one tiny video (imports + Ray init + one actor + shutdown).
+    # on one tiny video (as configured), and on one tiny video with Ray forced on (imports +
+    # Ray init + one actor + shutdown).
     empty = work / "empty"
     empty.mkdir()
     tiny = work / "tiny"
     tiny.mkdir()
     shutil.copy(args.corpus / "black.mp4", tiny / "black.mp4")
     starts = {}
-    for name, folder in (("empty_folder", empty), ("one_video", tiny)):
-        u = run_measured(cli("ingest", "--config", str(CONFIG), "--input", str(folder),
-                             "--root", str(work / f"start_{name}"), *sets), env())
+    ray_on = ["--set", "ray.inline_max_items=0"]  # a stage this small would otherwise skip Ray
+    for name, folder, more in (
+        ("empty_folder", empty, []),
+        ("one_video", tiny, []),
+        ("one_video_ray", tiny, ray_on),
+    ):
+        u = run_measured(
+            cli(
+                "ingest",
+                "--config",
+                str(CONFIG),
+                "--input",
+                str(folder),
+                "--root",
+                str(work / f"start_{name}"),
+                *sets,
+                *more,
+            ),
+            env(),
+        )
         check(f"start {name}", u)
         starts[name] = summary(u, 0.0)
         starts[name]["cpu_by_process"] = u.cpu_by_name
@@ -186,7 +211,16 @@ def main() -> None:
     if not args.skip_run:
         marks = lambda line: line[3:].strip() if line.startswith("== ") else None  # noqa: E731
         u = run_measured(
-            cli("run", "--config", str(CONFIG), "--input", str(args.corpus), "--root", str(work / "run"), *sets),
+            cli(
+                "run",
+                "--config",
+                str(CONFIG),
+                "--input",
+                str(args.corpus),
+                "--root",
+                str(work / "run"),
+                *sets,
+            ),
             env(),
             mark=marks,
         )
@@ -203,12 +237,29 @@ def main() -> None:
         run["ingest_split_score_video_s_per_cpu_s"] = round(video_s / max(cpu_iss, 1e-9), 2)
         res.add("run", run)
         rows.append(("run (all stages)", *_cells(run)))
-        rows.append(("run: ingest..score", run["ingest_split_score_cpu_s"], "",
-                     run["ingest_split_score_video_s_per_cpu_s"], "", "", ""))
+        rows.append(
+            (
+                "run: ingest..score",
+                run["ingest_split_score_cpu_s"],
+                "",
+                run["ingest_split_score_video_s_per_cpu_s"],
+                "",
+                "",
+                "",
+            )
+        )
     for name, s in starts.items():
         rows.append((f"CLI start ({name})", *_cells(s)))
     res.table(
-        ["command", "CPU s", "wall s", "video-s / CPU-s", "peak RSS GiB (sum)", "procs at once", "procs seen"],
+        [
+            "command",
+            "CPU s",
+            "wall s",
+            "video-s / CPU-s",
+            "peak RSS GiB (sum)",
+            "procs at once",
+            "procs seen",
+        ],
         rows,
         title=f"e2e_cpu: {len(corpus['files'])} files, {video_s:.0f} s of video",
     )
@@ -217,7 +268,14 @@ def main() -> None:
 
 
 def _cells(s: dict) -> tuple:
-    return (s["cpu_s"], s["wall_s"], s["video_s_per_cpu_s"] or "", s["peak_rss_gib"], s["max_procs"], s["procs_seen"])
+    return (
+        s["cpu_s"],
+        s["wall_s"],
+        s["video_s_per_cpu_s"] or "",
+        s["peak_rss_gib"],
+        s["max_procs"],
+        s["procs_seen"],
+    )
 
 
 if __name__ == "__main__":

@@ -71,11 +71,19 @@ class IngestConfig:
     """Walk sub-folders of the input folder."""
     probe_frames: int = 1
     """Frames decoded during probing to prove the stream is decodable (>= 0)."""
+    timeout_s: float = 120.0
+    """Hard time limit for hashing and probing one file, seconds (> 0): the work runs in a
+    child process that is killed past it (a read that never returns can't stall the run)."""
+    max_pixels: int = 4096 * 2304
+    """Largest frame (width x height) taken; a bigger video is an error row, so decoding never
+    comes near the memory limit (>= 1; the default takes 4K UHD and DCI 4K, not 8K)."""
     resources: Resources = field(default_factory=lambda: Resources(batch_size=8))
     """Scheduling of the ingest operator."""
 
     def __post_init__(self):
         check(self.probe_frames >= 0, "ingest.probe_frames", "must be >= 0")
+        check(self.timeout_s > 0, "ingest.timeout_s", "must be > 0")
+        check(self.max_pixels >= 1, "ingest.max_pixels", "must be >= 1")
 
 
 @dataclass(frozen=True)
@@ -89,7 +97,8 @@ class SplitConfig:
     trim_frames: int = 2
     """Frames dropped at each side of every cut, so fades/cut frames stay out (>= 0)."""
     timeout_s: float = 600.0
-    """Per-video time limit for scene detection, seconds; over it the video is an error row."""
+    """Per-video time limit for scene detection, seconds; over it the video is an error row.
+    Checked between frames, and enforced from outside (curation/guard.py) a little later."""
     resources: Resources = field(default_factory=lambda: Resources(batch_size=1))
     """Scheduling of the split operator (one video per batch is usual)."""
 

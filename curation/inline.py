@@ -2,7 +2,8 @@
 Data, on one thread per CPU, with no Ray processes to start.
 
 Each thread builds its own instance of every operator of the chain (as an actor would) and takes
-whole batches through the chain. The work is decoding (PyAV), OpenCV and ONNX Runtime, which run
+whole batches through the chain; an operator limited to one actor (`concurrency: 1`) has one
+instance that the threads take turns on. The work is decoding (PyAV), OpenCV and ONNX Runtime, which run
 outside the GIL, so two threads use two cores. Results reach the sink on the calling thread.
 """
 
@@ -25,14 +26,43 @@ def as_format(batch: pa.Table, fmt: str) -> Any:
     """A pyarrow batch in the form an operator declared (Ray Data's 'numpy' or 'pyarrow')."""
     if fmt == "pyarrow":
         return batch
-    return {name: np.asarray(col.to_numpy(zero_copy_only=False)) for name, col in zip(batch.column_names, batch.columns)}
+    return {
+        name: np.asarray(col.to_numpy(zero_copy_only=False))
+        for name, col in zip(batch.column_names, batch.columns, strict=True)
+    }
+
+
+_BUILD = threading.Lock()
+
+
+class _Shared:
+    """An operator configured with `concurrency: 1` (one model, one server connection): a
+    single instance that the threads take turns on, as they would queue for its one actor."""
+
+    def __init__(self, op: Any):
+        self.op = op
+        self.lock = threading.Lock()
+
+    def __call__(self, batch: Any) -> Any:
+        with self.lock:
+            return self.op(batch)
+
+
+def _build(cls: type, cfg: Any) -> Any:
+    # One at a time: a model built from a seeded random init draws from torch's global RNG,
+    # and two threads drawing at once would each get different weights than an actor does.
+    with _BUILD:
+        return cls(cfg)
 
 
 class _Chain:
-    """One thread's operator instances."""
+    """One thread's operator instances (shared ones excepted)."""
 
-    def __init__(self, ops: list[tuple[type, Any, Resources]]):
-        self.ops = [(cls(cfg), getattr(cls, "BATCH_FORMAT", "numpy")) for cls, cfg, _ in ops]
+    def __init__(self, ops: list[tuple[type, Any, Resources]], shared: dict[int, _Shared]):
+        self.ops = [
+            (shared[i] if i in shared else _build(cls, cfg), getattr(cls, "BATCH_FORMAT", "numpy"))
+            for i, (cls, cfg, _) in enumerate(ops)
+        ]
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         for op, fmt in self.ops:
@@ -45,12 +75,19 @@ def run_inline(name: str, ops: list[tuple[type, Any, Resources]], items: pa.Tabl
     size = ops[0][2].batch_size
     batches = [items.slice(i, size) for i in range(0, items.num_rows, size)]
     threads = max(1, min(int(cpus), len(batches)))
-    log.info("%s: %d items in %d batches on %d thread(s) in this process (no Ray)", name, items.num_rows, len(batches), threads)
+    log.info(
+        "%s: %d items in %d batches on %d thread(s) in this process (no Ray)",
+        name,
+        items.num_rows,
+        len(batches),
+        threads,
+    )
     local = threading.local()
+    shared = {i: _Shared(_build(cls, cfg)) for i, (cls, cfg, res) in enumerate(ops) if res.concurrency == 1}
 
     def work(batch: pa.Table) -> pa.Table:
         if not hasattr(local, "chain"):
-            local.chain = _Chain(ops)
+            local.chain = _Chain(ops, shared)
         return local.chain(batch)
 
     with ThreadPoolExecutor(threads, thread_name_prefix=f"reelsift-{name}") as pool:

@@ -68,7 +68,9 @@ def changed_sources(known: list[dict], paths: set[str]) -> list[str]:
 
     newest: dict[str, dict] = {}
     for r in known:
-        if r["path"] in paths and (r["path"] not in newest or r["created_at"] > newest[r["path"]]["created_at"]):
+        if r["path"] in paths and (
+            r["path"] not in newest or r["created_at"] > newest[r["path"]]["created_at"]
+        ):
             newest[r["path"]] = r
     return sorted(
         p
@@ -122,7 +124,7 @@ def score(cfg: CurateConfig, root: Path, ray_address: str | None = None) -> Part
             QUALIFY row_number() OVER (PARTITION BY video_id ORDER BY created_at DESC) = 1
         ) v ON v.video_id = c.video_id
         WHERE c.status = 'ok' AND c.clip_id NOT IN (SELECT clip_id FROM scores)
-        ORDER BY c.clip_id
+        ORDER BY c.video_id, c.start_frame  -- a batch holds neighbouring clips: one decode pass
     """).to_arrow_table()
     if cfg.score.aesthetic.random_init:
         log.warning(

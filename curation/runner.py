@@ -8,6 +8,7 @@ that were not flushed yet (and those are simply redone by the next run).
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -20,7 +21,7 @@ from typing import Any
 import pyarrow as pa
 
 from curation.config import RayConfig
-from manifests.configtools import Resources
+from manifests.configtools import InputError, Resources
 from manifests.store import Table
 
 log = logging.getLogger("reelsift")
@@ -140,6 +141,36 @@ def node_tagged(cls: type) -> type:
     return type(cls.__name__, (cls,), {"__call__": __call__, "__module__": cls.__module__})
 
 
+_DISK_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+
+
+class DiskFull(InputError):
+    """The run root's filesystem (or the file-size limit) has no room for the next part.
+
+    Nothing is lost: rows are only counted done once their part is visible, so after space is
+    freed the same command redoes exactly the rows that were not written.
+    """
+
+    def __init__(self, table: Table, rows: pa.Table, exc: OSError):
+        import shutil
+
+        import pyarrow.parquet as pq
+
+        buf = pa.BufferOutputStream()  # the part's exact size, measured in memory
+        pq.write_table(rows, buf)
+        need = buf.getvalue().size
+        try:
+            free = f"{shutil.disk_usage(table.root).free} bytes free"
+        except OSError:
+            free = "free space unknown"
+        super().__init__(
+            f"run root {table.root}: cannot write the next {table.name} part ({exc.strerror}); "
+            f"it needs about {need} bytes ({free}). Free some space there and run the same "
+            "command again: the rows already written are kept and the rest are redone"
+        )
+        self.root, self.need = table.root, need
+
+
 class PartSink:
     """Collects result tables and writes a part every `rows` rows or `seconds` seconds."""
 
@@ -185,7 +216,13 @@ class PartSink:
         merged = pa.concat_tables(
             [t.cast(self.table.schema) if t.schema != self.table.schema else t for t in self._pending]
         )
-        self.table.write(merged)
+        try:
+            self.table.write(merged)
+        except OSError as exc:
+            if exc.errno not in _DISK_FULL:
+                raise
+            self.table.clean_temp()  # the half-written temp part goes; no part became visible
+            raise DiskFull(self.table, merged, exc) from exc
         if "status" in merged.column_names:
             for status in merged.column("status").to_pylist():
                 self.counts[status] = self.counts.get(status, 0) + 1
@@ -282,6 +319,14 @@ def _finish(name: str, items: pa.Table, sink: PartSink, t0: float, *, inline: bo
         elapsed,
         items.num_rows / max(elapsed, 1e-9),
     )
+    try:
+        _write_metrics(sink, name, items, elapsed, inline)
+    except OSError as exc:  # metrics are a convenience: a full disk must not fail a finished stage
+        log.warning("%s: metrics not written (%s)", name, exc)
+    return sink
+
+
+def _write_metrics(sink: PartSink, name: str, items: pa.Table, elapsed: float, inline: bool) -> None:
     write_metrics(
         sink.table.root,
         name,
@@ -295,7 +340,6 @@ def _finish(name: str, items: pa.Table, sink: PartSink, t0: float, *, inline: bo
             inline=inline,
         ),
     )
-    return sink
 
 
 def write_metrics(root: Path, stage: str, metrics: dict[str, Any]) -> Path:

@@ -16,7 +16,6 @@ import numpy as np
 
 from filters.config import SceneConfig  # noqa: F401  (the config lives in filters/config.py)
 
-
 _SWS = "AREA"  # swscale filter for the detector's small frames
 
 
@@ -95,7 +94,9 @@ def detect_scenes(path: str, cfg: SceneConfig, timeout_s: float | None = None) -
             return False
         if not decode:
             return True
-        small = shrink.reformat(video._frame, width=size[0], height=size[1], format="bgr24", interpolation=_SWS)
+        small = shrink.reformat(
+            video._frame, width=size[0], height=size[1], format="bgr24", interpolation=_SWS
+        )
         return small.to_ndarray()
 
     video.read = read_small
@@ -144,7 +145,7 @@ def _detect_transnet(path: str, cfg: SceneConfig, timeout_s: float | None) -> Sc
     model = _transnet()
     with torch.inference_mode():
         single, _ = model.predict_frames(torch.from_numpy(np.stack(frames)), quiet=True)  # (T, 1)
-    is_cut = (single.reshape(-1).float().numpy() > cfg.transnet_threshold)
+    is_cut = single.reshape(-1).float().numpy() > cfg.transnet_threshold
     # a scene starts at the first frame after a run of transition frames
     starts = [i for i in range(1, n) if is_cut[i - 1] and not is_cut[i]]
     starts = [s for s in starts if s >= cfg.min_scene_frames]

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import av
 import numpy as np
+from av.video.reformatter import VideoReformatter
 
 
 class VideoDecodeError(RuntimeError):
@@ -27,6 +28,9 @@ class VideoDecodeError(RuntimeError):
         super().__init__(f"{reason}: {path}")
         self.path = str(path)
         self.reason = reason
+
+    def __reduce__(self):  # crosses a process boundary (curation/guard.py)
+        return (type(self), (self.path, self.reason))
 
 
 class DecodeTimeout(TimeoutError):
@@ -223,11 +227,19 @@ def even_size(width: int, height: int, short_side: int) -> tuple[int, int]:
     return w, h
 
 
-def _upright(frame: av.VideoFrame, width: int | None, height: int | None, rotation: int) -> np.ndarray:
-    """Decoded frame -> RGB array (H, W, 3), resized to (width, height) as displayed."""
+def _upright(
+    frame: av.VideoFrame, width: int | None, height: int | None, rotation: int, scaler=None
+) -> np.ndarray:
+    """Decoded frame -> RGB array (H, W, 3), resized to (width, height) as displayed.
+
+    `scaler` (an av VideoReformatter) is reused across the frames of one video: PyAV would
+    otherwise build a new swscale context for every frame."""
     if rotation % 180 == 90 and width and height:
         width, height = height, width  # resize in coded orientation, then rotate
-    arr = frame.to_ndarray(format="rgb24", width=width, height=height)
+    if scaler is None:
+        arr = frame.to_ndarray(format="rgb24", width=width, height=height)
+    else:
+        arr = scaler.reformat(frame, width=width, height=height, format="rgb24").to_ndarray()
     if rotation:
         arr = np.ascontiguousarray(np.rot90(arr, k=-(rotation // 90)))
     return arr
@@ -253,6 +265,7 @@ def iter_frames(
     wanted = None if indices is None else set(indices)
     last_wanted = end_frame - 1 if indices is None else max(indices, default=start_frame - 1)
     width, height = size if size else (None, None)
+    scaler = VideoReformatter()
     with open_video(path) as container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
@@ -277,7 +290,7 @@ def iter_frames(
                     break
                 if wanted is not None and idx not in wanted:
                     continue
-                yield idx, _upright(frame, width, height, rotation)
+                yield idx, _upright(frame, width, height, rotation, scaler)
         except av.error.FFmpegError as exc:
             raise VideoDecodeError(path, _explain(exc)) from exc
 

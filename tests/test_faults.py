@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -35,9 +36,22 @@ def test_every_listed_input_gets_a_row_and_no_fifo_is_opened(tmp_path):
     os.symlink("/dev/null", src / "device.mp4")
     root = tmp_path / "root"
     out = subprocess.run(
-        [sys.executable, "-m", "curation.cli", "ingest", "--config", str(REPO / "configs/offline.yaml"),
-         "--input", str(src), "--root", str(root)],
-        cwd=REPO, capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "curation.cli",
+            "ingest",
+            "--config",
+            str(REPO / "configs/offline.yaml"),
+            "--input",
+            str(src),
+            "--root",
+            str(root),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     sock.close()
     assert out.returncode == 0, out.stderr[-2000:]
@@ -91,8 +105,11 @@ def test_a_source_changed_after_ingest_is_never_cut_or_scored_then_reingested_as
     st = os.stat(c)
     os.utime(c, (st.st_atime, st.st_mtime + 3600))
     pipeline.score(CFG, root)
-    scored = rows(root, """SELECT regexp_extract(c.path, '[^/]+$') AS f, s.status, s.error
-                           FROM scores s JOIN clips c USING (clip_id)""")
+    scored = rows(
+        root,
+        """SELECT regexp_extract(c.path, '[^/]+$') AS f, s.status, s.error
+                           FROM scores s JOIN clips c USING (clip_id)""",
+    )
     by_file = {}
     for r in scored:
         by_file.setdefault(r["f"], set()).add((r["status"], (r["error"] or "").split(":")[0]))
@@ -127,3 +144,223 @@ def test_split_refuses_a_changed_source(tmp_path, size_change):
     got = rows(root, "SELECT status, error FROM clips")
     assert len(got) == 1 and got[0]["status"] == "error"
     assert got[0]["error"].startswith("source changed since ingest")
+
+
+@pytest.fixture
+def blocking_input(tmp_path):
+    """hang.mp4: a concat playlist whose one entry is a FIFO that a helper process holds open
+    for writing and never writes to, so FFmpeg blocks inside one read call, for good."""
+    d = tmp_path / "hang"
+    d.mkdir()
+    os.mkfifo(d / "pipe.ts")
+    (d / "hang.mp4").write_text("ffconcat version 1.0\nfile pipe.ts\n")
+    writer = subprocess.Popen(
+        [sys.executable, "-c", f"import time; f = open({str(d / 'pipe.ts')!r}, 'wb'); time.sleep(600)"]
+    )
+    yield d / "hang.mp4"
+    writer.kill()
+    writer.wait()
+
+
+@pytest.mark.parametrize(
+    "ray", [pytest.param(False, id="in-process"), pytest.param(True, id="ray", marks=pytest.mark.slow)]
+)
+def test_a_decoder_that_never_returns_is_cut_off_at_ingest(blocking_input, tmp_path, ray):
+    good = make_video(tmp_path / "good.mp4", n_frames=12)
+    listing = tmp_path / "inputs.txt"
+    listing.write_text(f"{blocking_input}\n{good}\n")
+    root = tmp_path / "root"
+    cmd = [sys.executable, "-m", "curation.cli", "ingest", "--config", str(REPO / "configs/offline.yaml")]
+    cmd += ["--input", str(listing), "--root", str(root), "--set", "ingest.timeout_s=3"]
+    if ray:  # the guard's child under a Ray actor
+        cmd += ["--set", "ray.inline_max_items=0"]
+    out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    got = {Path(r["path"]).name: (r["status"], r["error"]) for r in rows(root, "SELECT * FROM videos")}
+    assert got == {"hang.mp4": ("error", "timed out after 3 s"), "good.mp4": ("ok", None)}
+    metrics = [json.loads(p.read_text()) for p in (root / "_metrics").glob("ingest-*.json")]
+    assert [m["inline"] for m in metrics] == [not ray]
+
+
+def test_split_and_score_cut_off_a_stuck_decoder_and_replace_it(blocking_input, tmp_path):
+    import time
+    from dataclasses import replace
+
+    import pyarrow as pa
+
+    from curation.guard import GRACE_S
+    from curation.stages.score import DecodeAndScoreCpu
+    from curation.stages.split import SplitStage
+
+    good = make_video(tmp_path / "good.mp4", n_frames=48, size=(96, 64), kind="moving")
+    split = SplitStage(replace(CFG.split, timeout_s=1.0))
+    video = dict(video_id="v", fps=24.0, n_frames=48, display_width=96, display_height=64)
+    t0 = time.monotonic()
+    stuck = split.one({**video, "path": str(blocking_input)})
+    assert time.monotonic() - t0 < 1.0 + GRACE_S + 5
+    assert [(r["status"], r["error"]) for r in stuck] == [("error", f"timed out after {1.0 + GRACE_S:g} s")]
+    assert {r["status"] for r in split.one({**video, "path": str(good)})} == {"ok"}  # a new child
+
+    clip = dict(
+        clip_id="a", start_frame=0, end_frame=48, fps=24.0, rotation=0, display_width=96, display_height=64
+    )
+    score = DecodeAndScoreCpu(replace(CFG.score, timeout_s=1.0))
+    out = score(
+        pa.Table.from_pylist([dict(clip, path=str(blocking_input)), dict(clip, clip_id="b", path=str(good))])
+    )
+    got = {
+        r["clip_id"]: (r["status"], r["error"])
+        for r in out.select(["clip_id", "status", "error"]).to_pylist()
+    }
+    assert got == {"a": ("error", f"timed out after {1.0 + GRACE_S:g} s"), "b": ("ok", None)}
+
+
+def _die_like_the_oom_killer(marker: str) -> None:
+    import signal
+
+    with open(marker, "a") as fh:
+        fh.write("x")
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def test_a_killed_decoder_is_retried_a_bounded_number_of_times_then_out_of_memory(tmp_path):
+    from curation.guard import Guard, WorkerDied
+
+    guard = Guard(retries=2)
+    marker = tmp_path / "tries"
+    with pytest.raises(WorkerDied, match="^out of memory"):
+        guard.call(_die_like_the_oom_killer, (str(marker),), timeout_s=60)
+    assert marker.read_text() == "xxx"  # first try + 2 retries
+    assert guard.call(os.getpid, (), timeout_s=60) != os.getpid()  # a fresh child works
+
+
+def test_ingest_caps_the_frame_size():
+    from curation.stages.ingest import IngestStage
+
+    row = IngestStage(CFG.ingest).one(str(_eight_k(Path(os.environ.get("TMPDIR", "/tmp")))))
+    assert row["status"] == "error" and row["error"].startswith(
+        "frame size 7680x4320 is over ingest.max_pixels="
+    )
+
+
+def _eight_k(d: Path) -> Path:
+    path = d / "reelsift_8k.mp4"
+    if not path.exists():
+        make_video(path, n_frames=2, size=(7680, 4320), kind="black")
+    return path
+
+
+CGROUP = Path("/sys/fs/cgroup/memory")
+
+
+@pytest.mark.slow
+def test_a_decoder_killed_by_the_oom_killer_costs_one_error_row(tmp_path):
+    """A real kernel OOM kill: every decoding child is moved into a memory cgroup of 128 MiB,
+    and the 8K input needs more. The run ends with `out of memory` for it and the rest ok."""
+    import threading
+    import time
+
+    if os.getuid() != 0 or not os.access(CGROUP, os.W_OK):
+        pytest.skip("needs root and a writable cgroup-v1 memory controller to make the kernel kill")
+    group = CGROUP / f"reelsift_test_{os.getpid()}"
+    group.mkdir()
+    (group / "memory.limit_in_bytes").write_text(str(128 << 20))
+    src = tmp_path / "in"
+    huge = _eight_k(tmp_path)
+    make_video(src / "good.mp4", n_frames=12)
+    os.symlink(huge, src / "huge.mp4")
+    stop = threading.Event()
+
+    def jail():  # the guard's children, as they start
+        from tests.procs import pids_matching
+
+        while not stop.is_set():
+            for pid in pids_matching(b"from curation.guard import serve"):
+                try:
+                    (group / "cgroup.procs").write_text(str(pid))
+                except OSError:
+                    pass
+            stop.wait(0.01)
+
+    watcher = threading.Thread(target=jail, daemon=True)
+    watcher.start()
+    try:
+        out = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "curation.cli",
+                "ingest",
+                "--config",
+                str(REPO / "configs/offline.yaml"),
+                "--input",
+                str(src),
+                "--root",
+                str(tmp_path / "root"),
+                "--set",
+                f"ingest.max_pixels={8000 * 4400}",
+            ],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        failcnt = int((group / "memory.failcnt").read_text())
+    finally:
+        stop.set()
+        watcher.join()
+        for pid in (group / "cgroup.procs").read_text().split():
+            os.kill(int(pid), 9)
+        time.sleep(0.5)
+        group.rmdir()
+    assert out.returncode == 0, out.stderr[-2000:]
+    got = {
+        Path(r["path"]).name: (r["status"], r["error"])
+        for r in rows(tmp_path / "root", "SELECT * FROM videos")
+    }
+    assert got["good.mp4"] == ("ok", None)
+    assert got["huge.mp4"][0] == "error" and got["huge.mp4"][1].startswith("out of memory"), got
+    assert failcnt > 0  # the cgroup's limit was hit
+
+
+def _small_files(limit: int):
+    def set_limit():
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    return set_limit
+
+
+def test_a_full_disk_stops_the_stage_with_one_message_and_loses_nothing(tmp_path):
+    """The file-size limit (RLIMIT_FSIZE) stands in for a full disk: the next part can't be
+    written. The stage stops naming the run root and the bytes it needs; no part or temp file
+    is left; the same command, once there is room, finishes with every video split once."""
+    src = tmp_path / "in"
+    for i in range(3):
+        make_video(src / f"v{i}.mp4", n_frames=48, size=(96, 64), kind="cuts", cuts=(24,), seed=i)
+    root = tmp_path / "root"
+    pipeline.ingest(CFG, root, src)
+    cmd = [
+        sys.executable,
+        "-m",
+        "curation.cli",
+        "split",
+        "--config",
+        str(REPO / "configs/offline.yaml"),
+        "--root",
+        str(root),
+    ]
+    full = subprocess.run(
+        cmd, cwd=REPO, capture_output=True, text=True, timeout=120, preexec_fn=_small_files(1024)
+    )
+    assert full.returncode == 2, full.stderr[-2000:]
+    message = [line for line in full.stderr.splitlines() if line.startswith("error")]
+    assert len(message) == 1 and f"run root {root}: cannot write the next clips part" in message[0]
+    assert "needs about" in message[0] and "run the same command again" in message[0]
+    assert not list((root / "clips").glob("*")), "a part or temp file was left behind"
+
+    again = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0, again.stderr[-2000:]
+    got = rows(root, "SELECT video_id, count(*) AS n, count(DISTINCT clip_id) AS d FROM clips GROUP BY 1")
+    assert len(got) == 3 and all(r["n"] == r["d"] == 2 for r in got)  # two scenes each, once

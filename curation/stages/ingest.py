@@ -16,6 +16,7 @@ import numpy as np
 import pyarrow as pa
 
 from curation.config import IngestConfig
+from curation.guard import Guard, HardTimeout, WorkerDied
 from filters.video import VideoDecodeError, file_hash, file_problem, probe
 from manifests.configtools import InputError
 from manifests.schemas import VIDEOS
@@ -75,11 +76,17 @@ def _walk(top: Path, exts: tuple[str, ...], recursive: bool) -> list[str]:
     return out
 
 
+def hash_and_probe(path: str, probe_frames: int):
+    """(video_id, Probe) of one file: runs in the guard's child process."""
+    return file_hash(path), probe(path, probe_frames)
+
+
 class IngestStage:
     """Batch of {'path'} -> one `videos` row per path."""
 
     def __init__(self, cfg: IngestConfig):
         self.cfg = cfg
+        self.guard = Guard()
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
         return rows_to_table([self.one(str(p)) for p in batch["path"]], VIDEOS)
@@ -92,10 +99,14 @@ class IngestStage:
             return row
         try:
             row["size_bytes"] = os.path.getsize(path)
-            row["video_id"] = file_hash(path)
-            info = probe(path, self.cfg.probe_frames)
+            row["video_id"], info = self.guard.call(
+                hash_and_probe, (path, self.cfg.probe_frames), self.cfg.timeout_s
+            )
         except VideoDecodeError as exc:
             row["error"] = exc.reason
+            return row
+        except (HardTimeout, WorkerDied) as exc:
+            row["error"] = str(exc)
             return row
         except PermissionError:
             row["error"] = "permission denied"
@@ -104,6 +115,12 @@ class IngestStage:
             row["error"] = f"cannot read file: {exc.strerror or exc}"
             return row
         dw, dh = info.display_size
+        if info.width * info.height > self.cfg.max_pixels:
+            row["error"] = (
+                f"frame size {info.width}x{info.height} is over ingest.max_pixels={self.cfg.max_pixels}: "
+                "raise it to take this video (decoding needs memory in proportion)"
+            )
+            return row
         row.update(
             status="ok",
             duration_s=info.duration_s,

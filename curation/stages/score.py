@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from curation.guard import GRACE_S, Guard, HardTimeout, WorkerDied
 from filters.config import ScoreConfig
 from filters.motion import MotionScorer
 from filters.nsfw import NsfwScorer
@@ -37,26 +38,67 @@ def sample_indices(start: int, end: int, n: int) -> list[int]:
 
 def decode_samples(clip: dict, cfg: ScoreConfig) -> tuple[np.ndarray, float]:
     """-> (frames (T, H, W, 3) uint8 at the working resolution, source frames per sample)."""
-    start, end = int(clip["start_frame"]), int(clip["end_frame"])
-    idx = sample_indices(start, end, cfg.n_frames)
-    size = even_size(int(clip["display_width"]), int(clip["display_height"]), cfg.short_side)
-    deadline = time.monotonic() + cfg.timeout_s
-    frames = [
-        f
-        for _, f in iter_frames(
-            clip["path"],
-            start,
-            end,
-            float(clip["fps"]),
-            size=size,
-            rotation=int(clip["rotation"] or 0),
-            indices=idx,
-            deadline=deadline,
-        )
-    ]
-    if len(frames) < 2:
-        raise VideoDecodeError(clip["path"], f"only {len(frames)} of {len(idx)} sampled frames decoded")
-    return np.stack(frames), (end - start) / len(idx)
+    return decode_run([clip], cfg)[0]
+
+
+# Clips of one video closer than this many seconds are decoded in one pass: decoding through
+# the gap costs less than seeking back to a keyframe again.
+JOIN_GAP_S = 4.0
+
+
+def decode_run(clips: list[dict], cfg: ScoreConfig) -> list[tuple[np.ndarray, float]]:
+    """Sampled frames of clips of ONE video, in order of start, in one forward decode pass.
+
+    Same frames as one decode per clip (each would seek to the keyframe before its start and
+    decode forward), without decoding the stretch between a keyframe and a clip's start again
+    for every clip. Raises as decode_samples does; the caller retries clip by clip.
+    """
+    first = clips[0]
+    wanted: dict[int, list[int]] = {}  # frame index -> positions in `clips` that sample it
+    idx_per_clip = []
+    for k, clip in enumerate(clips):
+        idx = sample_indices(int(clip["start_frame"]), int(clip["end_frame"]), cfg.n_frames)
+        idx_per_clip.append(idx)
+        for i in idx:
+            wanted.setdefault(i, []).append(k)
+    size = even_size(int(first["display_width"]), int(first["display_height"]), cfg.short_side)
+    deadline = time.monotonic() + cfg.timeout_s * len(clips)
+    got: dict[int, np.ndarray] = {}
+    for i, frame in iter_frames(
+        first["path"],
+        min(int(c["start_frame"]) for c in clips),
+        max(int(c["end_frame"]) for c in clips),
+        float(first["fps"]),
+        size=size,
+        rotation=int(first["rotation"] or 0),
+        indices=sorted(wanted),
+        deadline=deadline,
+    ):
+        got[i] = frame
+    out = []
+    for clip, idx in zip(clips, idx_per_clip, strict=True):
+        frames = [got[i] for i in idx if i in got]
+        if len(frames) < 2:
+            raise VideoDecodeError(clip["path"], f"only {len(frames)} of {len(idx)} sampled frames decoded")
+        out.append((np.stack(frames), (int(clip["end_frame"]) - int(clip["start_frame"])) / len(idx)))
+    return out
+
+
+def runs_of_one_video(clips: list[dict]) -> list[list[int]]:
+    """Positions of `clips` grouped into runs that one decode pass serves: same file, same
+    size and rotation, each clip starting at most JOIN_GAP_S after the previous one ends."""
+    order = sorted(range(len(clips)), key=lambda k: (clips[k]["path"], int(clips[k]["start_frame"])))
+    runs: list[list[int]] = []
+    for k in order:
+        c = clips[k]
+        if runs:
+            p = clips[runs[-1][-1]]
+            same = all(p[f] == c[f] for f in ("path", "display_width", "display_height", "rotation", "fps"))
+            if same and int(c["start_frame"]) - int(p["end_frame"]) <= JOIN_GAP_S * float(c["fps"]):
+                runs[-1].append(k)
+                continue
+        runs.append([k])
+    return runs
 
 
 class DecodeAndScoreCpu:
@@ -69,6 +111,7 @@ class DecodeAndScoreCpu:
 
         cv2.setNumThreads(1)  # one actor per core; the scheduler gives the parallelism
         self.cfg = cfg
+        self.guard = Guard()
         self.scorers = [
             MotionScorer(cfg.motion),
             OcrScorer(cfg.ocr),
@@ -77,19 +120,47 @@ class DecodeAndScoreCpu:
         ]
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        return pa.Table.from_pylist([self.one(c) for c in batch.to_pylist()], schema=CPU_SCHEMA)
+        clips = batch.to_pylist()
+        rows: list[dict[str, Any] | None] = [None] * len(clips)
+        for run in runs_of_one_video(clips):
+            todo = [k for k in run if not self._changed(clips[k], rows, k)]
+            decoded = None
+            if len(todo) > 1:
+                try:
+                    decoded = self._decode([clips[k] for k in todo])
+                except (VideoDecodeError, DecodeTimeout, HardTimeout, WorkerDied):
+                    decoded = None  # find out which clip fails: one by one below
+            for j, k in enumerate(todo):
+                rows[k] = self.one(clips[k], None if decoded is None else decoded[j])
+        return pa.Table.from_pylist(rows, schema=CPU_SCHEMA)
 
-    def one(self, clip: dict) -> dict[str, Any]:
-        row: dict[str, Any] = {"clip_id": clip["clip_id"], "status": "error"}
+    def _decode(self, clips: list[dict]) -> list[tuple[np.ndarray, float]]:
+        """decode_run in the guard's child process, with a hard limit of timeout_s per clip."""
+        return self.guard.call(decode_run, (clips, self.cfg), self.cfg.timeout_s * len(clips) + GRACE_S)
+
+    @staticmethod
+    def _changed(clip: dict, rows: list, k: int) -> bool:
         changed = source_changed(clip["path"], clip.get("size_bytes"), clip.get("ingested_at"))
         if changed:
-            row["error"] = changed
-            return row
-        try:
-            frames, step = decode_samples(clip, self.cfg)
-        except (VideoDecodeError, DecodeTimeout) as exc:
-            row["error"] = f"decode failed: {exc}"
-            return row
+            rows[k] = {"clip_id": clip["clip_id"], "status": "error", "error": changed}
+        return bool(changed)
+
+    def one(self, clip: dict, decoded: tuple[np.ndarray, float] | None = None) -> dict[str, Any]:
+        row: dict[str, Any] = {"clip_id": clip["clip_id"], "status": "error"}
+        if decoded is None:
+            changed = source_changed(clip["path"], clip.get("size_bytes"), clip.get("ingested_at"))
+            if changed:
+                row["error"] = changed
+                return row
+            try:
+                decoded = self._decode([clip])[0]
+            except (VideoDecodeError, DecodeTimeout) as exc:
+                row["error"] = f"decode failed: {exc}"
+                return row
+            except (HardTimeout, WorkerDied) as exc:
+                row["error"] = str(exc)
+                return row
+        frames, step = decoded
         row.update(
             status="ok",
             n_frames_scored=len(frames),

@@ -12,6 +12,7 @@ import numpy as np
 import pyarrow as pa
 
 from curation.config import SplitConfig
+from curation.guard import GRACE_S, Guard, HardTimeout, WorkerDied
 from filters.scenes import SceneTimeout, detect_scenes
 from filters.video import VideoDecodeError, key_hash, source_changed
 from manifests.schemas import CLIPS
@@ -71,6 +72,7 @@ class SplitStage:
 
     def __init__(self, cfg: SplitConfig):
         self.cfg = cfg
+        self.guard = Guard()
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
         rows = []
@@ -87,8 +89,10 @@ class SplitStage:
         if changed:
             return [self._error(base, changed)]
         try:
-            scenes = detect_scenes(path, self.cfg.scenes, timeout_s=self.cfg.timeout_s)
-        except (VideoDecodeError, SceneTimeout) as exc:
+            scenes = self.guard.call(
+                detect_scenes, (path, self.cfg.scenes, self.cfg.timeout_s), self.cfg.timeout_s + GRACE_S
+            )
+        except (VideoDecodeError, SceneTimeout, HardTimeout, WorkerDied) as exc:
             return [self._error(base, str(exc))]
         except Exception as exc:  # noqa: BLE001 - any decoder failure is this video's error row
             return [self._error(base, f"scene detection failed: {type(exc).__name__}: {exc}")]
