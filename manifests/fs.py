@@ -24,6 +24,7 @@ import functools
 import io
 import itertools
 import os
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -260,9 +261,11 @@ class S3Path:
             self._call("delete", fs.delete_dir_contents, self._path, missing_dir_ok=True)
 
     def read_bytes(self) -> bytes:
-        fs = s3_filesystem()
-        with self._call("read", fs.open_input_stream, self._path) as f:
-            return self._call("read", f.read)
+        def once():
+            with s3_filesystem().open_input_stream(self._path) as f:
+                return f.read()
+
+        return self._call("read", _retry_reads, once)
 
     def read_text(self, encoding: str = "utf-8") -> str:
         return self.read_bytes().decode(encoding)
@@ -307,6 +310,21 @@ def upath(x: str | os.PathLike | S3Path) -> AnyPath:
     return Path(text)
 
 
+def _retry_reads(read, attempts: int = S3Options.max_attempts, backoff_s: float = 0.2):
+    """`read()` again after a failed GET. The SDK retries 5xx and timeouts itself, except when
+    an error body is longer than the requested range (pyarrow then reports INTERNAL_FAILURE
+    'Failed to flush response stream' for a plain 503); reads are idempotent, so retry here."""
+    for attempt in range(attempts):
+        try:
+            return read()
+        except FileNotFoundError:
+            raise
+        except OSError:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(backoff_s * 2**attempt)
+
+
 class _RangeReader(io.RawIOBase):
     """Seekable raw reader over an S3 object: every `readinto` is one ranged GET."""
 
@@ -325,10 +343,12 @@ class _RangeReader(io.RawIOBase):
     def readinto(self, b) -> int:
         if self._f.tell() >= self._size:
             return 0
+        pos = self._f.tell()
         try:
-            data = self._f.read(len(b))
+            data = _retry_reads(lambda: self._f.read_at(len(b), pos))
         except OSError as exc:
             raise _explain(exc, self.url, "read") from exc
+        self._f.seek(pos + len(data))
         n = len(data)
         b[:n] = data
         self.requests += 1
