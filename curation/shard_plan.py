@@ -11,7 +11,7 @@ reads its own group's rows from the plan file (row-group statistics skip the res
 from __future__ import annotations
 
 import json
-import shutil
+import tempfile
 import uuid
 from pathlib import Path
 
@@ -20,6 +20,8 @@ import pyarrow.parquet as pq
 
 from curation.config import ShardConfig
 from filters.policy import FilterConfig
+from manifests import fs
+from manifests.commit import atomic_write
 from manifests.configtools import ConfigError
 from manifests.db import connect
 
@@ -35,13 +37,15 @@ GROUPS = pa.schema([
     ("plan", pa.string()),  # plan file path
 ])
 
-# kept, not in a tar (a 'removed' row means a reshard took it out: cut it again)
-_TODO = """
+# kept, not in a tar (a 'removed' row means a reshard took it out, a storage error row that
+# the source could not be read: cut it again)
+_TODO = f"""
     SELECT d.clip_id, d.tier FROM decisions d
     JOIN clips c ON c.clip_id = d.clip_id
     JOIN videos v ON v.video_id = c.video_id AND v.status = 'ok'
     WHERE d.keep AND NOT EXISTS (
-        SELECT 1 FROM shards sh WHERE sh.clip_id = d.clip_id AND sh.status <> 'removed')
+        SELECT 1 FROM shards sh WHERE sh.clip_id = d.clip_id AND sh.status <> 'removed'
+        AND NOT starts_with(coalesce(sh.error, ''), '{fs.RETRYABLE}'))
 """
 
 
@@ -54,7 +58,7 @@ def plan_dir(root: Path) -> Path:
 
 
 def clean_plans(root: Path) -> None:
-    shutil.rmtree(plan_dir(root), ignore_errors=True)
+    fs.rmtree(plan_dir(root))
 
 
 def plan_shards(
@@ -64,11 +68,15 @@ def plan_shards(
 
     DuckDB works within `memory_limit` and spills the sort of the plan rows (the manifest rows
     of each clip, embedding included) under `<root>/shards/.plan/spill`."""
-    root = Path(root)
+    root = fs.upath(root)
     con = connect(root)
     con.execute("SET preserve_insertion_order = false")
     con.execute(f"SET memory_limit = {_lit(memory_limit)}")
-    con.execute(f"SET temp_directory = {_lit(str(plan_dir(root) / 'spill'))}")
+    # DuckDB spills to local disk: under the root, or a temp folder when the root is on S3
+    spill = plan_dir(root) / "spill"
+    if not isinstance(root, Path):
+        spill = Path(tempfile.gettempdir()) / f"reelsift-plan-{uuid.uuid4().hex[:8]}"
+    con.execute(f"SET temp_directory = {_lit(str(spill))}")
     con.execute(f"""CREATE TEMP TABLE todo AS
         SELECT clip_id, tier, (row_number() OVER (PARTITION BY tier ORDER BY clip_id) - 1)
                // {int(cfg.clips_per_task)} AS chunk
@@ -116,7 +124,7 @@ def plan_shards(
     plan = out / f"plan-{uuid.uuid4().hex[:12]}.parquet"
     rows_per_group = max(1, 256 // cfg.clips_per_task) * cfg.clips_per_task
     reader = con.sql(sql).to_arrow_reader(rows_per_group * 16)
-    with pq.ParquetWriter(plan, reader.schema) as writer:
+    with atomic_write(plan) as fh, pq.ParquetWriter(fh, reader.schema) as writer:
         for batch in reader:
             writer.write_batch(batch, row_group_size=rows_per_group)
     groups = con.sql('SELECT "group", tier, short_side, fps, group_index, n_clips FROM groups ORDER BY group_index')
@@ -128,7 +136,8 @@ def plan_shards(
 def read_group(plan: str, group_index: int) -> list[dict]:
     """The plan rows of one writer task, in clip_id order (read by the writer, not the driver),
     each with `meta`: the clip's manifest rows {clip, video, scores, decision} as JSON values."""
-    rows = pq.read_table(plan, filters=[("group_index", "=", group_index)]).to_pylist()
+    filesystem, path = fs.arrow_fs(plan)
+    rows = pq.read_table(path, filters=[("group_index", "=", group_index)], filesystem=filesystem).to_pylist()
     for r in rows:
         meta = {name: r.pop(f"meta_{name}") for name in ("clip", "video", "scores", "decision")}
         r["meta"] = json.loads(json.dumps(meta, default=str))

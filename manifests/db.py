@@ -12,11 +12,13 @@ are dropped with an anti-join (a hash join, no sort of the whole history).
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import duckdb
 import pyarrow as pa
 
+from manifests import fs
 from manifests.schemas import TABLES
 from manifests.store import Table
 
@@ -32,27 +34,35 @@ def _quote(path: Path) -> str:
     return "'" + str(path).replace("'", "''") + "'"
 
 
-def _read(parts: list[Path]) -> str:
+def _read(parts: list, con: duckdb.DuckDBPyConnection | None = None, schema: pa.Schema | None = None) -> str:
+    """SQL that reads `parts`: DuckDB's `read_parquet` for local parts; for parts on S3 an Arrow
+    dataset registered with `con` (manifests/fs.py: no httpfs, nothing downloaded)."""
+    if con is not None and any(fs.is_s3(p) for p in parts):
+        return fs.parquet_relation(con, parts, schema)
     return f"read_parquet([{', '.join(_quote(p) for p in parts)}], union_by_name=true)"
 
 
-def newest_sql(key: str, compacted: list[Path], fresh: list[Path]) -> str:
+def newest_sql(
+    key: str, compacted: list[Path], fresh: list[Path], con: duckdb.DuckDBPyConnection | None = None,
+    schema: pa.Schema | None = None,
+) -> str:
     """SELECT of the newest row per `key` over compacted parts (one row per key, older than
-    every fresh row) and fresh parts (any number of rows per key)."""
+    every fresh row) and fresh parts (any number of rows per key). `con`/`schema`: see `_read`."""
+    read = functools.partial(_read, con=con, schema=schema)
     # the newest created_at per key, then the rows that carry it: a narrow hash aggregate and a
     # streamed semi-join (no window over whole rows). Rows of one key never share a created_at.
     ranked = (
-        f"SELECT h.* FROM {_read(fresh)} h SEMI JOIN (SELECT {key}, max(created_at) AS newest "
-        f"FROM {_read(fresh)} GROUP BY {key}) n ON h.{key} = n.{key} AND h.created_at = n.newest"
+        f"SELECT h.* FROM {read(fresh)} h SEMI JOIN (SELECT {key}, max(created_at) AS newest "
+        f"FROM {read(fresh)} GROUP BY {key}) n ON h.{key} = n.{key} AND h.created_at = n.newest"
     )
     if not compacted:
         return ranked
     if not fresh:
-        return f"SELECT * FROM {_read(compacted)}"
+        return f"SELECT * FROM {read(compacted)}"
     return (
         f"SELECT * FROM ({ranked}) UNION ALL BY NAME "
-        f"SELECT * FROM {_read(compacted)} c WHERE NOT EXISTS "
-        f"(SELECT 1 FROM {_read(fresh)} f WHERE f.{key} = c.{key})"
+        f"SELECT * FROM {read(compacted)} c WHERE NOT EXISTS "
+        f"(SELECT 1 FROM {read(fresh)} f WHERE f.{key} = c.{key})"
     )
 
 
@@ -61,7 +71,7 @@ def table_views(con: duckdb.DuckDBPyConnection, table: Table, name: str | None =
     name = name or table.name
     compacted, fresh = table.snapshot()
     if compacted or fresh:
-        history = _read(compacted + fresh)
+        history = _read(compacted + fresh, con, table.schema)
     else:
         con.register(f"__empty_{name}", table.schema.empty_table())
         history = f"__empty_{name}"
@@ -69,13 +79,14 @@ def table_views(con: duckdb.DuckDBPyConnection, table: Table, name: str | None =
         con.execute(f"CREATE VIEW {name} AS SELECT * FROM {history}")
         return
     con.execute(f"CREATE VIEW {name}_history AS SELECT * FROM {history}")
-    current = newest_sql(table.key, compacted, fresh) if (compacted or fresh) else f"SELECT * FROM {history}"
+    current = (newest_sql(table.key, compacted, fresh, con, table.schema) if (compacted or fresh)
+               else f"SELECT * FROM {history}")
     con.execute(f"CREATE VIEW {name} AS {current}")
 
 
 def connect(root: str | Path) -> duckdb.DuckDBPyConnection:
     """In-memory DuckDB with a view per table of `root` (parts are read at query time)."""
-    root = Path(root)
+    root = fs.upath(root)
     con = duckdb.connect(":memory:")
     for name in TABLES:
         table_views(con, Table(root, name))

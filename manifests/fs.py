@@ -42,6 +42,19 @@ class StorageError(OSError):
     """An object-store call failed after the client's retries; the message says what to check."""
 
 
+RETRYABLE = "storage error (a re-run retries it): "
+
+
+def retryable(exc: StorageError) -> str:
+    """The `error` text of a row that failed on storage, not on its input: stages take such
+    keys again on the next run (the input itself may be fine)."""
+    return RETRYABLE + str(exc)
+
+
+def is_retryable(error: str | None) -> bool:
+    return bool(error) and error.startswith(RETRYABLE)
+
+
 @dataclass(frozen=True)
 class S3Options:
     """Client behaviour; credentials are deliberately not here (they come from the AWS chain)."""
@@ -222,6 +235,13 @@ class S3Path:
         sel = pafs.FileSelector(self._path, recursive=recursive, allow_not_found=True)
         return self._call("list", s3_filesystem().get_file_info, sel)
 
+    def list_files(self, recursive: bool = True) -> list[S3Path]:
+        """Every object (not inferred folder) under this prefix."""
+        import pyarrow.fs as pafs
+
+        infos = self._list(recursive=recursive)
+        return [S3Path(f"s3://{i.path}") for i in infos if i.type == pafs.FileType.File]
+
     def iterdir(self) -> Iterator[S3Path]:
         for info in self._list(recursive=False):
             yield S3Path(f"s3://{info.path}")
@@ -399,6 +419,36 @@ def check_root(root: str | os.PathLike | S3Path) -> None:
                                f"or AWS_ENDPOINT_URL ({CREDENTIALS_HINT})")
 
 
+def arrow_fs(path: str | os.PathLike | S3Path) -> tuple[object | None, str]:
+    """(filesystem, path) for pyarrow calls: (None, local path) or (the S3 client, bucket/key)."""
+    p = upath(path)
+    return (s3_filesystem(), p._path) if isinstance(p, S3Path) else (None, str(p))
+
+
+def parquet_dataset(parts: list, schema=None):
+    """A pyarrow dataset over Parquet parts, all local or all on S3 (read through this layer)."""
+    import pyarrow.dataset as pads
+
+    s3 = [is_s3(p) for p in parts]
+    if any(s3) and not all(s3):
+        raise ValueError("parquet parts must be all local or all on S3")
+    if any(s3):
+        return pads.dataset([upath(p)._path for p in parts], schema=schema, format="parquet",
+                            filesystem=s3_filesystem())
+    return pads.dataset([str(p) for p in parts], schema=schema, format="parquet")
+
+
+def rmtree(path: str | os.PathLike | S3Path) -> None:
+    """Delete a folder (a key prefix on S3) and everything under it; missing is fine."""
+    p = upath(path)
+    if isinstance(p, S3Path):
+        p.rmtree()
+    else:
+        import shutil
+
+        shutil.rmtree(p, ignore_errors=True)
+
+
 _relations = itertools.count()
 
 
@@ -411,14 +461,8 @@ def parquet_relation(con, parts: list, schema=None) -> str:
     if not any(is_s3(p) for p in parts):
         quoted = ", ".join("'" + str(p).replace("'", "''") + "'" for p in parts)
         return f"read_parquet([{quoted}], union_by_name=true)"
-    import pyarrow.dataset as pads
-
-    if not all(is_s3(p) for p in parts):
-        raise ValueError("parquet_relation: parts must be all local or all on S3")
-    dataset = pads.dataset([upath(p)._path for p in parts], schema=schema, format="parquet",
-                           filesystem=s3_filesystem())
     name = f"__s3_parts_{next(_relations)}"
-    con.register(name, dataset)
+    con.register(name, parquet_dataset(parts, schema))
     return name
 
 

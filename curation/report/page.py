@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import uuid
 from datetime import datetime, timezone
 from importlib import resources
 from pathlib import Path
@@ -17,7 +15,8 @@ from curation.report.html import bars_svg, e, hours, n_of, section, table
 from curation.report.media import media_folders
 from curation.stages.filter import config_hash
 from filters.policy import FilterConfig
-from manifests import queries
+from manifests import fs, queries
+from manifests.commit import atomic_write
 from manifests.schemas import TABLES
 from manifests.store import Table
 
@@ -35,7 +34,7 @@ def write_report(root: str | Path, cfg: CurateConfig, *, max_thumbs: int = 12, s
     if max_thumbs < 0 or max_examples < 0 or sample_rows < 1:
         raise ValueError(f"max_thumbs and max_examples must be >= 0 and sample_rows >= 1, got "
                          f"{max_thumbs}, {max_examples}, {sample_rows}")
-    root = Path(root)
+    root = fs.upath(root)
     out = root / "report"
     media_folders(out)
     con = queries.connect(root)
@@ -67,9 +66,8 @@ def write_report(root: str | Path, cfg: CurateConfig, *, max_thumbs: int = 12, s
                         css=(assets / "report.css").read_text(encoding="utf-8"),
                         js=(assets / "report.js").read_text(encoding="utf-8"))
     index = out / "index.html"
-    tmp = out / f".tmp-{uuid.uuid4().hex}.html"
-    tmp.write_text(page, encoding="utf-8")
-    os.replace(tmp, index)
+    with atomic_write(index) as fh:
+        fh.write(page.encode("utf-8"))
     return index
 
 
