@@ -5,7 +5,8 @@ each request to SeaweedFS unless a rule says otherwise:
 - `fail_every = n`: every n-th request gets `503 SlowDown` (the SDK retries it);
 - `fail_paths`: a request whose path contains one of these strings always gets 503 (retries run
   out, so the caller sees an error);
-- `stall_paths`: the request is held `stall_s` seconds and its connection dropped (a timeout).
+- `stall_paths`: the request is held `stall_s` seconds and its connection dropped (a timeout;
+  `stall_once`: only the first such request).
 Rules change while it runs; `counts` records what happened. Test code only: the product talks
 to S3 through pyarrow's AWS SDK client.
 """
@@ -68,6 +69,7 @@ class FaultProxy:
         self.fail_paths: tuple[str, ...] = ()
         self.stall_paths: tuple[str, ...] = ()
         self.stall_s = 3.0
+        self.stall_once = False  # stall only the first matching request (its retry goes through)
         self.counts: Counter[str] = Counter()
         self._n = 0
         self._lock = threading.Lock()
@@ -93,7 +95,10 @@ class FaultProxy:
     def _decide(self, method: str, path: str) -> str:
         with self._lock:
             self._n += 1
-            if any(p in path for p in self.stall_paths):
+            hit = [p for p in self.stall_paths if p in path]
+            if hit:
+                if self.stall_once:
+                    self.stall_paths = tuple(p for p in self.stall_paths if p not in hit)
                 return "stall"
             if any(p in path for p in self.fail_paths):
                 return "fail"
