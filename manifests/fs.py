@@ -22,13 +22,11 @@ import contextlib
 import fnmatch
 import functools
 import io
-import itertools
 import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
 
 READ_BUFFER = 1 << 20  # bytes per ranged GET when decoding: a 2-4 MB mp4 takes a few requests
 SECRET_ENV = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ACCESS_KEY_ID")
@@ -98,6 +96,23 @@ def s3_filesystem(options: S3Options = S3Options()):
         allow_delayed_open=True,  # a small object is one PUT, sent when it is closed
         **kw,
     )
+
+
+def retrying(fn, *args, attempts: int = S3Options.max_attempts, backoff_s: float = 0.25, **kw):
+    """`fn(*args, **kw)`, called again after an OSError (not FileNotFoundError), with backoff.
+
+    For idempotent object-store calls (stat, list, read, delete, a whole-buffer PUT). The SDK
+    retries too, but gives up early under a sustained error rate (its retry quota runs dry)
+    and not at all when a 503's body is longer than the range asked for."""
+    for attempt in range(attempts):
+        try:
+            return fn(*args, **kw)
+        except FileNotFoundError:
+            raise
+        except OSError:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(backoff_s * 2**attempt)
 
 
 def _explain(exc: Exception, url: str, op: str) -> StorageError:
@@ -197,7 +212,7 @@ class S3Path:
 
     def _call(self, op: str, fn, *args, **kw):
         try:
-            return fn(*args, **kw)
+            return retrying(fn, *args, **kw)
         except FileNotFoundError:
             raise
         except OSError as exc:
@@ -285,16 +300,18 @@ class S3Path:
             with s3_filesystem().open_input_stream(self._path) as f:
                 return f.read()
 
-        return self._call("read", _retry_reads, once)
+        return self._call("read", once)
 
     def read_text(self, encoding: str = "utf-8") -> str:
         return self.read_bytes().decode(encoding)
 
     def write_bytes(self, data: bytes) -> int:
         """One PUT of the whole buffer: S3 makes it visible whole or not at all."""
-        fs = s3_filesystem()
-        with self._call("write", fs.open_output_stream, self._path) as f:
-            f.write(data)
+        def once():
+            with s3_filesystem().open_output_stream(self._path) as f:
+                f.write(data)
+
+        self._call("write", once)
         return len(data)
 
     def write_text(self, text: str, encoding: str = "utf-8") -> int:
@@ -330,84 +347,6 @@ def upath(x: str | os.PathLike | S3Path) -> AnyPath:
     return Path(text)
 
 
-def _retry_reads(read, attempts: int = S3Options.max_attempts, backoff_s: float = 0.2):
-    """`read()` again after a failed GET. The SDK retries 5xx and timeouts itself, except when
-    an error body is longer than the requested range (pyarrow then reports INTERNAL_FAILURE
-    'Failed to flush response stream' for a plain 503); reads are idempotent, so retry here."""
-    for attempt in range(attempts):
-        try:
-            return read()
-        except FileNotFoundError:
-            raise
-        except OSError:
-            if attempt == attempts - 1:
-                raise
-            time.sleep(backoff_s * 2**attempt)
-
-
-class _RangeReader(io.RawIOBase):
-    """Seekable raw reader over an S3 object: every `readinto` is one ranged GET."""
-
-    def __init__(self, f, url: str):
-        self._f, self.url = f, url
-        self._size = f.size()  # known from opening; no request
-        self.requests = 0
-        self.bytes_fetched = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def readinto(self, b) -> int:
-        if self._f.tell() >= self._size:
-            return 0
-        pos = self._f.tell()
-        try:
-            data = _retry_reads(lambda: self._f.read_at(len(b), pos))
-        except OSError as exc:
-            raise _explain(exc, self.url, "read") from exc
-        self._f.seek(pos + len(data))
-        n = len(data)
-        b[:n] = data
-        self.requests += 1
-        self.bytes_fetched += n
-        return n
-
-    def seek(self, offset: int, whence: int = 0) -> int:
-        return self._f.seek(offset, whence)
-
-    def tell(self) -> int:
-        return self._f.tell()
-
-    def size(self) -> int:
-        return self._size
-
-    def close(self) -> None:
-        if not self.closed:
-            self._f.close()
-        super().close()
-
-
-def open_input(path: str | os.PathLike | S3Path, buffer_size: int = READ_BUFFER) -> BinaryIO:
-    """A seekable binary reader: a local file, or ranged GETs through a read buffer on S3
-    (PyAV's `av.open(fileobj)` decodes from it without downloading the object first)."""
-    p = upath(path)
-    if isinstance(p, Path):
-        return open(p, "rb")
-    f = p._call("open", s3_filesystem().open_input_file, p._path)
-    return io.BufferedReader(_RangeReader(f, str(p)), buffer_size=buffer_size)
-
-
-def open_stream(path: str | os.PathLike | S3Path, buffer_size: int = 4 * READ_BUFFER) -> BinaryIO:
-    """A forward-only reader (tars read front to back): one streaming GET on S3."""
-    p = upath(path)
-    if isinstance(p, Path):
-        return open(p, "rb")
-    return p._call("open", s3_filesystem().open_input_stream, p._path, buffer_size=buffer_size)
-
-
 def check_root(root: str | os.PathLike | S3Path) -> None:
     """Fail early, saying what to fix, when an S3 URL's bucket or credentials are wrong."""
     p = upath(root)
@@ -425,19 +364,6 @@ def arrow_fs(path: str | os.PathLike | S3Path) -> tuple[object | None, str]:
     return (s3_filesystem(), p._path) if isinstance(p, S3Path) else (None, str(p))
 
 
-def parquet_dataset(parts: list, schema=None):
-    """A pyarrow dataset over Parquet parts, all local or all on S3 (read through this layer)."""
-    import pyarrow.dataset as pads
-
-    s3 = [is_s3(p) for p in parts]
-    if any(s3) and not all(s3):
-        raise ValueError("parquet parts must be all local or all on S3")
-    if any(s3):
-        return pads.dataset([upath(p)._path for p in parts], schema=schema, format="parquet",
-                            filesystem=s3_filesystem())
-    return pads.dataset([str(p) for p in parts], schema=schema, format="parquet")
-
-
 def rmtree(path: str | os.PathLike | S3Path) -> None:
     """Delete a folder (a key prefix on S3) and everything under it; missing is fine."""
     p = upath(path)
@@ -449,25 +375,11 @@ def rmtree(path: str | os.PathLike | S3Path) -> None:
         shutil.rmtree(p, ignore_errors=True)
 
 
-_relations = itertools.count()
-
-
-def parquet_relation(con, parts: list, schema=None) -> str:
-    """SQL text that reads Parquet `parts` in DuckDB. Local parts: `read_parquet` (DuckDB's own
-    reader). S3 parts: an Arrow dataset over this layer's S3 client, registered with the
-    connection, so DuckDB needs no httpfs extension and downloads nothing at run time; filters
-    and column projections are pushed down into ranged reads. `schema` (the table's) fills
-    columns an older part lacks, as `union_by_name` does for local parts."""
-    if not any(is_s3(p) for p in parts):
-        quoted = ", ".join("'" + str(p).replace("'", "''") + "'" for p in parts)
-        return f"read_parquet([{quoted}], union_by_name=true)"
-    name = f"__s3_parts_{next(_relations)}"
-    con.register(name, parquet_dataset(parts, schema))
-    return name
-
-
-def wds_open(url: str, mode: str = "rb", bufsize: int = 8192, **kw) -> BinaryIO:
-    """`webdataset.gopen` handler for s3:// shard URLs (register in `gopen_schemes['s3']`)."""
-    if mode != "rb":
-        raise ValueError(f"{url}: shards are read-only here (mode {mode!r})")
-    return open_stream(url)
+# Reading helpers live in manifests/fs_read.py; callers use them as `fs.open_input` and so on.
+from manifests.fs_read import (  # noqa: E402, F401  (re-exported)
+    open_input,
+    open_stream,
+    parquet_dataset,
+    parquet_relation,
+    wds_open,
+)

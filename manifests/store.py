@@ -89,8 +89,12 @@ class Table:
             return None
         table = conform(table, self.schema)
         final = self._new_part_path()
-        with commit.atomic_write(final) as fh:
-            pq.write_table(table, fh)
+
+        def once():  # a failed attempt leaves nothing visible, so it can simply be made again
+            with commit.atomic_write(final) as fh:
+                pq.write_table(table, fh)
+
+        fs.retrying(once) if fs.is_s3(final) else once()
         return final
 
     def write_stream(self, batches: Iterable[pa.Table]) -> Path | None:
