@@ -122,7 +122,8 @@ def compact_table(root: str | Path, name: str, *, memory_limit: str = "512MB") -
     with commit.atomic_write(final) as fh, pq.ParquetWriter(fh, table.schema, compression="zstd") as writer:
         for batch in con.sql(source).to_arrow_reader(65536):
             if batch.num_rows:
-                writer.write_table(conform(pa.Table.from_batches([batch]), table.schema), row_group_size=65536)
+                rows = conform(pa.Table.from_batches([batch]), table.schema)
+                writer.write_table(rows, row_group_size=65536)
                 rows_after += batch.num_rows
     con.close()
     shutil.rmtree(spill, ignore_errors=True)

@@ -359,9 +359,9 @@ def check_root(root: str | os.PathLike | S3Path) -> None:
 
 
 def arrow_fs(path: str | os.PathLike | S3Path) -> tuple[object | None, str]:
-    """(filesystem, path) for pyarrow calls: (None, local path) or (the S3 client, bucket/key)."""
+    """(filesystem, path) for pyarrow reads: (None, local path) or (S3 with retried reads, bucket/key)."""
     p = upath(path)
-    return (s3_filesystem(), p._path) if isinstance(p, S3Path) else (None, str(p))
+    return (retrying_s3(), p._path) if isinstance(p, S3Path) else (None, str(p))
 
 
 def rmtree(path: str | os.PathLike | S3Path) -> None:
@@ -381,5 +381,6 @@ from manifests.fs_read import (  # noqa: E402, F401  (re-exported)
     open_stream,
     parquet_dataset,
     parquet_relation,
+    retrying_s3,
     wds_open,
 )

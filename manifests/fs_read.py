@@ -3,6 +3,7 @@ streaming reads for tars, Parquet datasets and DuckDB relations over parts on S3
 
 from __future__ import annotations
 
+import functools
 import io
 import itertools
 import os
@@ -75,6 +76,49 @@ def open_stream(path: str | os.PathLike | S3Path, buffer_size: int = 4 * READ_BU
     return p._call("open", s3_filesystem().open_input_stream, p._path, buffer_size=buffer_size)
 
 
+@functools.lru_cache(maxsize=1)
+def retrying_s3():
+    """The S3 client as a pyarrow filesystem whose reads go through `_RangeReader` (retried,
+    like every read of this layer); Parquet datasets and DuckDB scans read through it."""
+    import pyarrow.fs as pafs
+
+    class Handler(pafs.FileSystemHandler):
+        def __init__(self, s3):
+            self.s3 = s3
+
+        def get_type_name(self):
+            return "reelsift-s3"
+
+        def normalize_path(self, path):
+            return self.s3.normalize_path(path)
+
+        def equals(self, other):
+            return isinstance(other, Handler)
+
+        def get_file_info(self, paths):
+            return retrying(self.s3.get_file_info, paths)
+
+        def get_file_info_selector(self, selector):
+            return retrying(self.s3.get_file_info, selector)
+
+        def open_input_file(self, path):
+            import pyarrow as pa
+
+            f = retrying(self.s3.open_input_file, path)
+            return pa.PythonFile(_RangeReader(f, f"s3://{path}"), mode="r")
+
+        def open_input_stream(self, path):
+            return self.open_input_file(path)
+
+        def _read_only(self, *args, **kw):
+            raise OSError("this view of the bucket is read-only; write through manifests/fs.py")
+
+        create_dir = delete_dir = delete_dir_contents = delete_root_dir_contents = _read_only
+        delete_file = move = copy_file = open_output_stream = open_append_stream = _read_only
+
+    return pafs.PyFileSystem(Handler(s3_filesystem()))
+
+
 def parquet_dataset(parts: list, schema=None):
     """A pyarrow dataset over Parquet parts, all local or all on S3 (read through this layer)."""
     import pyarrow.dataset as pads
@@ -84,7 +128,7 @@ def parquet_dataset(parts: list, schema=None):
         raise ValueError("parquet parts must be all local or all on S3")
     if any(s3):
         return pads.dataset([upath(p)._path for p in parts], schema=schema, format="parquet",
-                            filesystem=s3_filesystem())
+                            filesystem=retrying_s3())
     return pads.dataset([str(p) for p in parts], schema=schema, format="parquet")
 
 

@@ -70,6 +70,8 @@ def test_pipeline_on_s3_then_training_reads_shards_by_url(corpus, tmp_path):
     assert json.loads(runs[-1].stdout) == [{"n": len(got["shards"])}]
     runs.append(cli("status", "--root", str(root)))
     assert "shard" in runs[-1].stdout
+    runs.append(cli("compact", "--root", str(root)))  # the manifest commit is one PUT on S3
+    assert keys(root) == got and len(Table(root, "clips").parts()) == 1
 
     # every visible object was committed; nothing half-written or orphaned is left
     for name in ("videos", "clips", "scores", "decisions", "shards"):
@@ -110,6 +112,10 @@ def test_s3_run_gives_the_keys_of_a_local_run_and_a_report(corpus, tmp_path):
     runs.append(cli("report", "--config", CONFIG, "--root", str(root), "--max-thumbs", "2"))
     page = (root / "report" / "index.html").read_text()
     assert "reelsift report" in page and (root / "report" / "thumbs").list_files()
+    runs.append(cli("cache-latents", "--config", CONFIG, "--root", str(root), timeout=600))
+    assert json.loads(runs[-1].stdout.strip().splitlines()[-1])["written"] == len(keys(root)["shards"])
+    latents = commit.committed_glob(root / "latents", "*/*.tar")
+    assert [t.name for t in latents] == [t.name for t in commit.committed_glob(root / "shards", "*/*.tar")]
     assert_no_secret(root, runs, tmp_path)
 
 
