@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -25,6 +26,7 @@ from tests.media import make_video
 from tests.s3faults import FaultProxy
 from tests.s3server import BUCKET, s3_server  # noqa: F401
 from tests.test_resume import SETS
+from tests.test_s3_e2e import assert_no_secret, cli
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIG = str(REPO / "configs/offline.yaml")
@@ -69,7 +71,7 @@ def no_duplicates(root) -> None:
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory, s3_server):  # noqa: F811
     local = tmp_path_factory.mktemp("s3_fault_corpus")
-    for i in range(3):
+    for i in range(2):
         make_video(local / f"moving_{i}.mp4", n_frames=96, size=(320, 256), fps=24, kind="cuts",
                    cuts=(48,), seed=i)
     prefix = fs.upath(f"s3://{BUCKET}/faults-{uuid.uuid4().hex[:8]}")
@@ -134,6 +136,16 @@ def test_sigkill_on_s3_mid_split_and_mid_shard_then_rerun(corpus, reference):
     checked, problems = verify(root)
     assert problems == [] and checked == len(reference["shards"])
 
+    # report and latents on the S3 root too
+    runs = [cli("report", "--config", CONFIG, "--root", str(root), "--max-thumbs", "2"),
+            cli("cache-latents", "--config", CONFIG, "--root", str(root))]
+    page = (root / "report" / "index.html").read_text()
+    assert "reelsift report" in page and (root / "report" / "thumbs").list_files()
+    assert json.loads(runs[-1].stdout.strip().splitlines()[-1])["written"] == len(reference["shards"])
+    latents = commit.committed_glob(root / "latents", "*/*.tar")
+    assert [t.name for t in latents] == [t.name for t in commit.committed_glob(root / "shards", "*/*.tar")]
+    assert_no_secret(root, runs)
+
 
 @pytest.mark.slow
 def test_failing_and_stalling_server_then_rerun_loses_nothing(corpus, reference, s3_server):  # noqa: F811
@@ -144,8 +156,8 @@ def test_failing_and_stalling_server_then_rerun_loses_nothing(corpus, reference,
     try:
         proxy.fail_every = 7  # 503 SlowDown on every 7th request: retried by the client
         proxy.fail_paths = ("/videos/moving_1.mp4",)  # this input can't be read at all
-        proxy.stall_paths = ("/videos/moving_2.mp4",)  # held, then dropped: a timed-out request
-        proxy.stall_once = True
+        proxy.stall_paths = ("/videos/moving_0.mp4",)  # held, then dropped: a timed-out request
+        proxy.stall_once, proxy.stall_s = True, 2.0
         run_to_end(f"{prefix}/videos/", str(root), ["ray.progress=false"], env=env)
         assert proxy.counts["fail"] > 10 and proxy.counts["stall"] >= 1, proxy.counts
         videos = Table(root, "videos").read(["path", "status", "error"]).to_pylist()
@@ -154,7 +166,7 @@ def test_failing_and_stalling_server_then_rerun_loses_nothing(corpus, reference,
         assert fs.is_retryable(bad[0]["error"]) and f"{prefix}/videos/moving_1.mp4" in bad[0]["error"]
         assert "Hint:" in bad[0]["error"]
         got = ok_keys(root)
-        assert got["videos"] == ["moving_0.mp4", "moving_2.mp4"]
+        assert got["videos"] == ["moving_0.mp4"]
         assert set(got["shards"]) < set(reference["shards"])
 
         proxy.heal()
