@@ -74,20 +74,23 @@ def redact(text: str) -> str:
     return text
 
 
-@functools.lru_cache(maxsize=8)
 def s3_filesystem(options: S3Options = S3Options()):
-    """The process's S3 client for `options` (one per worker process; never pickled).
+    """The process's S3 client for `options` and the current endpoint (one per worker process;
+    never pickled). Credentials are left to the AWS SDK's own chain; the endpoint of an
+    S3-compatible server is the standard `AWS_ENDPOINT_URL_S3` or `AWS_ENDPOINT_URL`."""
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    return _client(options, endpoint, region)
 
-    Credentials are left to the AWS SDK's own chain; the endpoint of an S3-compatible server
-    is the standard `AWS_ENDPOINT_URL_S3` or `AWS_ENDPOINT_URL`."""
+
+@functools.lru_cache(maxsize=8)
+def _client(options: S3Options, endpoint: str | None, region: str | None):
     import pyarrow.fs as pafs
 
     kw = {}
-    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
     if endpoint:
         scheme, _, host = endpoint.rpartition("://")
         kw = dict(endpoint_override=host.rstrip("/"), scheme=scheme or "https")
-    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
     return pafs.S3FileSystem(
         region=region,
         retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=options.max_attempts),
@@ -98,7 +101,7 @@ def s3_filesystem(options: S3Options = S3Options()):
     )
 
 
-def retrying(fn, *args, attempts: int = S3Options.max_attempts, backoff_s: float = 0.25, **kw):
+def retrying(fn, *args, attempts: int = 3, backoff_s: float = 0.25, **kw):
     """`fn(*args, **kw)`, called again after an OSError (not FileNotFoundError), with backoff.
 
     For idempotent object-store calls (stat, list, read, delete, a whole-buffer PUT). The SDK

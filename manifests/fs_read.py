@@ -3,7 +3,6 @@ streaming reads for tars, Parquet datasets and DuckDB relations over parts on S3
 
 from __future__ import annotations
 
-import functools
 import io
 import itertools
 import os
@@ -76,7 +75,6 @@ def open_stream(path: str | os.PathLike | S3Path, buffer_size: int = 4 * READ_BU
     return p._call("open", s3_filesystem().open_input_stream, p._path, buffer_size=buffer_size)
 
 
-@functools.lru_cache(maxsize=1)
 def retrying_s3():
     """The S3 client as a pyarrow filesystem whose reads go through `_RangeReader` (retried,
     like every read of this layer); Parquet datasets and DuckDB scans read through it."""
@@ -116,7 +114,7 @@ def retrying_s3():
         create_dir = delete_dir = delete_dir_contents = delete_root_dir_contents = _read_only
         delete_file = move = copy_file = open_output_stream = open_append_stream = _read_only
 
-    return pafs.PyFileSystem(Handler(s3_filesystem()))
+    return pafs.PyFileSystem(Handler(s3_filesystem()))  # cheap: the client itself is cached
 
 
 def parquet_dataset(parts: list, schema=None):

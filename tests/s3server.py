@@ -4,7 +4,7 @@ extra) on loopback ports, with one identity whose secret the tests plant and the
 `s3_server` (session fixture) starts it once, creates a bucket and points the standard AWS
 variables at it, so the code under test, its subprocesses and their Ray workers find it exactly
 as they would find a real endpoint. `S3Server.stop()`/`start()` let a test cut the server off
-mid-stage. Use it from a test module with `from tests.s3server import s3_server  # noqa: F401`.
+mid-stage. tests/conftest.py registers the fixture once, so every module shares one server.
 """
 
 from __future__ import annotations

@@ -17,13 +17,13 @@ import pyarrow.parquet as pq
 import pytest
 
 from manifests import commit, fs
-from tests.s3server import BUCKET, SECRET_KEY, s3_server  # noqa: F401
+from tests.s3server import BUCKET, SECRET_KEY
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
-def prefix(s3_server):  # noqa: F811
+def prefix(s3_server):
     """A fresh folder in the test bucket."""
     return fs.upath(f"s3://{BUCKET}/t-{uuid.uuid4().hex[:8]}")
 
@@ -195,7 +195,7 @@ def test_webdataset_reads_a_tar_by_s3_url(prefix):
     assert got == [("k0", "caption 0"), ("k1", "caption 1"), ("k2", "caption 2")]
 
 
-def test_errors_name_the_url_and_the_variables_never_the_secret(s3_server):  # noqa: F811
+def test_errors_name_the_url_and_the_variables_never_the_secret(s3_server):
     planted = "wrong-planted-" + uuid.uuid4().hex
     env = {**os.environ, "PYTHONPATH": str(REPO), "AWS_SECRET_ACCESS_KEY": planted}
     code = f"from manifests.fs import check_root; check_root('s3://{BUCKET}/runs/r1')"

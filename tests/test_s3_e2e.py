@@ -17,7 +17,7 @@ import pytest
 from manifests import commit, fs
 from manifests.store import Table
 from tests.media import make_video
-from tests.s3server import ACCESS_KEY, BUCKET, SECRET_KEY, s3_server  # noqa: F401
+from tests.s3server import ACCESS_KEY, BUCKET, SECRET_KEY
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIG = str(REPO / "configs/offline.yaml")
@@ -42,7 +42,7 @@ def keys(root) -> dict[str, list]:
 
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory, s3_server):  # noqa: F811
+def corpus(tmp_path_factory, s3_server):
     """Two short videos with one cut each, on disk and uploaded under an S3 prefix."""
     local = tmp_path_factory.mktemp("s3_corpus")
     for i in range(2):
@@ -99,7 +99,7 @@ def assert_no_secret(root, runs: list[subprocess.CompletedProcess], local: Path 
     assert not any(ACCESS_KEY.encode() in o.read_bytes() for o in (root / "_metrics").list_files())
 
 
-def test_bad_bucket_and_credentials_fail_early_with_what_to_fix(s3_server, tmp_path):  # noqa: F811
+def test_bad_bucket_and_credentials_fail_early_with_what_to_fix(s3_server, tmp_path):
     import os
 
     out = subprocess.run([sys.executable, "-m", "curation.cli", "status", "--root", "s3://no-such-bucket/r"],

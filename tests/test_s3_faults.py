@@ -24,7 +24,7 @@ from manifests.db import query
 from manifests.store import Table
 from tests.media import make_video
 from tests.s3faults import FaultProxy
-from tests.s3server import BUCKET, s3_server  # noqa: F401
+from tests.s3server import BUCKET
 from tests.test_resume import SETS
 from tests.test_s3_e2e import assert_no_secret, cli
 
@@ -69,7 +69,7 @@ def no_duplicates(root) -> None:
 
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory, s3_server):  # noqa: F811
+def corpus(tmp_path_factory, s3_server):
     local = tmp_path_factory.mktemp("s3_fault_corpus")
     for i in range(2):
         make_video(local / f"moving_{i}.mp4", n_frames=96, size=(320, 256), fps=24, kind="cuts",
@@ -148,7 +148,7 @@ def test_sigkill_on_s3_mid_split_and_mid_shard_then_rerun(corpus, reference):
 
 
 @pytest.mark.slow
-def test_failing_and_stalling_server_then_rerun_loses_nothing(corpus, reference, s3_server):  # noqa: F811
+def test_failing_and_stalling_server_then_rerun_loses_nothing(corpus, reference, s3_server):
     _, prefix = corpus
     root = prefix / "runs" / "faults"
     proxy = FaultProxy(s3_server.ports["s3"])
