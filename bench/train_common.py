@@ -35,7 +35,8 @@ H200_BF16_PEAK = 989.4e12  # dense bf16 FLOP/s of an H200 SXM (datasheet): the M
 
 def train_config(out: str | Path, *, depth: int = 20, grad_checkpoint: bool = True, batch: int = 1,
                  accum: int = 1, steps: int = 20, strategy: str = "ddp", every: int = 10**9,
-                 latent=LATENT_480P_81F, seed: int = 0, device: str = "cuda", model: str = "2b") -> TrainConfig:
+                 latent=LATENT_480P_81F, seed: int = 0, device: str = "cuda",
+                 model: str = "2b") -> TrainConfig:
     """2b at the given depth, bf16 autocast, EMA, AdamW, flow matching on random latents
     (``device='cpu', model='tiny'``: a CPU smoke test of the same code)."""
     return TrainConfig(
@@ -124,7 +125,8 @@ def flops_per_sample(model, tokens_hw: tuple[int, int, int], text_len: int = TEX
                 continue  # applied per frame
             per_token += mod.in_features * mod.out_features
     text_macs = sum(m.in_features * m.out_features for nm, m in model.named_modules()
-                    if isinstance(m, torch.nn.Linear) and (nm.startswith("text_proj") or nm.endswith("cross.kv")))
+                    if isinstance(m, torch.nn.Linear)
+                    and (nm.startswith("text_proj") or nm.endswith("cross.kv")))
     frame_macs = sum(m.in_features * m.out_features for nm, m in model.named_modules()
                      if isinstance(m, torch.nn.Linear) and nm.startswith(("t_embed", "t_block")))
     conv_macs = n * (cfg.in_channels * 4 * hidden + cfg.depth * 9 * 2 * cfg.ffn_hidden)

@@ -106,7 +106,8 @@ def profile_steps(tr: Trainer, steps: int = 2) -> dict:
         by_kind[kind] = by_kind.get(kind, 0.0) + t
     top = sorted(events, key=lambda e: -e[1])[:25]
     return {"gpu_ms_per_step": total / 1e3 / steps,
-            "by_kind_ms_per_step": {k: round(v / 1e3 / steps, 2) for k, v in sorted(by_kind.items(), key=lambda kv: -kv[1])},
+            "by_kind_ms_per_step": {k: round(v / 1e3 / steps, 2)
+                                    for k, v in sorted(by_kind.items(), key=lambda kv: -kv[1])},
             "top_kernels_ms_per_step": [(k[:90], round(t / 1e3 / steps, 3)) for k, t in top]}
 
 
@@ -173,7 +174,8 @@ def main() -> int:
                        "peak_flops": H200_BF16_PEAK})
     res.add("modes", modes)
     res.table(["mode", "step s", "tokens/s", "peak GiB", "MFU (6PN+attn)", "MFU (exact)"],
-              [(n, r["step_s"], r["tokens_per_s"], r["peak_gib"], r["mfu_issue"], r["mfu_exact"]) for n, r in rows])
+              [(n, r["step_s"], r["tokens_per_s"], r["peak_gib"], r["mfu_issue"], r["mfu_exact"])
+               for n, r in rows])
     res.write()
     return 0
 

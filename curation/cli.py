@@ -115,7 +115,10 @@ def build_parser() -> argparse.ArgumentParser:
         "report", help="write R/report/index.html: funnel, reasons, threshold sliders, clip previews"
     )
     _common(p)
-    p.add_argument("--max-thumbs", type=int, default=12, help="clips with a preview per group (tier, reason)")
+    p.add_argument("--max-thumbs", type=int, default=12, help="clips shown per group (tier, reason)")
+    p.add_argument(
+        "--max-previews", type=int, default=60, help="how many of those get a preview (others a still)"
+    )
     p.add_argument(
         "--max-examples", type=int, default=48, help="clips near the bounds given a preview for the sliders"
     )
@@ -304,6 +307,7 @@ def cmd_report(args) -> int:
         root,
         _load(args),
         max_thumbs=args.max_thumbs,
+        max_previews=args.max_previews,
         max_examples=args.max_examples,
         sample_rows=args.sample_rows,
         config_path=args.config,

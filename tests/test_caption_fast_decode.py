@@ -95,3 +95,23 @@ def test_cuda_graph_decode_equals_generate():
     for n in (3, 2, 3):  # a second batch of the same shape replays the captured graph
         inputs = cap.inputs(clips(n), PROMPTS[:n])
         assert torch.equal(cap.decoder.generate(inputs, 32), reference(cap, inputs, 32))
+
+
+def test_out_of_memory_halves_the_batch_and_retries(cap, monkeypatch):
+    sizes = []
+    real = cap._generate
+
+    def small_device(items, prompts):
+        sizes.append(len(items))
+        if len(items) > 2:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 9.00 GiB")
+        return real(items, prompts)
+
+    monkeypatch.setattr(cap, "_generate", small_device)
+    monkeypatch.setattr(cap, "max_batch", 8)
+    monkeypatch.setattr(
+        cap, "cfg", TransformersCaptionerConfig(model=TINY_VLM, batch_size=8, max_new_tokens=8)
+    )
+    out = cap.caption(clips(5), (PROMPTS * 2)[:5])
+    assert sizes == [5, 2, 2, 1] and cap.max_batch == 2
+    assert all(r.error is None and r.text is not None for r in out) and len(out) == 5

@@ -116,7 +116,8 @@ def test_fused_step_with_state_matches_reference_step(dtype, d):
         for s in range(0, q.shape[2], bs):
             sl = slice(s, s + bs)
             before = [t.clone() for t in state]
-            out, new = ops.step(state, q[:, :, sl], k[:, :, sl], v[:, :, sl], cos[sl], sin[sl], backend="triton")
+            blk = [t[:, :, sl] for t in (q, k, v)]
+            out, new = ops.step(state, *blk, cos[sl], sin[sl], backend="triton")
             assert all(torch.equal(a, b) for a, b in zip(before, state, strict=True))
             args = [t[:, :, sl].double() for t in (q, k, v)]
             ref_out, ref_new = naive.step(naive.AttnState(*(t.double() for t in ref_state)), *args,
@@ -147,4 +148,5 @@ def test_pair_views_of_a_fused_projection():
     q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B, H, N, D) views
     cos, sin = rope_3d(3, 10, 10, d, device="cuda")
     ref = naive.linear_attention(q.double(), k.double(), v.double(), cos, sin, block_size=100)
-    assert _rel(ops.linear_attention(q, k, v, cos, sin, block_size=100, backend="triton"), ref) < TOL[torch.bfloat16]
+    out = ops.linear_attention(q, k, v, cos, sin, block_size=100, backend="triton")
+    assert _rel(out, ref) < TOL[torch.bfloat16]

@@ -134,3 +134,12 @@ def test_captions_show_in_status_funnel_and_cards(tmp_path, monkeypatch):
     page = write_report(root, CurateConfig(filter=FILTER), max_thumbs=1).read_text()
     assert "noise words <span class=warn-inline>(UNTRAINED captioner)</span>" in page
     assert "generation timed out" in page and "absent: no caption stage" not in page
+
+
+def test_preview_budget_leaves_the_other_clips_a_still(tmp_path):
+    root = make_run_root(tmp_path)
+    cfg = CurateConfig(filter=FILTER)
+    page = write_report(root, cfg, max_thumbs=2, max_previews=2, max_examples=0).read_text()
+    # the first clip of each group in turn: a0 (kept @96p) and a1 (kept @48p) play; b1 and b0 are stills
+    assert page.count("<video class=preview") == 2 and page.count('<img src="thumbs/') == 3
+    assert len(list((root / "report" / "previews").iterdir())) == 2

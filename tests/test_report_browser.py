@@ -57,14 +57,15 @@ def _page_counts(cells: dict[str, str], tiers: list[str]) -> tuple[dict, int, di
     return kept, int(cells["rejected"]), reasons
 
 
-def test_slider_moves_the_funnel_to_what_filter_decides(tmp_path, browser, capsys):
-    root = make_run_root(tmp_path / "run")
-    config = tmp_path / "filter.yaml"
+def test_slider_moves_the_funnel_to_what_filter_decides(tmp_path, browser, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # relative paths: the command on the page (and the screenshot) stay the same
+    root = make_run_root(Path("run"))
+    config = Path("filter.yaml")
     config.write_text(yaml.safe_dump({"filter": {"tiers": {
         "96p": {"min_source_short_side": 96, "short_side": 96, "bounds": {"motion_mean": {"min": 0.5}}},
         "48p": {"min_source_short_side": 48, "short_side": 48, "bounds": {"ocr_area": {"max": 0.05}}},
     }}}))
-    page = write_report(root, load_config(config), max_thumbs=2, config_path=str(config))
+    page = write_report(root, load_config(config), max_thumbs=2, config_path=str(config)).resolve()
     browser.open(page.as_uri())
     browser.wait_for("document.body.dataset.images !== undefined")
     n_posters = page.read_text().count(" poster=")  # b0 shows in two groups (it failed two bounds)
@@ -171,7 +172,8 @@ def test_estimates_hold_the_truth_within_their_interval(tmp_path, browser, capsy
     cells, command = _snapshot(browser)
     assert "--set filter.tiers.480p.bounds.motion_mean.min=0.9 " in command
     out = _dry_run(command, capsys)
-    truth = {**{f"kept:{t}": out["kept_per_tier"].get(t, 0) for t in tiers}, "rejected": out["rejected"]}
+    truth = {**{f"kept:{t}": out["kept_per_tier"].get(t, 0) for t in tiers}, "rejected": out["rejected"],
+             **{f"r:{h}": n for h, n in out["reasons"].items()}}
     assert truth["kept:480p"] < int(cells["kept:480p:config"])  # the moves changed something
     for key, true in truth.items():
         m = re.fullmatch(r"≈(-?\d+) ±(\d+)", cells[key])
@@ -179,5 +181,11 @@ def test_estimates_hold_the_truth_within_their_interval(tmp_path, browser, capsy
         est, err = int(m.group(1)), int(m.group(2))
         assert abs(est - true) <= err, (key, est, err, true)
         assert err < 0.2 * 3000, (key, err)  # and the interval says something
+    # a count no sample clip changes gets the rule of three, 3 N/n; hours get 3 N/n x the mean duration
+    unseen = browser.js("(() => { const E = reelsift.estimate(); return [...E.keys]"
+                        ".filter(k => !E.est(k).seen).map(k => [k, E.est(k).err]); })()")
+    assert any(k.startswith("r:") for k, _ in unseen) and any(k.startswith("kept_s:") for k, _ in unseen)
+    for key, err in unseen:
+        assert (err > 15 * 1.5) if key.startswith("kept_s:") or key == "rejected_s" else err == 15, (key, err)
     assert browser.errors() == []
 

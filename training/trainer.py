@@ -120,13 +120,12 @@ class Trainer:
 
     ``loader`` (anything with ``epoch(epoch, skip) -> Iterator[Batch]``) and ``text_encoder``
     replace the config's shard loader and encoder (benchmarks feed random latents this way);
-    ``compile_blocks`` compiles each transformer block with torch.compile (CUDA);
-    ``checkpoint_blocks`` limits gradient checkpointing (model.grad_checkpoint) to the first N
-    blocks (None: all).
+    ``compile_blocks`` and ``checkpoint_blocks`` override ``train.model.compile`` and
+    ``train.model.grad_checkpoint_blocks`` (benchmarks sweep them).
     """
 
     def __init__(self, cfg: TrainConfig, resume: bool = False, *, loader=None, text_encoder=None,
-                 compile_blocks: bool = False, checkpoint_blocks: int | None = None):
+                 compile_blocks: bool | None = None, checkpoint_blocks: int | None = None):
         self.cfg, self.resume = cfg, resume
         self.info = setup_distributed(cfg)
         self.device = self.info.device
@@ -142,10 +141,12 @@ class Trainer:
                           **cfg.model.overrides())
         with torch.device(self.device):  # initialised where it trains: a 2B model in seconds, not minutes
             model = LinearDiT(mcfg)
-        if compile_blocks:
+        if compile_blocks if compile_blocks is not None else cfg.model.compile:
             for blk in model.blocks:
                 blk.compile()
         if cfg.model.grad_checkpoint:
+            if checkpoint_blocks is None:
+                checkpoint_blocks = cfg.model.grad_checkpoint_blocks
             enable_grad_checkpointing(model, checkpoint_blocks)
         self.model_config = mcfg
         self.step = 0

@@ -8,32 +8,36 @@ from pathlib import Path
 import pyarrow as pa
 
 from curation.report.html import e, fmt, hours, n_of
-from curation.report.media import CLIP_FIELDS, VIDEO_JOIN, write_media
+from curation.report.media import CLIP_FIELDS, VIDEO_JOIN, write_all_media
 from filters.policy import FilterConfig
 from manifests.schemas import SCORES
 
 MAIN_SCORES = ("motion_mean", "ocr_area", "quality_sharpness", "aesthetic_mean")
 UNTRAINED_SCORES = ("aesthetic_mean", "aesthetic_min")  # random weights under offline.yaml
 
+# One hash aggregate (no window over every clip): each group's size, hours and first clip ids.
+# A rejected clip counts once per score that failed, whatever the number of tiers it failed at.
 _GROUPS_SQL = """
     WITH g AS (
         SELECT 0 AS kind, 'kept @' || d.tier AS grp, d.tier, c.clip_id, c.duration_s
         FROM clips c JOIN decisions d USING (clip_id) WHERE c.status = 'ok' AND d.keep
         UNION ALL
-        SELECT DISTINCT 1, 'rejected at split: ' || split_part(r, '=', 1), NULL, clip_id, duration_s
-        FROM (SELECT clip_id, duration_s, unnest(reasons) AS r FROM clips WHERE status = 'rejected')
-        UNION ALL  -- a rejected clip failed every tier: group it by each score that failed
-        SELECT DISTINCT 2, 'rejected by filter: ' || split_part(r, '=', 1), NULL, clip_id, duration_s
-        FROM (SELECT c.clip_id, c.duration_s, unnest(d.reasons) AS r
+        SELECT 1, 'rejected at split: ' || name, NULL, clip_id, duration_s
+        FROM (SELECT clip_id, duration_s,
+                     unnest(list_distinct(list_transform(reasons, lambda r: split_part(r, '=', 1)))) AS name
+              FROM clips WHERE status = 'rejected')
+        UNION ALL
+        SELECT 2, 'rejected by filter: ' || name, NULL, clip_id, duration_s
+        FROM (SELECT c.clip_id, c.duration_s,
+                     unnest(list_distinct(list_transform(d.reasons, lambda r: split_part(r, '=', 1)))) AS name
               FROM clips c JOIN decisions d USING (clip_id) WHERE c.status = 'ok' AND NOT d.keep)
         UNION ALL
-        SELECT 3, 'not decided yet', NULL, clip_id, duration_s FROM clips
-        WHERE status = 'ok' AND clip_id NOT IN (SELECT clip_id FROM decisions)
+        SELECT 3, 'not decided yet', NULL, c.clip_id, c.duration_s
+        FROM clips c ANTI JOIN decisions d USING (clip_id) WHERE c.status = 'ok'
     )
-    SELECT kind, grp, tier, clip_id, count(*) OVER w AS n, sum(duration_s) OVER w AS seconds,
-           row_number() OVER (PARTITION BY grp ORDER BY clip_id) AS rn
-    FROM g WINDOW w AS (PARTITION BY grp)
-    QUALIFY rn <= {limit}
+    SELECT kind, grp, any_value(tier) AS tier, count(*) AS n, sum(duration_s) AS seconds,
+           min_by(clip_id, clip_id, {limit}) AS ids
+    FROM g GROUP BY kind, grp
 """
 
 
@@ -41,46 +45,54 @@ def clip_details(con, clip_ids: list[str], shown: list[str]) -> dict[str, dict]:
     """Media fields, decision, caption and `shown` scores of the given clips, by clip id."""
     con.register("__report_clip_ids", pa.table({"clip_id": sorted(set(clip_ids))}, schema=pa.schema(
         [("clip_id", pa.string())])))
+    # Each table is cut down to the given clips first: a few rows, whatever the size of the run.
+    mine = "clip_id IN (SELECT clip_id FROM __report_clip_ids)"
     rows = con.sql(f"""
+        WITH c AS (SELECT * FROM clips WHERE {mine}),
+             videos AS (SELECT * FROM videos WHERE video_id IN (SELECT video_id FROM c))
         SELECT {CLIP_FIELDS}, c.duration_s, c.reasons AS clip_reasons, d.keep, d.reasons,
                coalesce(cap.caption, sh.caption) AS caption, cap.untrained AS caption_untrained
                {"".join(f', s."{c}"' for c in shown)}
-        FROM __report_clip_ids ids
-        JOIN clips c ON c.clip_id = ids.clip_id
+        FROM c
         {VIDEO_JOIN}
-        LEFT JOIN decisions d ON d.clip_id = c.clip_id
-        LEFT JOIN scores s ON s.clip_id = c.clip_id AND s.status = 'ok'
+        LEFT JOIN (SELECT * FROM decisions WHERE {mine}) d ON d.clip_id = c.clip_id
+        LEFT JOIN (SELECT * FROM scores WHERE {mine} AND status = 'ok') s ON s.clip_id = c.clip_id
         LEFT JOIN (SELECT clip_id, any_value(caption) AS caption, bool_or(untrained) AS untrained
-                   FROM captions WHERE status = 'ok' GROUP BY clip_id) cap ON cap.clip_id = c.clip_id
-        LEFT JOIN (SELECT clip_id, any_value(caption) AS caption FROM shards GROUP BY clip_id) sh
+                   FROM captions WHERE {mine} AND status = 'ok' GROUP BY clip_id) cap
+               ON cap.clip_id = c.clip_id
+        LEFT JOIN (SELECT clip_id, any_value(caption) AS caption FROM shards WHERE {mine} GROUP BY clip_id) sh
                ON sh.clip_id = c.clip_id
     """).to_arrow_table().to_pylist()
     con.unregister("__report_clip_ids")
     return {r["clip_id"]: r for r in rows}
 
 
-def clip_groups(con, out: Path, filt: FilterConfig, max_thumbs: int, untrained: bool) -> str:
-    """Cards of the first `max_thumbs` clips (by id) of each group; groups and counts come from SQL."""
-    picked = con.sql(_GROUPS_SQL.format(limit=max(max_thumbs, 1))).to_arrow_table().to_pylist()
-    if not picked:
+def clip_groups(con, out: Path, filt: FilterConfig, max_thumbs: int, max_previews: int,
+                untrained: bool) -> str:
+    """Cards of the first `max_thumbs` clips (by id) of each group; groups and counts come from SQL.
+    Previews (a decode and an encode each, the first time) go to the first `max_previews` cards
+    taken in turn from each group; the others show their still."""
+    groups = con.sql(_GROUPS_SQL.format(limit=max(max_thumbs, 1))).to_arrow_table().to_pylist()
+    if not groups:
         return "<p>No clips yet.</p>"
     shown = [c for c in MAIN_SCORES if c in SCORES.names]
-    by_id = clip_details(con, [p["clip_id"] for p in picked], shown)
-    groups: dict[str, dict] = {}
-    for p in picked:
-        g = groups.setdefault(p["grp"], dict(p, clips=[]))
-        if len(g["clips"]) < max_thumbs:
-            g["clips"].append(by_id[p["clip_id"]])
+    for g in groups:
+        g["ids"] = sorted(g["ids"])[:max_thumbs]
+    by_id = clip_details(con, [i for g in groups for i in g["ids"]], shown)
     tier_rank = {t: i for i, (t, _) in enumerate(filt.ordered())}
-    order = sorted(groups.values(), key=lambda g: (g["kind"], tier_rank.get(g["tier"], len(tier_rank)),
-                                                   -g["n"], g["grp"]))
-    parts = [f"<p>Up to {max_thumbs} clips per group (the first by clip id): hover or click a clip to play "
-             f"its preview (the first seconds, muted). Rejected clips are grouped by each score that failed "
-             "(at every tier), so a clip can appear more than once. Red: why the clip was dropped; grey: why "
-             "a kept clip missed the tiers above its own."
+    rank = lambda g: (g["kind"], tier_rank.get(g["tier"], len(tier_rank)), -g["n"], g["grp"])  # noqa: E731
+    order = sorted(groups, key=rank)
+    in_turn = [g["ids"][k] for k in range(max_thumbs) for g in order if k < len(g["ids"])]
+    previews = set(list(dict.fromkeys(in_turn))[:max_previews])
+    media = write_all_media(list(by_id.values()), out, previews)
+    parts = [f"<p>Up to {max_thumbs} clips per group (the first by clip id). Hover or click a clip to play "
+             f"its preview, the first seconds, muted ({len(previews)} clips have one, the others a still). "
+             "Rejected clips are grouped by each score that failed (at every tier), so a clip can appear "
+             "more than once. Red: why the clip was dropped; grey: why a kept clip missed the tiers above "
+             "its own."
              + (" Aesthetic scores marked * are UNTRAINED (random weights)." if untrained else "") + "</p>"]
     for g in order:
-        cards = "".join(card(c, write_media(c, out), shown) for c in g["clips"])
+        cards = "".join(card(by_id[i], media[i], shown) for i in g["ids"])
         size = f"{n_of(g['n'], 'clip')}, {hours(g['seconds'] / 3600)}"
         parts.append(f"<h3>{e(g['grp'])} <small>({size})</small></h3><div class=grid>{cards}</div>")
     return "\n".join(parts)

@@ -8,6 +8,8 @@ small size, a low frame rate and a high CRF: the first `PREVIEW_SECONDS` of the 
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import cv2
@@ -57,12 +59,12 @@ def write_preview(c: dict, dest: Path) -> None:
     _write_atomic(dest, mp4)
 
 
-def write_media(c: dict, out: Path) -> dict:
-    """Poster and preview of clip `c` under `out` -> {thumb, preview} relative paths (None where
-    one could not be made) and `error`, the first reason one could not."""
+def write_media(c: dict, out: Path, preview: bool = True) -> dict:
+    """Poster and (with `preview`) preview of clip `c` under `out` -> {thumb, preview} relative
+    paths (None where one could not be made) and `error`, the first reason one could not."""
     media: dict = dict(thumb=None, preview=None, error=None)
     for key, folder, ext, write in (("thumb", "thumbs", "jpg", write_thumb),
-                                    ("preview", "previews", "mp4", write_preview)):
+                                    ("preview", "previews", "mp4", write_preview))[:2 if preview else 1]:
         rel = f"{folder}/{c['clip_id']}.{ext}"
         try:
             write(c, out / rel)
@@ -70,6 +72,17 @@ def write_media(c: dict, out: Path) -> dict:
         except MEDIA_ERRORS as exc:
             media["error"] = media["error"] or f"no {key}: {exc}"
     return media
+
+
+def write_all_media(clips: list[dict], out: Path, previews: set[str] | None = None) -> dict[str, dict]:
+    """`write_media` of each clip, in threads (decoding and x264 release the GIL) -> by clip id.
+    `previews`: the clip ids that get a preview (None: all); the others get their poster only."""
+    todo = list({c["clip_id"]: c for c in clips}.values())
+    if not todo:
+        return {}
+    with ThreadPoolExecutor(max_workers=min(len(todo), os.cpu_count() or 1, 8)) as pool:
+        made = pool.map(lambda c: write_media(c, out, previews is None or c["clip_id"] in previews), todo)
+        return dict(zip((c["clip_id"] for c in todo), made, strict=True))
 
 
 def media_folders(out: Path) -> None:

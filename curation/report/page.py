@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import tempfile
 from datetime import datetime, timezone
 from importlib import resources
 from pathlib import Path
@@ -20,25 +21,37 @@ from manifests.commit import atomic_write
 from manifests.schemas import TABLES
 from manifests.store import Table
 
+MEMORY_LIMIT = "640MB"
 
-def write_report(root: str | Path, cfg: CurateConfig, *, max_thumbs: int = 12, sample_rows: int = SAMPLE_ROWS,
-                 max_examples: int = 48, config_path: str | None = None,
+def write_report(root: str | Path, cfg: CurateConfig, *, max_thumbs: int = 12, max_previews: int = 60,
+                 sample_rows: int = SAMPLE_ROWS, max_examples: int = 48, config_path: str | None = None,
                  overrides: list[str] | tuple[str, ...] = ()) -> Path:
     """Write `<root>/report/index.html` (+ thumbs/, previews/) and return its path.
 
     max_thumbs: clips per group in the Clips section (each kept tier, each reason), >= 0.
+    max_previews: of those, how many get a preview (taken in turn from each group); others a still.
     sample_rows: candidate clips embedded for the sliders (all of them when the run is smaller).
     max_examples: clips near the bounds given a preview for the workbench, >= 0.
     config_path, overrides: how `cfg` was loaded; the page's `reelsift filter` command repeats them.
     """
-    if max_thumbs < 0 or max_examples < 0 or sample_rows < 1:
-        raise ValueError(f"max_thumbs and max_examples must be >= 0 and sample_rows >= 1, got "
-                         f"{max_thumbs}, {max_examples}, {sample_rows}")
+    if min(max_thumbs, max_previews, max_examples) < 0 or sample_rows < 1:
+        raise ValueError(f"max_thumbs, max_previews and max_examples must be >= 0 and sample_rows >= 1, got "
+                         f"{max_thumbs}, {max_previews}, {max_examples}, {sample_rows}")
     root = fs.upath(root)
     out = root / "report"
     media_folders(out)
-    con = queries.connect(root)
-    results = {name: queries.run(root, name).to_pylist()
+    with tempfile.TemporaryDirectory(prefix="reelsift-report-") as spill:
+        return _write(root, out, cfg, queries.connect(root), spill, max_thumbs=max_thumbs,
+                      max_previews=max_previews, sample_rows=sample_rows, max_examples=max_examples,
+                      config_path=config_path, overrides=overrides)
+
+
+def _write(root: Path, out: Path, cfg: CurateConfig, con, spill: str, *, max_thumbs: int, max_previews: int,
+           sample_rows: int, max_examples: int, config_path: str | None, overrides) -> Path:
+    # DuckDB holds at most MEMORY_LIMIT and spills the rest: the driver's memory stays bounded at any scale.
+    con.execute(f"SET memory_limit = '{MEMORY_LIMIT}'")
+    con.execute(f"SET temp_directory = '{spill}'")
+    results = {name: con.sql(queries.load(name)).to_arrow_table().to_pylist()
                for name in ("funnel", "rejected-by-reason", "tier-summary")}
     untrained = bool(con.execute("SELECT bool_or(aesthetic_untrained) FROM scores").fetchall()[0][0])
     current = con.execute(
@@ -57,7 +70,7 @@ def write_report(root: str | Path, cfg: CurateConfig, *, max_thumbs: int = 12, s
         section("Thresholds: move a bound, see what filter would decide", _WORKBENCH, sid="workbench"),
         section("Rejection reasons (the stored decisions)", table(results["rejected-by-reason"])),
         section("Kept clips per tier", table(results["tier-summary"], untrained_cols=("aesthetic_mean",))),
-        section("Clips", clip_groups(con, out, cfg.filter, max_thumbs, untrained)),
+        section("Clips", clip_groups(con, out, cfg.filter, max_thumbs, max_previews, untrained)),
         _errors(con),
     ]
     blob = json.dumps(bench, allow_nan=False, separators=(",", ":")).replace("</", "<\\/")
@@ -66,7 +79,7 @@ def write_report(root: str | Path, cfg: CurateConfig, *, max_thumbs: int = 12, s
                         css=(assets / "report.css").read_text(encoding="utf-8"),
                         js=(assets / "report.js").read_text(encoding="utf-8"))
     index = out / "index.html"
-    with atomic_write(index) as fh:
+    with atomic_write(index) as fh:  # temp + rename on disk; object + commit marker on S3
         fh.write(page.encode("utf-8"))
     return index
 

@@ -17,7 +17,7 @@ import numpy as np
 
 from curation.report import data
 from curation.report.cards import clip_details
-from curation.report.media import write_media
+from curation.report.media import write_all_media
 from filters.policy import FilterConfig
 
 
@@ -38,10 +38,8 @@ def build(con: duckdb.DuckDBPyConnection, out: Path, filt: FilterConfig, *, extr
     media = {}
     if picked:
         details = clip_details(con, [sample["ids"][i] for i in picked], [])
-        for i in picked:
-            c = details.get(sample["ids"][i])
-            if c is not None:
-                media[i] = write_media(c, out)
+        made = write_all_media(list(details.values()), out)
+        media = {i: made[sample["ids"][i]] for i in picked if sample["ids"][i] in made}
     return dict(tiers=tiers, sliders=sliders, exact=data.exact_counts(con, tiers), n_total=n_total,
                 hist=hist, sample=sample, media=media, hist_cols=cols, n_bins=data.N_BINS,
                 command=" ".join(shlex.quote(a) for a in command))

@@ -51,7 +51,9 @@ class TransformersCaptionerConfig:
     """Give frames as the model's native video input where its processor has one (Qwen-VL);
     false, or no video processor = one image per frame."""
     batch_size: int = 4
-    """Clips per generate() call (>= 1); prompts are left-padded."""
+    """Clips per generate() call (>= 1); prompts are left-padded. After a device out-of-memory
+    error the batch is halved until it fits (the clips are retried, not failed). On an H200 with
+    a 7B model, 64..128 (set caption.captioner.batch_size as large)."""
     max_new_tokens: int = 256
     """Longest caption generated, tokens (>= 1); ~1.4 tokens per English word."""
     temperature: float = 0.0

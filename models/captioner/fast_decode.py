@@ -24,6 +24,7 @@ import time
 import torch
 
 VARLEN_ATTN = "flash_varlen_sdpa"  # "flash" in the name routes cu_seqlens to it (transformers)
+KEEP_SHAPES = 2  # (batch, cache length) states kept: a full batch and a last, smaller one
 ROUND = 256  # cache lengths are rounded up to a multiple, so graphs are reused across batches
 
 
@@ -182,6 +183,11 @@ class StaticGreedyDecoder:
     def state(self, b: int, cache_len: int) -> _State:
         if (b, cache_len) not in self.states:
             from transformers import StaticCache
+
+            while len(self.states) >= KEEP_SHAPES:  # each holds a KV cache: drop the oldest
+                self.states.pop(next(iter(self.states)))
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()
 
             cache = StaticCache(config=self.model.config, max_cache_len=cache_len)
             vocab = self.model.get_output_embeddings().weight.shape[0]

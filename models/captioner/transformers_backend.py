@@ -81,6 +81,7 @@ class TransformersCaptioner:
                 self.decode_path = "static-cache" + (" + CUDA graphs" if self.decoder.use_graphs else "")
             else:
                 log.info("caption: fast_decode not used for %s (%s); using generate", cfg.model, why)
+        self.max_batch = cfg.batch_size  # lowered after an out-of-memory error
         self.untrained = bool(getattr(self.model.config, UNTRAINED_ATTR, False))
         self.tokenizer = getattr(self.processor, "tokenizer", self.processor)
         self.tokenizer.padding_side = "left"  # batched generation continues after the prompt
@@ -94,13 +95,26 @@ class TransformersCaptioner:
 
     def caption(self, items: list[CaptionInput], prompts: list[str]) -> list[RawCaption]:
         out: list[RawCaption] = []
-        step = self.cfg.batch_size
-        for start in range(0, len(items), step):
+        start = 0
+        while start < len(items):
+            step = min(self.cfg.batch_size, self.max_batch)
             chunk, texts = items[start : start + step], prompts[start : start + step]
             try:
                 out.extend(self._generate(chunk, texts))
-            except (RuntimeError, ValueError) as exc:  # CUDA OOM, processor rejects an input
+            except Exception as exc:  # CUDA OOM first: the batch is sized down to fit memory
+                if _out_of_memory(exc) and len(chunk) > 1:
+                    self.max_batch = len(chunk) // 2
+                    log.warning(
+                        "caption: out of device memory at %d clips a batch; now %d",
+                        len(chunk),
+                        self.max_batch,
+                    )
+                    _free_device_memory(self)
+                    continue
+                if not isinstance(exc, (RuntimeError, ValueError)):  # processor rejects an input
+                    raise
                 out.extend(RawCaption(None, error=f"generation failed: {exc}"[:500]) for _ in chunk)
+            start += len(chunk)
         return out
 
     def inputs(self, items: list[CaptionInput], prompts: list[str]) -> dict:
@@ -150,3 +164,18 @@ class TransformersCaptioner:
         return [
             RawCaption(t, n_tokens=int(n), latency_s=latency) for t, n in zip(decoded, n_tokens, strict=True)
         ]
+
+
+def _out_of_memory(exc: Exception) -> bool:
+    import torch
+
+    return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
+
+
+def _free_device_memory(cap: TransformersCaptioner) -> None:
+    import torch
+
+    if cap.decoder is not None:
+        cap.decoder.states.clear()  # static caches and graphs of the larger batch
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

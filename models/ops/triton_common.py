@@ -24,9 +24,8 @@ except ImportError:  # CPU-only installs: the module still imports, the op refus
     HAS_TRITON = False
 
 # Launch config per kernel, per card (torch.cuda.get_device_name): BLOCK_N tokens per tile,
-# warps and software-pipelining stages. "default" serves cards not listed. The H200 entry is
-# bench/attention_gpu.py's sweep on that card (bench/NOTES_attention.md); "default" is the
-# H100-tuned v3 table.
+# warps and software-pipelining stages. "default" serves cards not listed: the H100-tuned v3
+# table. The H200 entry is bench/attention_gpu.py's sweep on that card (bench/NOTES_attention.md).
 TILES_BY_CARD: dict[str, dict[str, dict]] = {
     "default": {
         "state": dict(BLOCK_N=128, num_warps=8, num_stages=2),
@@ -35,7 +34,12 @@ TILES_BY_CARD: dict[str, dict[str, dict]] = {
         "bwd_kv": dict(BLOCK_N=64, num_warps=4, num_stages=2),
     },
 }
-TILES_BY_CARD["NVIDIA H200"] = {k: dict(v) for k, v in TILES_BY_CARD["default"].items()}
+TILES_BY_CARD["NVIDIA H200"] = {  # bench/attention_gpu.py sweep, H200, 2026-12-01
+    "state": dict(BLOCK_N=64, num_warps=4, num_stages=3),
+    "out": dict(BLOCK_N=64, num_warps=4, num_stages=3),
+    "bwd_q": dict(BLOCK_N=64, num_warps=8, num_stages=1),
+    "bwd_kv": dict(BLOCK_N=64, num_warps=4, num_stages=2),
+}
 # float32 inputs at a padded head dim of 128: every tile is twice the bytes of bf16 and the
 # 16-bit configs can exceed shared memory (232,448 B on Hopper). float32 is the exact test path.
 TILES_FP32_WIDE = {

@@ -37,12 +37,15 @@ class _LinearAttention(torch.autograd.Function):
 
 def _check(q, k, v, block_size=None):
     if not HAS_TRITON:
-        raise RuntimeError("linear attention backend 'triton' needs the triton package; use backend='chunked'")
+        raise RuntimeError(
+            "linear attention backend 'triton' needs the triton package; use backend='chunked'")
     if not q.is_cuda:
-        raise RuntimeError("linear attention backend 'triton' needs CUDA tensors; use backend='chunked' on CPU")
+        raise RuntimeError(
+            "linear attention backend 'triton' needs CUDA tensors; use backend='chunked' on CPU")
     if not (q.dtype == k.dtype == v.dtype) or q.shape != k.shape or q.shape != v.shape:
         raise ValueError(
-            f"q, k, v must share shape and dtype, got {q.shape}/{q.dtype}, {k.shape}/{k.dtype}, {v.shape}/{v.dtype}"
+            f"q, k, v must share shape and dtype, got {q.shape}/{q.dtype}, {k.shape}/{k.dtype}, "
+            f"{v.shape}/{v.dtype}"
         )
     d = q.shape[-1]
     if d % 2 or d > 128:

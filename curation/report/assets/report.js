@@ -121,8 +121,9 @@
       if (n >= N || !moved) return { v: base + s, err: 0 };
       const varD = n > 1 ? (s2 - (s * s) / n) / (n - 1) : s2;
       let err = 1.96 * N * Math.sqrt(Math.max(0, (1 - n / N) * varD / n));
-      if (s2 === 0) err = (3 * N) / n * (k.includes("_s") ? meanDur : 1); // rule of three: no change seen
-      return { v: base + (N / n) * s, err };
+      const seconds = k.startsWith("kept_s:") || k === "rejected_s";
+      if (s2 === 0) err = ((3 * N) / n) * (seconds ? meanDur : 1); // rule of three: no change seen
+      return { v: base + (N / n) * s, err, seen: s2 > 0 };
     };
     const keys = new Set([...exact.keys(), ...sum.keys()]);
     return { est, keys, changed, estimated: n < N && moved };
@@ -146,7 +147,8 @@
   const setValue = (v) => { let s = String(v); if (Number.isInteger(v)) s += ".0"; else if (s.includes("e") && !s.includes(".")) s = s.replace("e", ".0e"); return s; };
 
   function commandText() {
-    const sets = D.sliders.filter((s) => value(s) !== s.value).map((s) => `--set ${s.key}=${setValue(value(s))}`);
+    const quote = (a) => (/^[\w@%+=:,./-]+$/.test(a) ? a : "'" + a.replace(/'/g, "'\\''") + "'"); // as shlex.quote
+    const sets = D.sliders.filter((s) => value(s) !== s.value).map((s) => "--set " + quote(`${s.key}=${setValue(value(s))}`));
     return { sets, line: [D.command, ...sets, "--dry-run"].join(" ") };
   }
 
@@ -188,7 +190,7 @@
       const base = k === "rejected" ? D.exact.rejected[0] : D.exact.kept[k.slice(5)][0];
       const x = E.est(k), xs = E.est(ks);
       funnelT.append(el("tr", {}, el("th", { text: label }), cell(k + ":config", String(base)), cell(k, fmtN(x)),
-        cell(k + ":change", delta(base, x.v), "chg"), cell(ks, (E.estimated ? "≈" : "") + hoursText(Math.max(0, xs.v)))));
+        cell(k + ":change", delta(base, x.v), delta(base, x.v).startsWith("+") ? "chg up" : "chg"), cell(ks, (E.estimated ? "≈" : "") + hoursText(Math.max(0, xs.v)))));
     }
     funnelT.append(el("tr", {}, el("th", { text: "decided" }), cell("decided", String(N)), cell("decided:now", String(N)), cell("", ""), cell("", "")));
     reasonsT.replaceChildren(el("tr", {}, el("th", { text: "reason" }), el("th", { text: "at the config" }), el("th", { text: "with the sliders" }), el("th", { text: "change" })));
@@ -285,13 +287,19 @@
     else if (m && m.thumb) card.append(el("img", { src: m.thumb, alt: "clip " + id }));
     const moved = [...new Set(D.sliders.filter((s) => value(s) !== s.value).map((s) => s.col))];
     const vals = moved.map((c) => `${c} ${fmt4g(col[c][i])}`).join(" · ");
-    card.append(el("figcaption", {}, el("code", { text: id }), el("div", { text: `${name(from)} → ${name(to)}` }), el("div", { class: "scores", text: vals })));
+    // the reasons filter would now write that involve a moved score (as in the decisions table)
+    const why = decideRow(i, cur).reasons.filter((r) => moved.some((c) => r.startsWith(c + "=")));
+    card.append(el("figcaption", {}, el("code", { text: id }), el("div", { text: `${name(from)} → ${name(to)}` }),
+      el("div", { class: "scores", text: vals }), el("div", { class: to >= 0 ? "missed" : "reasons", text: why.join(", ") })));
     return card;
   }
   function renderCrossing(E) {
     crossing.replaceChildren();
-    if (!E.changed.length) { crossing.append(el("p", { text: "No clip of the sample changes tier at these values." })); return; }
-    const up = E.changed.filter(([, a, b]) => b >= 0 && (a < 0 || b < a)), down = E.changed.filter((c) => !up.includes(c));
+    const moves = E.changed.filter(([, a, b]) => a !== b), reasonsOnly = E.changed.length - moves.length;
+    const note = reasonsOnly ? ` ${reasonsOnly} rejected clip${reasonsOnly === 1 ? "" : "s"} of the sample change reasons only.` : "";
+    if (!moves.length) { crossing.append(el("p", { text: "No clip of the sample changes tier at these values." + note })); return; }
+    if (note) crossing.append(el("p", { text: note.trim() }));
+    const up = moves.filter(([, a, b]) => b >= 0 && (a < 0 || b < a)), down = moves.filter((c) => !up.includes(c));
     for (const [label, list] of [["Now kept, or kept at a higher tier", up], ["Now rejected, or kept at a lower tier", down]]) {
       const withMedia = list.filter(([i]) => D.media[i]), shown = [...withMedia, ...list.filter(([i]) => !D.media[i])].slice(0, 12);
       crossing.append(el("h4", { text: `${label}: ${list.length} clip${list.length === 1 ? "" : "s"} of the sample` + (shown.length < list.length ? ` (${shown.length} shown)` : "") }));

@@ -1,0 +1,379 @@
+"""Pieces of bench/curate_gpu.py: its settings, test clips, the GPU sampler, the synthetic VLM.
+
+What is synthetic: all weights are random (throughput only, outputs meaningless); the VLM's
+tokenizer is a 512-token BPE trained on the prompt (ids mapped into the 152064-row embedding),
+so the text part of the prompt is shorter than the real Qwen tokenizer would make it (its token
+count is recorded); the video clips are rendered test scenes, x264 CRF 23.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+# Published captioning throughput, 8 GPUs each (per GPU = total / 8).
+PUBLISHED = {
+    "open_sora_llava_captioning": {
+        "clips_per_s_per_gpu": [0.25, 0.375],
+        "note": "Open-Sora (v1.x docs): LLaVA captioning of 720p videos, 2-3 videos/s on 8 GPUs",
+    },
+    "nemo_curator_nightly_caption_floor": {
+        "clips_per_s_per_gpu": [0.0875, 0.106],
+        "note": "NeMo Curator nightly benchmark floor for the captioning pipeline, 8 GPUs",
+    },
+}
+HBM_BYTES_PER_S = 4.3e12  # H200 device-to-device copy, read + write (device/KINDS.md)
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    smoke: bool = False
+    """Tiny models on CPU, a few small clips: checks the code path, numbers meaningless."""
+    n_files: int = 16
+    """Distinct test videos rendered and encoded (clips cycle over them)."""
+    clip_seconds: float = 3.0
+    """Length of each test video = one clip, seconds (24 fps)."""
+    size: tuple[int, int] = (1280, 720)
+    """Test video (width, height)."""
+    decode_workers: tuple[int, ...] = (8, 15)
+    """DecodePool sizes for the decode-only measurement (one process per core)."""
+    e2e_workers: int = 15
+    """Decode processes feeding the GPU end to end (the 16th core runs the GPU loop)."""
+    clips_per_call: tuple[int, ...] = (64, 128)
+    """Clips per AestheticScorer.submit (the ScoreNeural operator's batch)."""
+    frames_per_fwd: int = 256
+    """Frames per CLIP forward pass (score.aesthetic.batch_size)."""
+    n_clips: int = 1536
+    """Clips per decode / end-to-end measurement."""
+    n_model_clips: int = 256
+    """Decoded clips kept in memory for the model-only measurements."""
+    vlm_batches: tuple[int, ...] = (16, 32, 64, 128)
+    """Clips per captioner call on the fast decode path."""
+    vlm_new_tokens: int = 256
+    """Generated tokens per clip (forced with min_new_tokens)."""
+    generate_baseline: tuple[int, int] = (16, 64)
+    """(batch, new tokens) of one run through plain `generate`, for comparison."""
+    caption_short_side: int = 448
+    """Frames for the captioner: caption.short_side's default."""
+    budget_s: dict = field(default_factory=lambda: {"clip": 150, "caption": 260})
+    """Wall budget per phase, seconds: its remaining measurements are skipped past it."""
+
+
+def smoke_config() -> BenchConfig:
+    return BenchConfig(
+        smoke=True,
+        n_files=2,
+        clip_seconds=1.0,
+        size=(320, 180),
+        decode_workers=(2,),
+        e2e_workers=2,
+        clips_per_call=(2,),
+        frames_per_fwd=8,
+        n_clips=6,
+        n_model_clips=4,
+        vlm_batches=(1, 2),
+        vlm_new_tokens=6,
+        generate_baseline=(2, 4),
+        caption_short_side=112,
+    )
+
+
+def over(t0: float, budget: float, res, what: str) -> bool:
+    if time.monotonic() - t0 <= budget:
+        return False
+    res.data["skipped"].append(f"{what} (phase budget)")
+    return True
+
+
+def rate(n: float, s: float) -> float:
+    return round(n / s, 2) if s > 0 else float("nan")
+
+
+def cpu_topology() -> dict:
+    """Logical CPUs and physical cores (from /proc/cpuinfo), to read decode rates against."""
+    try:
+        info = Path("/proc/cpuinfo").read_text().split("\n\n")
+    except OSError:
+        return {}
+    cores = {
+        tuple(
+            line.split(":")[1].strip()
+            for line in block.splitlines()
+            if line.startswith(("physical id", "core id"))
+        )
+        for block in info
+        if block.strip()
+    }
+    return {"logical_cpus": os.cpu_count(), "physical_cores": len(cores)}
+
+
+def sync() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+class GpuSampler:
+    """nvidia-smi utilization.gpu / memory.used every 100 ms while the `with` block runs."""
+
+    def __init__(self, workdir: Path):
+        self.path = workdir / f"smi_{time.monotonic_ns()}.csv"
+        self.proc, self.stats = None, {}
+
+    def __enter__(self):
+        try:
+            self.proc = subprocess.Popen(
+                [
+                    "nvidia-smi",
+                    "--query-gpu=utilization.gpu,memory.used",
+                    "--format=csv,noheader,nounits",
+                    "-lms",
+                    "100",
+                    "-i",
+                    "0",
+                ],
+                stdout=self.path.open("w"),
+                stderr=subprocess.DEVNULL,
+            )
+        except FileNotFoundError:  # CPU smoke run
+            self.proc = None
+        return self
+
+    def __exit__(self, *exc):
+        if self.proc is None:
+            return
+        self.proc.terminate()
+        self.proc.wait()
+        rows = []
+        for line in self.path.read_text().splitlines():
+            parts = [p.strip() for p in line.split(",")]
+            if len(parts) == 2 and all(p.isdigit() for p in parts):
+                rows.append((int(parts[0]), int(parts[1])))
+        if rows:
+            util, mem = np.array(rows).T
+            self.stats = {
+                "gpu_busy_pct": round(float(util.mean()), 1),
+                "mem_used_mib_max": int(mem.max()),
+                "smi_samples": len(rows),
+            }
+
+
+def make_clips(cfg: BenchConfig, workdir: Path) -> list[dict]:
+    """Render + encode n_files test videos -> clip rows as the score stage's decode takes them."""
+    from curation.demo_data import encode_video, render_frames
+
+    fps = 24
+    n = max(2, int(cfg.clip_seconds * fps))
+    kinds = ["moving", "text", "cuts", "moving"]
+
+    def one(i: int) -> dict:
+        path = workdir / f"clip{i}.mp4"
+        kind = kinds[i % len(kinds)]
+        cuts = (n // 3, 2 * n // 3) if kind == "cuts" else ()
+        encode_video(path, render_frames(kind, n, cfg.size, seed=i, cuts=cuts), fps)
+        w, h = cfg.size
+        return {
+            "clip_id": f"c{i}",
+            "path": str(path),
+            "start_frame": 0,
+            "end_frame": n,
+            "fps": float(fps),
+            "display_width": w,
+            "display_height": h,
+            "rotation": 0,
+            "duration_s": n / fps,
+            "bytes": path.stat().st_size,
+        }
+
+    with ThreadPoolExecutor(min(cfg.n_files, os.cpu_count() or 1)) as pool:
+        return list(pool.map(one, range(cfg.n_files)))
+
+
+QWEN25_VL_7B = dict(  # Qwen/Qwen2.5-VL-7B-Instruct config.json
+    text=dict(
+        vocab_size=152064,
+        hidden_size=3584,
+        intermediate_size=18944,
+        num_hidden_layers=28,
+        num_attention_heads=28,
+        num_key_value_heads=4,
+        max_position_embeddings=128000,
+        rms_norm_eps=1e-6,
+        tie_word_embeddings=False,
+        rope_parameters={"rope_type": "default", "mrope_section": [16, 24, 24], "rope_theta": 1e6},
+    ),
+    vision=dict(
+        depth=32,
+        hidden_size=1280,
+        intermediate_size=3420,
+        num_heads=16,
+        out_hidden_size=3584,
+        patch_size=14,
+        spatial_merge_size=2,
+        temporal_patch_size=2,
+        window_size=112,
+        fullatt_block_indexes=[7, 15, 23, 31],
+        tokens_per_second=2,
+    ),
+)
+SMOKE_VLM = dict(
+    text=dict(
+        vocab_size=152064,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=32768,
+        rope_parameters={"rope_type": "default", "mrope_section": [2, 3, 3], "rope_theta": 1e4},
+    ),
+    vision=dict(
+        depth=2,
+        hidden_size=32,
+        intermediate_size=64,
+        num_heads=2,
+        out_hidden_size=32,
+        fullatt_block_indexes=[1],
+        window_size=56,
+    ),
+)
+
+
+def build_vlm(sizes: dict, device: str, dtype):
+    """Random Qwen2.5-VL of `sizes` created on `device`, + a processor whose small BPE tokenizer
+    (as models.captioner.build_tiny_vlm) maps into the big vocabulary; default video processor."""
+    import torch
+    from transformers import (
+        Qwen2_5_VLConfig,
+        Qwen2_5_VLForConditionalGeneration,
+        Qwen2_5_VLProcessor,
+        Qwen2VLImageProcessor,
+        Qwen2VLVideoProcessor,
+    )
+
+    from models.captioner.common import _TINY_TEMPLATE, synthetic_tokenizer
+
+    tokenizer, ids = synthetic_tokenizer()
+    # processors at their class defaults = Qwen2.5-VL's (video: 128..768 x 28x28 pixels a frame)
+    processor = Qwen2_5_VLProcessor(
+        image_processor=Qwen2VLImageProcessor(),
+        tokenizer=tokenizer,
+        video_processor=Qwen2VLVideoProcessor(),
+        chat_template=_TINY_TEMPLATE,
+    )
+    text = dict(
+        sizes["text"],
+        bos_token_id=ids["<|endoftext|>"],
+        eos_token_id=ids["<|im_end|>"],
+        pad_token_id=ids["<|endoftext|>"],
+    )
+    config = Qwen2_5_VLConfig(
+        text_config=text,
+        vision_config=sizes["vision"],
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
+    )
+    config._attn_implementation = "sdpa"
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = Qwen2_5_VLForConditionalGeneration._from_config(config, dtype=dtype)
+    model.eval()
+    return model, processor
+
+
+def decode_skip_nonref(clip: dict, cfg) -> tuple[np.ndarray, float]:
+    """The score stage's `decode_samples` output, but packets of frames that are neither sampled
+    nor referenced by other frames are not decoded (FFmpeg AVDISCARD_NONREF, set per packet).
+    A measured proposal for filters/video.py, not what the pipeline runs; clips from frame 0."""
+    import math
+
+    from curation.stages.score import sample_indices
+    from filters.video import _upright, even_size, open_video
+
+    start, end, fps = int(clip["start_frame"]), int(clip["end_frame"]), float(clip["fps"])
+    assert start == 0, "bench clips start at frame 0 (no seek)"
+    wanted = set(sample_indices(start, end, cfg.n_frames))
+    size = even_size(int(clip["display_width"]), int(clip["display_height"]), cfg.short_side)
+    frames: dict[int, np.ndarray] = {}
+    with open_video(clip["path"]) as container:
+        stream = container.streams.video[0]
+        ctx, tb = stream.codec_context, float(stream.time_base)
+        t0 = float(stream.start_time * stream.time_base) if stream.start_time is not None else 0.0
+
+        def index(pts) -> int:
+            return int(math.floor((pts * tb - t0) * fps + 0.5))
+
+        for packet in container.demux(stream):
+            if packet.pts is not None:
+                ctx.skip_frame = "DEFAULT" if index(packet.pts) in wanted else "NONREF"
+            for frame in ctx.decode(packet if packet.size else None):
+                i = index(frame.pts)
+                if i in wanted:
+                    frames[i] = _upright(frame, *size, int(clip["rotation"] or 0))
+            if len(frames) == len(wanted):
+                break
+    return np.stack([frames[i] for i in sorted(frames)]), (end - start) / len(wanted)
+
+
+def tables(res) -> None:
+    clip = res.data.get("clip", {})
+    rows = [(f"decode, {r['workers']} procs", r["clips_per_s"], "-") for r in clip.get("decode", [])]
+    rows += [
+        (
+            r["what"] + (f", {r['clips_per_call']} clips/call" if "clips_per_call" in r else ""),
+            r["clips_per_s"],
+            r.get("gpu_busy_pct", "-"),
+        )
+        for r in clip.get("model", [])
+    ]
+    rows += [
+        (
+            f"end to end ({r['decode']}), {r['decode_workers']} procs, {r['clips_per_call']} clips/call",
+            r["clips_per_s"],
+            r.get("gpu_busy_pct", "-"),
+        )
+        for r in clip.get("end_to_end", [])
+    ]
+    res.table(
+        ["CLIP / aesthetic operator", "clips/s", "GPU busy %"], rows, title="clip (target >= 150 clips/s)"
+    )
+    runs = res.data.get("caption", {}).get("runs", [])
+    res.table(
+        [
+            "path",
+            "batch",
+            "tokens/s",
+            "decode tok/s",
+            "bound tok/s",
+            "ms/step",
+            "processor s",
+            "prefill s",
+            "clips/s",
+            "GPU busy %",
+        ],
+        [
+            (
+                r["path"],
+                r["batch"],
+                r.get("tokens_per_s", r.get("error", "")),
+                r.get("decode_tokens_per_s", "-"),
+                r.get("bound_tokens_per_s", "-"),
+                r.get("ms_per_step", "-"),
+                r.get("processor_s", "-"),
+                r.get("prefill_s", "-"),
+                r.get("clips_per_s", "-"),
+                r.get("gpu_busy_pct", "-"),
+            )
+            for r in runs
+        ],
+        title="caption, 7B-sized VLM, 256 new tokens (target >= 1500 tokens/s)",
+    )
