@@ -207,3 +207,23 @@ def test_errors_name_the_url_and_the_variables_never_the_secret(s3_server):
     with pytest.raises(fs.StorageError, match="bucket 'no-such-bucket' does not exist"):
         fs.check_root("s3://no-such-bucket/runs/r1")
     assert fs.redact(f"x {SECRET_KEY} y") == "x *** y"
+
+
+def test_ingest_lists_a_prefix_and_list_files_of_urls(prefix, tmp_path):
+    from curation.config import load_config
+    from curation.stages.ingest import list_inputs
+    from manifests.configtools import InputError
+
+    cfg = load_config(REPO / "configs" / "offline.yaml").ingest
+    for name in ("a/one.mp4", "a/b/two.MOV", "a/notes.txt", "c/three.mkv"):
+        (prefix / name).write_bytes(b"x")
+    want = [f"{prefix}/a/b/two.MOV", f"{prefix}/a/one.mp4"]
+    assert list_inputs(f"{prefix}/a/", cfg) == want  # recursive, by extension, sorted
+    # a list file on S3 (lines relative to it or s3:// URLs) and one on disk (s3:// URLs)
+    (prefix / "list.txt").write_text(f"a/one.mp4\n# a comment\n{prefix}/c/three.mkv\n")
+    assert list_inputs(f"{prefix}/list.txt", cfg) == [f"{prefix}/a/one.mp4", f"{prefix}/c/three.mkv"]
+    local = tmp_path / "inputs.lst"
+    local.write_text(f"{prefix}/a/b/two.MOV\n{prefix}/a/one.mp4\n")
+    assert list_inputs(str(local), cfg) == want
+    with pytest.raises(InputError, match="no object with a video extension"):
+        list_inputs(f"{prefix}/empty/", cfg)
