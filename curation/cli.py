@@ -21,6 +21,7 @@ import logging
 import sys
 from pathlib import Path
 
+from manifests import fs
 from manifests.configtools import ConfigError, InputError
 
 log = logging.getLogger("reelsift")
@@ -151,11 +152,29 @@ def _load(args):
     return cfg
 
 
+def _root(text: str) -> Path | fs.S3Path:
+    """--root as a local Path or an S3Path; an S3 root's bucket and credentials are checked now,
+    so a typo fails here with what to fix instead of deep in a stage."""
+    try:
+        root = fs.upath(text)
+    except ValueError as exc:
+        raise ConfigError(f"--root: {exc}") from exc
+    fs.check_root(root)
+    return root
+
+
+def _existing_root(text: str) -> Path | fs.S3Path:
+    root = _root(text)
+    if not root.is_dir():
+        raise ConfigError(f"--root {root}: no such run root")
+    return root
+
+
 def cmd_stage(args) -> int:
     from curation import pipeline
 
     cfg = _load(args)
-    root = Path(args.root)
+    root = _root(args.root)
     root.mkdir(parents=True, exist_ok=True)
     if args.command == "run":
         for name, step in pipeline.stages(cfg, root, args.input, args.ray_address):
@@ -200,7 +219,7 @@ def cmd_stage(args) -> int:
     return 0
 
 
-def print_summary(root: Path) -> None:
+def print_summary(root: Path | fs.S3Path) -> None:
     from manifests.db import query
 
     def one(sql):
@@ -224,9 +243,7 @@ def cmd_sql(args) -> int:
     from manifests import queries
     from manifests.db import ReadOnlyError, query
 
-    root = Path(args.root)
-    if not root.is_dir():
-        raise ConfigError(f"--root {root}: no such run root")
+    root = _existing_root(args.root)
     if (args.query is None) == (args.named is None):
         names = ", ".join(queries.names())
         print(f"error: give a SQL query or --named NAME (one of: {names})", file=sys.stderr)
@@ -277,9 +294,7 @@ def _cell(v) -> str:
 def cmd_status(args) -> int:
     from curation.status import format_status, stage_status
 
-    root = Path(args.root)
-    if not root.is_dir():
-        raise ConfigError(f"--root {root}: no such run root")
+    root = _existing_root(args.root)
     print(format_status(stage_status(root), root=root))
     return 0
 
@@ -287,9 +302,7 @@ def cmd_status(args) -> int:
 def cmd_report(args) -> int:
     from curation.report import write_report
 
-    root = Path(args.root)
-    if not root.is_dir():
-        raise ConfigError(f"--root {root}: no such run root")
+    root = _existing_root(args.root)
     page = write_report(
         root,
         _load(args),
@@ -317,9 +330,7 @@ def cmd_verify(args) -> int:
 def cmd_compact(args) -> int:
     from manifests.compact import CompactionRunning, compact
 
-    root = Path(args.root)
-    if not root.is_dir():
-        raise ConfigError(f"--root {root}: no such run root")
+    root = _existing_root(args.root)
     try:
         done = compact(root, args.table)
     except CompactionRunning as exc:
@@ -359,13 +370,16 @@ def main(argv: list[str] | None = None) -> int:
         "cache-latents": cmd_cache_latents,
         "status": cmd_status,
         "report": cmd_report,
-        "summary": lambda a: print_summary(Path(a.root)) or 0,
+        "summary": lambda a: print_summary(_root(a.root)) or 0,
     }
     try:
         return handlers.get(args.command, cmd_stage)(args)
     except (ConfigError, InputError) as exc:
         kind = "input" if isinstance(exc, InputError) else "config"
         print(f"error ({kind}): {exc}", file=sys.stderr)
+        return 2
+    except fs.StorageError as exc:
+        print(f"error (storage): {exc}", file=sys.stderr)
         return 2
 
 

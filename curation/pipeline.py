@@ -15,6 +15,7 @@ import pyarrow as pa
 
 from curation.config import CurateConfig
 from filters.policy import pre_align_filter
+from manifests import fs
 from manifests.db import connect
 from manifests.store import Table
 
@@ -36,7 +37,8 @@ def ingest(cfg: CurateConfig, root: Path, input_spec: str | Path, ray_address: s
     paths = list_inputs(input_spec, cfg.ingest)
     table = Table(root, "videos")
     table.clean_temp()
-    known = table.read(["video_id", "path", "status", "size_bytes", "created_at"]).to_pylist()
+    known = table.read(["video_id", "path", "status", "size_bytes", "created_at", "error"]).to_pylist()
+    known = [r for r in known if not fs.is_retryable(r["error"])]  # storage failed: take again
     done = {r["path"] for r in known}
     todo = [p for p in paths if p not in done] + changed_sources(known, done.intersection(paths))
     log.info(

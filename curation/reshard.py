@@ -16,18 +16,18 @@ path is small functions (`rewrite_tar`, `copy_members`, `commit`) so checks can 
 from __future__ import annotations
 
 import logging
-import os
 import re
 import tarfile
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from filters.video import key_hash
+from manifests import fs
+from manifests.commit import atomic_write, remove
 from manifests.db import connect
 from manifests.schemas import SHARDS
-from manifests.store import Table, _fsync, rows_to_table
+from manifests.store import Table, rows_to_table
 
 log = logging.getLogger("reelsift")
 
@@ -59,14 +59,11 @@ def member_key(name: str) -> str:
 
 def copy_members(src: Path, dst: Path, keys: set[str]) -> None:
     """Write `dst` (atomically) with the members of `src` whose key is in `keys`, bytes unchanged."""
-    tmp = dst.with_name(f".tmp-{uuid.uuid4().hex}.tar")
-    with tarfile.open(src, "r:") as tin, open(tmp, "wb") as fh:
+    with fs.open_input(src) as fin, tarfile.open(fileobj=fin, mode="r:") as tin, atomic_write(dst) as fh:
         with tarfile.open(fileobj=fh, mode="w", format=tarfile.USTAR_FORMAT) as tout:
             for member in tin:
                 if member_key(member.name) in keys:
                     tout.addfile(member, tin.extractfile(member) if member.isfile() else None)
-    _fsync(tmp)
-    os.replace(tmp, dst)
 
 
 def new_name(shard: str, keys: list[str]) -> str:
@@ -101,7 +98,7 @@ def commit(root: Path, rows: list[dict], old_tars: list[str]) -> None:
     """Index the rewritten tars, then delete the tars they replace."""
     Table(root, "shards").write(rows_to_table(rows, SHARDS))
     for shard in old_tars:
-        (root / shard).unlink(missing_ok=True)
+        remove(root / shard)
 
 
 def _by_shard(root: Path) -> Iterator[tuple[str, list[dict]]]:
@@ -121,7 +118,7 @@ def _by_shard(root: Path) -> Iterator[tuple[str, list[dict]]]:
 
 def reshard(root: str | Path, tars_per_commit: int = 64) -> ReshardSummary:
     """Rewrite every tar that holds a clip the newest decisions no longer keep in its tier."""
-    root = Path(root)
+    root = fs.upath(root)
     summary = ReshardSummary()
     if not Table(root, "shards").exists():
         return summary

@@ -21,6 +21,7 @@ from typing import Any
 import pyarrow as pa
 
 from curation.config import RayConfig
+from manifests import fs
 from manifests.configtools import InputError, Resources
 from manifests.store import Table
 
@@ -342,9 +343,9 @@ def _write_metrics(sink: PartSink, name: str, items: pa.Table, elapsed: float, i
     )
 
 
-def write_metrics(root: Path, stage: str, metrics: dict[str, Any]) -> Path:
+def write_metrics(root: Path | fs.S3Path, stage: str, metrics: dict[str, Any]) -> Path:
     """One JSON per stage run under `<root>/_metrics/` (what ran where, how fast)."""
-    out = Path(root) / "_metrics"
+    out = fs.upath(root) / "_metrics"
     out.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%dT%H%M%S")
     path = out / f"{stage}-{stamp}-{time.time_ns() % 10**6:06d}.json"

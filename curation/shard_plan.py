@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
+import tempfile
 import uuid
 from pathlib import Path
 
@@ -22,6 +22,8 @@ import pyarrow.parquet as pq
 
 from curation.config import ShardConfig
 from filters.policy import FilterConfig
+from manifests import fs
+from manifests.commit import atomic_write
 from manifests.configtools import ConfigError
 from manifests.db import connect
 
@@ -41,13 +43,15 @@ GROUPS = pa.schema(
     ]
 )
 
-# kept, not in a tar (a 'removed' row means a reshard took it out: cut it again)
-_TODO = """
+# kept, not in a tar (a 'removed' row means a reshard took it out, a storage error row that
+# the source could not be read: cut it again)
+_TODO = f"""
     SELECT d.clip_id, d.tier FROM decisions d
     JOIN clips c ON c.clip_id = d.clip_id
     JOIN videos v ON v.video_id = c.video_id AND v.status = 'ok'
     WHERE d.keep AND NOT EXISTS (
-        SELECT 1 FROM shards sh WHERE sh.clip_id = d.clip_id AND sh.status <> 'removed')
+        SELECT 1 FROM shards sh WHERE sh.clip_id = d.clip_id AND sh.status <> 'removed'
+        AND NOT starts_with(coalesce(sh.error, ''), '{fs.RETRYABLE}'))
 """
 
 
@@ -60,7 +64,7 @@ def plan_dir(root: Path) -> Path:
 
 
 def clean_plans(root: Path) -> None:
-    shutil.rmtree(plan_dir(root), ignore_errors=True)
+    fs.rmtree(plan_dir(root))
 
 
 MEMORY_LIMITS = ("400MB", "1GB", "4GB")
@@ -71,11 +75,12 @@ def plan_shards(root: str | Path, filt: FilterConfig, cfg: ShardConfig) -> pa.Ta
     """Write the plan file of the pending shard work -> one GROUPS row per writer task.
 
     DuckDB works within a memory limit and spills the sort of the plan rows (the manifest rows
-    of each clip, embedding included) under `<root>/shards/.plan/spill`; where it cannot within
-    400 MB, the plan is made again with the next limit (logged)."""
+    of each clip, embedding included) under `<root>/shards/.plan/spill` (a local temp folder when
+    the root is on S3); where it cannot within 400 MB, the plan is made again with the next
+    limit (logged)."""
     for i, limit in enumerate(MEMORY_LIMITS):
         try:
-            return _plan(Path(root), filt, cfg, limit)
+            return _plan(fs.upath(root), filt, cfg, limit)
         except duckdb.OutOfMemoryException as exc:
             if i == len(MEMORY_LIMITS) - 1:
                 raise
@@ -87,13 +92,18 @@ def plan_shards(root: str | Path, filt: FilterConfig, cfg: ShardConfig) -> pa.Ta
     raise AssertionError("unreachable")
 
 
-def _plan(root: Path, filt: FilterConfig, cfg: ShardConfig, memory_limit: str) -> pa.Table:
+def _plan(root, filt: FilterConfig, cfg: ShardConfig, memory_limit: str) -> pa.Table:
     con = connect(root)
     con.execute("SET preserve_insertion_order = false")
     con.execute(f"SET memory_limit = {_lit(memory_limit)}")
     con.execute("SET threads = 1")  # per-thread sort buffers of wide rows overrun the limit otherwise
-    plan_dir(root).mkdir(parents=True, exist_ok=True)  # DuckDB creates the spill folder, not its parents
-    con.execute(f"SET temp_directory = {_lit(str(plan_dir(root) / 'spill'))}")
+    # DuckDB spills to local disk: under the root, or a temp folder when the root is on S3
+    if isinstance(root, Path):
+        plan_dir(root).mkdir(parents=True, exist_ok=True)  # DuckDB creates the spill folder, not its parents
+        spill = plan_dir(root) / "spill"
+    else:
+        spill = Path(tempfile.gettempdir()) / f"reelsift-plan-{uuid.uuid4().hex[:8]}"
+    con.execute(f"SET temp_directory = {_lit(str(spill))}")
     con.execute(f"""CREATE TEMP TABLE todo AS
         SELECT clip_id, tier, (row_number() OVER (PARTITION BY tier ORDER BY clip_id) - 1)
                // {int(cfg.clips_per_task)} AS chunk
@@ -145,7 +155,7 @@ def _plan(root: Path, filt: FilterConfig, cfg: ShardConfig, memory_limit: str) -
     plan = out / f"plan-{uuid.uuid4().hex[:12]}.parquet"
     rows_per_group = max(1, 256 // cfg.clips_per_task) * cfg.clips_per_task
     reader = con.sql(sql).to_arrow_reader(rows_per_group * 16)
-    with pq.ParquetWriter(plan, reader.schema) as writer:
+    with atomic_write(plan) as fh, pq.ParquetWriter(fh, reader.schema) as writer:
         for batch in reader:
             writer.write_batch(batch, row_group_size=rows_per_group)
     groups = con.sql(
@@ -159,7 +169,8 @@ def _plan(root: Path, filt: FilterConfig, cfg: ShardConfig, memory_limit: str) -
 def read_group(plan: str, group_index: int) -> list[dict]:
     """The plan rows of one writer task, in clip_id order (read by the writer, not the driver),
     each with `meta`: the clip's manifest rows {clip, video, scores, decision} as JSON values."""
-    rows = pq.read_table(plan, filters=[("group_index", "=", group_index)]).to_pylist()
+    filesystem, path = fs.arrow_fs(plan)
+    rows = pq.read_table(path, filters=[("group_index", "=", group_index)], filesystem=filesystem).to_pylist()
     for r in rows:
         meta = {name: r.pop(f"meta_{name}") for name in ("clip", "video", "scores", "decision")}
         r["meta"] = json.loads(json.dumps(meta, default=str))

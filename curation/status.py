@@ -15,7 +15,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from curation.stages.filter import FilterSummary
-from manifests import queries
+from manifests import fs, queries
 from manifests.schemas import TABLES
 from manifests.store import Table
 
@@ -89,7 +89,7 @@ _STAGES: list[tuple[str, str, str, str | None]] = [
 
 def stage_status(root: str | Path) -> pa.Table:
     """One row per stage (STATUS_SCHEMA); caption and align rows only once their tables have rows."""
-    root = Path(root)
+    root = fs.upath(root)
     con = queries.connect(root)
     rows = []
     for stage, table, sql, unit in _STAGES:

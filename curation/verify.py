@@ -22,6 +22,8 @@ from pathlib import Path
 
 import av
 
+from manifests import fs
+from manifests.commit import committed_glob
 from manifests.db import connect
 
 NAMED = 20  # clips named per mismatch message
@@ -49,7 +51,7 @@ class Problem:
 
 def _read_tar(path: Path) -> dict[str, dict[str, bytes]]:
     samples: dict[str, dict[str, bytes]] = defaultdict(dict)
-    with tarfile.open(path, "r:") as tar:
+    with fs.open_input(path) as fh, tarfile.open(fileobj=fh, mode="r:") as tar:
         for member in tar:
             if not member.isfile():
                 continue
@@ -120,7 +122,7 @@ def _tars(con) -> Iterator[tuple[str, dict[str, dict]]]:
 
 def verify(root: str | Path, decode: bool = True, read_tars: bool = True) -> tuple[int, list[Problem]]:
     """-> (number of samples checked, problems). `read_tars=False` checks only the tables."""
-    root = Path(root)
+    root = fs.upath(root)
     con = connect(root)
     problems = check_kept_set(con)
     checked = 0
@@ -153,7 +155,7 @@ def verify(root: str | Path, decode: bool = True, read_tars: bool = True) -> tup
         for key in sorted(set(expected) & set(samples)):
             checked += 1
             problems.extend(_check_sample(shard, key, samples[key], expected[key], decode))
-    for tar in sorted((root / "shards").glob("*/*.tar")):
+    for tar in committed_glob(root / "shards", "*/*.tar"):
         rel = str(tar.relative_to(root))
         if rel not in indexed:
             problems.append(Problem(rel, "tar on disk that no shards row points to"))

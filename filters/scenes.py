@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from filters.config import SceneConfig  # noqa: F401  (the config lives in filters/config.py)
+from manifests import fs
 
 _SWS = "AREA"  # swscale filter for the detector's small frames
 
@@ -72,7 +73,12 @@ def detect_scenes(path: str, cfg: SceneConfig, timeout_s: float | None = None) -
     from scenedetect import SceneManager, open_video
     from scenedetect.scene_manager import compute_downscale_factor
 
-    video = open_video(path, backend="pyav")
+    if fs.is_s3(path):  # ranged reads through the storage layer, never a download
+        from scenedetect.backends.pyav import VideoStreamAv
+
+        video = VideoStreamAv(fs.open_input(path), name=fs.upath(path).stem)
+    else:
+        video = open_video(path, backend="pyav")
     manager = SceneManager()
     manager.add_detector(_make_detector(cfg))
     # The detector sees small frames. PySceneDetect would convert each full-size frame to BGR

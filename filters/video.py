@@ -20,6 +20,8 @@ import av
 import numpy as np
 from av.video.reformatter import VideoReformatter
 
+from manifests import fs
+
 
 class VideoDecodeError(RuntimeError):
     """A file can't be read as a video; the message says why in plain words."""
@@ -49,8 +51,14 @@ _NOT_REGULAR = {
 def file_problem(path: str | Path) -> str | None:
     """Why `path` can't be read as a video file, found without opening it; None when it can.
 
-    A FIFO or a device is never opened: reading one can block forever.
+    A FIFO or a device is never opened: reading one can block forever. On S3 the object must
+    exist; a storage failure after the client's retries is a problem a re-run retries.
     """
+    if fs.is_s3(path):
+        try:
+            return None if fs.upath(path).is_file() else "no such object"
+        except fs.StorageError as exc:
+            return fs.retryable(exc)
     path = str(path)
     try:
         st = os.stat(path)
@@ -79,8 +87,8 @@ def source_changed(path: str | Path, size_bytes: int | None, ingested_at: float 
     """
     problem = file_problem(path)
     if problem:
-        return f"source changed since ingest: {problem}"
-    st = os.stat(path)
+        return problem if fs.is_retryable(problem) else f"source changed since ingest: {problem}"
+    st = fs.upath(path).stat()
     if size_bytes is not None and int(size_bytes) >= 0 and st.st_size != int(size_bytes):
         return f"source changed since ingest: size {int(size_bytes)} -> {st.st_size} bytes; run ingest again"
     if ingested_at is not None and st.st_mtime > float(ingested_at):
@@ -91,7 +99,7 @@ def source_changed(path: str | Path, size_bytes: int | None, ingested_at: float 
 def file_hash(path: str | Path, chunk: int = 1 << 20) -> str:
     """blake2b-128 of the file's bytes, hex (the video_id)."""
     h = hashlib.blake2b(digest_size=16)
-    with open(path, "rb") as fh:
+    with fs.open_stream(path) as fh:  # streamed once, never written to disk
         while block := fh.read(chunk):
             h.update(block)
     return h.hexdigest()
@@ -141,15 +149,22 @@ def open_video(path: str | Path) -> av.container.InputContainer:
     """Open a file for reading, with readable errors for empty and broken files."""
     path = str(path)
     try:
-        size = os.path.getsize(path)
+        size = fs.upath(path).stat().st_size
+    except fs.StorageError:
+        raise
     except OSError as exc:
         raise VideoDecodeError(path, f"cannot read file ({exc.strerror})") from exc
     if size == 0:
         raise VideoDecodeError(path, "empty file (0 bytes)")
+    # On S3, FFmpeg reads through a file object: ranged GETs, never a download of the object.
+    source = fs.open_input(path) if fs.is_s3(path) else path
     try:
-        container = av.open(path, mode="r", metadata_errors="ignore")
+        container = av.open(source, mode="r", metadata_errors="ignore")
     except av.error.FFmpegError as exc:
+        if source is not path:
+            source.close()
         raise VideoDecodeError(path, _explain(exc)) from exc
+    # (the container holds the file object; both are closed when the container is collected)
     fmt = container.format.name or ""
     if fmt.endswith("_pipe") or fmt == "image2":
         container.close()

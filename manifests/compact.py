@@ -9,7 +9,9 @@ Steps for one table (`compact_table`), each safe to kill:
 4. delete the replaced parts and the previous compacted part.
 Readers follow the manifest (`Table.snapshot`), so before step 3 they read the old set, after it
 the new one. Parts appended while compaction runs are not in the snapshot and stay visible.
-One compaction at a time per run root (a lock file refuses a second one).
+One compaction at a time per run root (a lock file refuses a second one; on S3 there is no
+lock, so run one compaction at a time yourself). On S3 the manifest is replaced by one PUT, which
+S3 makes visible whole, and parts go through the commit protocol of manifests/commit.py.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from manifests import commit, fs
 from manifests.db import _read, newest_sql
 from manifests.schemas import TABLES
 from manifests.store import Table, _fsync, conform
@@ -49,6 +52,9 @@ class CompactionRunning(RuntimeError):
 
 @contextmanager
 def _lock(root: Path):
+    if fs.is_s3(root):  # object stores have no advisory lock
+        yield
+        return
     root.mkdir(parents=True, exist_ok=True)
     with open(root / ".compact.lock", "w") as fh:
         try:
@@ -69,12 +75,12 @@ def tidy(table: Table) -> int:
     removed = 0
     for part in table.dir.glob("compact-*.parquet"):
         if part.name not in live:
-            part.unlink(missing_ok=True)
+            commit.remove(part)
             removed += 1
     replaced = manifest.get("replaced", [])
     for name in replaced:
         if (table.dir / name).exists():
-            (table.dir / name).unlink()
+            commit.remove(table.dir / name)
             removed += 1
     if replaced:
         _commit(table, {**manifest, "replaced": []})
@@ -85,6 +91,9 @@ def tidy(table: Table) -> int:
 
 
 def _commit(table: Table, manifest: dict) -> None:
+    if fs.is_s3(table.dir):
+        table.manifest_path.write_text(json.dumps(manifest, indent=1))  # one PUT: whole or absent
+        return
     tmp = table.dir / f".tmp-{uuid.uuid4().hex}.json"
     tmp.write_text(json.dumps(manifest, indent=1))
     _fsync(tmp)
@@ -104,33 +113,30 @@ def compact_table(root: str | Path, name: str, *, memory_limit: str = "512MB") -
     con.execute(f"SET memory_limit = '{memory_limit}'")
     con.execute(f"SET temp_directory = '{spill}'")
     con.execute("SET preserve_insertion_order = false")
-    rows_before = con.sql(f"SELECT count(*) FROM {_read(parts)}").fetchall()[0][0]
-    source = newest_sql(table.key, compacted, fresh) if table.newest_wins else f"SELECT * FROM {_read(parts)}"
+    rows_before = con.sql(f"SELECT count(*) FROM {_read(parts, con, table.schema)}").fetchall()[0][0]
+    source = (newest_sql(table.key, compacted, fresh, con, table.schema) if table.newest_wins
+              else f"SELECT * FROM {_read(parts, con, table.schema)}")
     gen = int(table.manifest().get("generation", 0)) + 1
-    tmp = table.dir / f".tmp-{uuid.uuid4().hex}.parquet"
+    final = table.dir / f"compact-{gen:06d}-{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.parquet"
     rows_after = 0
-    with pq.ParquetWriter(tmp, table.schema, compression="zstd") as writer:
+    with commit.atomic_write(final) as fh, pq.ParquetWriter(fh, table.schema, compression="zstd") as writer:
         for batch in con.sql(source).to_arrow_reader(65536):
             if batch.num_rows:
-                writer.write_table(
-                    conform(pa.Table.from_batches([batch]), table.schema), row_group_size=65536
-                )
+                rows = conform(pa.Table.from_batches([batch]), table.schema)
+                writer.write_table(rows, row_group_size=65536)
                 rows_after += batch.num_rows
     con.close()
     shutil.rmtree(spill, ignore_errors=True)
-    _fsync(tmp)
-    final = table.dir / f"compact-{gen:06d}-{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.parquet"
-    os.replace(tmp, final)
     _commit(table, dict(generation=gen, parts=[final.name], replaced=sorted(p.name for p in fresh)))
     for part in parts:  # the committed manifest no longer reads these
-        part.unlink(missing_ok=True)
+        commit.remove(part)
     _commit(table, dict(generation=gen, parts=[final.name], replaced=[]))
     return Compacted(name, len(parts), rows_before, rows_after)
 
 
 def compact(root: str | Path, tables: list[str] | None = None) -> list[Compacted]:
     """Compact every table of the run root (or `tables`)."""
-    root = Path(root)
+    root = fs.upath(root)
     if not root.is_dir():
         raise FileNotFoundError(f"--root {root}: no such run root")
     with _lock(root):

@@ -12,6 +12,7 @@ are dropped with an anti-join (a hash join, no sort of the whole history).
 
 from __future__ import annotations
 
+import functools
 import os
 import tempfile
 from pathlib import Path
@@ -19,6 +20,7 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 
+from manifests import fs
 from manifests.schemas import TABLES
 from manifests.store import Table
 
@@ -34,27 +36,35 @@ def _quote(path: Path) -> str:
     return "'" + str(path).replace("'", "''") + "'"
 
 
-def _read(parts: list[Path]) -> str:
+def _read(parts: list, con: duckdb.DuckDBPyConnection | None = None, schema: pa.Schema | None = None) -> str:
+    """SQL that reads `parts`: DuckDB's `read_parquet` for local parts; for parts on S3 an Arrow
+    dataset registered with `con` (manifests/fs.py: no httpfs, nothing downloaded)."""
+    if con is not None and any(fs.is_s3(p) for p in parts):
+        return fs.parquet_relation(con, parts, schema)
     return f"read_parquet([{', '.join(_quote(p) for p in parts)}], union_by_name=true)"
 
 
-def newest_sql(key: str, compacted: list[Path], fresh: list[Path]) -> str:
+def newest_sql(
+    key: str, compacted: list[Path], fresh: list[Path], con: duckdb.DuckDBPyConnection | None = None,
+    schema: pa.Schema | None = None,
+) -> str:
     """SELECT of the newest row per `key` over compacted parts (one row per key, older than
-    every fresh row) and fresh parts (any number of rows per key)."""
+    every fresh row) and fresh parts (any number of rows per key). `con`/`schema`: see `_read`."""
+    read = functools.partial(_read, con=con, schema=schema)
     # the newest created_at per key, then the rows that carry it: a narrow hash aggregate and a
     # streamed semi-join (no window over whole rows). Rows of one key never share a created_at.
     ranked = (
-        f"SELECT h.* FROM {_read(fresh)} h SEMI JOIN (SELECT {key}, max(created_at) AS newest "
-        f"FROM {_read(fresh)} GROUP BY {key}) n ON h.{key} = n.{key} AND h.created_at = n.newest"
+        f"SELECT h.* FROM {read(fresh)} h SEMI JOIN (SELECT {key}, max(created_at) AS newest "
+        f"FROM {read(fresh)} GROUP BY {key}) n ON h.{key} = n.{key} AND h.created_at = n.newest"
     )
     if not compacted:
         return ranked
     if not fresh:
-        return f"SELECT * FROM {_read(compacted)}"
+        return f"SELECT * FROM {read(compacted)}"
     return (
         f"SELECT * FROM ({ranked}) UNION ALL BY NAME "
-        f"SELECT * FROM {_read(compacted)} c WHERE NOT EXISTS "
-        f"(SELECT 1 FROM {_read(fresh)} f WHERE f.{key} = c.{key})"
+        f"SELECT * FROM {read(compacted)} c WHERE NOT EXISTS "
+        f"(SELECT 1 FROM {read(fresh)} f WHERE f.{key} = c.{key})"
     )
 
 
@@ -63,7 +73,7 @@ def table_views(con: duckdb.DuckDBPyConnection, table: Table, name: str | None =
     name = name or table.name
     compacted, fresh = table.snapshot()
     if compacted or fresh:
-        history = _read(compacted + fresh)
+        history = _read(compacted + fresh, con, table.schema)
     else:
         con.register(f"__empty_{name}", table.schema.empty_table())
         history = f"__empty_{name}"
@@ -71,7 +81,8 @@ def table_views(con: duckdb.DuckDBPyConnection, table: Table, name: str | None =
         con.execute(f"CREATE VIEW {name} AS SELECT * FROM {history}")
         return
     con.execute(f"CREATE VIEW {name}_history AS SELECT * FROM {history}")
-    current = newest_sql(table.key, compacted, fresh) if (compacted or fresh) else f"SELECT * FROM {history}"
+    current = (newest_sql(table.key, compacted, fresh, con, table.schema) if (compacted or fresh)
+               else f"SELECT * FROM {history}")
     con.execute(f"CREATE VIEW {name} AS {current}")
 
 
@@ -84,7 +95,7 @@ def connect(root: str | Path, memory_limit: str = MEMORY_LIMIT) -> duckdb.DuckDB
 
     Bounded: DuckDB works within `memory_limit` and spills to the system temp folder, so a query
     over 10^7 clips costs disk, not the driver's memory."""
-    root = Path(root)
+    root = fs.upath(root)
     con = duckdb.connect(":memory:")
     con.execute(f"SET memory_limit = '{memory_limit}'")
     spill = Path(tempfile.gettempdir()) / f"reelsift-duckdb-{os.getuid()}"

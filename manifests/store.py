@@ -25,6 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from manifests import commit, fs
 from manifests.schemas import TABLES
 
 
@@ -38,13 +39,13 @@ class Table:
     def __init__(self, root: str | Path, name: str):
         if name not in TABLES:
             raise KeyError(f"unknown table {name!r}; known: {sorted(TABLES)}")
-        self.root = Path(root)
+        self.root = fs.upath(root)  # a local Path, or an S3Path for s3:// (manifests/fs.py)
         self.name = name
         self.schema, self.key, self.newest_wins = TABLES[name]
         self.dir = self.root / name
 
     @property
-    def manifest_path(self) -> Path:
+    def manifest_path(self) -> fs.AnyPath:
         return self.dir / MANIFEST
 
     def manifest(self) -> dict:
@@ -58,11 +59,11 @@ class Table:
         Compacted parts hold at most one row per key for newest-wins tables; fresh parts are the
         appends since (any number of rows per key, newer than every compacted row).
         """
-        if not self.dir.is_dir():
+        if isinstance(self.dir, Path) and not self.dir.is_dir():
             return [], []
         for _ in range(100):  # a compaction committing while we list: list again
             before = _read_text(self.manifest_path)
-            files = sorted(self.dir.glob("part-*.parquet"))
+            files = commit.committed_glob(self.dir, "part-*.parquet")
             if _read_text(self.manifest_path) == before:
                 break
         manifest = json.loads(before) if before else {}
@@ -86,41 +87,38 @@ class Table:
         if table.num_rows == 0:
             return None
         table = conform(table, self.schema)
-        self.dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.dir / f".tmp-{uuid.uuid4().hex}.parquet"
-        pq.write_table(table, tmp)
-        _fsync(tmp)
         final = self._new_part_path()
-        os.replace(tmp, final)
+
+        def once():  # a failed attempt leaves nothing visible, so it can simply be made again
+            with commit.atomic_write(final) as fh:
+                pq.write_table(table, fh)
+
+        fs.retrying(once) if fs.is_s3(final) else once()
         return final
 
     def write_stream(self, batches: Iterable[pa.Table]) -> Path | None:
         """Write many batches as ONE part, atomically (e.g. a whole filter run)."""
-        self.dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.dir / f".tmp-{uuid.uuid4().hex}.parquet"
-        rows = 0
-        with pq.ParquetWriter(tmp, self.schema) as writer:
-            for batch in batches:
-                if batch.num_rows:
-                    writer.write_table(conform(batch, self.schema))
-                    rows += batch.num_rows
-        if rows == 0:
-            tmp.unlink()
-            return None
-        _fsync(tmp)
         final = self._new_part_path()
-        os.replace(tmp, final)
+        rows = 0
+        try:
+            with commit.atomic_write(final) as fh, pq.ParquetWriter(fh, self.schema) as writer:
+                for batch in batches:
+                    if batch.num_rows:
+                        writer.write_table(conform(batch, self.schema))
+                        rows += batch.num_rows
+                if rows == 0:
+                    raise _NoRows
+        except _NoRows:
+            return None
         return final
 
     def dataset(self):
-        """A pyarrow Dataset over the current parts, or None (imported here: pyarrow.dataset
-        pulls in pandas, 0.3 s that `reelsift sql`/`status` do not need)."""
-        import pyarrow.dataset as ds
-
+        """A pyarrow Dataset over the current parts, or None (fs imports pyarrow.dataset only
+        here: it pulls in pandas, 0.3 s that `reelsift sql`/`status` do not need)."""
         parts = self.parts()
         if not parts:
             return None
-        return ds.dataset([str(p) for p in parts], format="parquet", schema=self.schema)
+        return fs.parquet_dataset(parts, self.schema)
 
     def read(self, columns: list[str] | None = None, filter=None) -> pa.Table:
         """All rows (every version of a key), or an empty table with the schema."""
@@ -136,20 +134,18 @@ class Table:
         return {v for v in self.read([column]).column(column).to_pylist() if v is not None}
 
     def clean_temp(self) -> int:
-        """Remove temp files left by a killed writer; returns how many were removed."""
-        if not self.dir.is_dir():
-            return 0
-        n = 0
-        for tmp in self.dir.glob(".tmp-*"):
-            tmp.unlink(missing_ok=True)
-            n += 1
-        return n
+        """Remove what a killed writer left (temp files; unmarked parts on S3) -> how many."""
+        return commit.remove_uncommitted(self.dir, "part-*.parquet")
+
+
+class _NoRows(Exception):
+    """write_stream got only empty batches: abort the part."""
 
 
 MANIFEST = "_compacted.json"
 
 
-def _read_text(path: Path) -> str | None:
+def _read_text(path: fs.AnyPath) -> str | None:
     try:
         return path.read_text()
     except FileNotFoundError:

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.s3server import s3_server  # noqa: F401  (one SeaweedFS per session, see tests/s3server.py)
+
 
 @pytest.fixture(scope="session")
 def ray_local():

@@ -56,6 +56,11 @@ def cmd_train(args) -> int:
         cfg = replace(cfg, steps=args.steps)
     if args.out:
         cfg = replace(cfg, checkpoint=replace(cfg.checkpoint, dir=args.out))
+    if str(cfg.checkpoint.dir or cfg.data.root).startswith("s3://"):
+        from manifests.configtools import ConfigError
+
+        raise ConfigError("train: shards may be read from s3:// but checkpoints and metrics.jsonl are "
+                          "written to a local folder: pass --out DIR (train.checkpoint.dir)")
     trainer = Trainer(cfg, resume=args.resume)
     result = trainer.fit()
     if trainer.info.main:

@@ -32,6 +32,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from manifests import fs
+from manifests.commit import committed_glob
 from manifests.configtools import ConfigError
 from training.config import DataConfig, TrainConfig, VAEConfig
 from training.decode import (  # noqa: F401  (re-exported: the loader's per-sample API)
@@ -70,9 +72,9 @@ def shard_urls(cfg: DataConfig, source: str | None = None) -> list[str]:
         return out
     if not cfg.root:
         raise ConfigError("train.data.root: set the run root (--root) or train.data.urls")
-    base = Path(cfg.root) / ("shards" if source == "video" else "latents")
+    base = fs.upath(cfg.root) / ("shards" if source == "video" else "latents")
     tiers = cfg.tiers or tuple(sorted(p.name for p in base.glob("*") if p.is_dir()))
-    urls = [str(p) for tier in tiers for p in sorted((base / tier).glob("*.tar"))]
+    urls = [str(p) for tier in tiers for p in committed_glob(base / tier, "*.tar")]
     if not urls:
         hint = ("run `reelsift run`/`reelsift shard` first" if source == "video"
                 else "run `reelsift cache-latents` first")
@@ -259,6 +261,7 @@ def build_pipeline(cfg: TrainConfig, urls: list[str], epoch: int, skip: int = 0,
     """The webdataset pipeline of one epoch, yielding Batch objects (see module docstring)."""
     import webdataset as wds
 
+    wds.gopen_schemes["s3"] = fs.wds_open  # s3:// shards stream through manifests/fs.py
     data = cfg.data
     urls = list(urls)
     if data.shard_shuffle:

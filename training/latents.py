@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import random
-import uuid
-from pathlib import Path
 
 import numpy as np
 import torch
 
+from manifests import fs
+from manifests.commit import atomic_write, committed_glob
 from training.config import TrainConfig
 from training.data import _count_tar_error, _tier_of, shard_urls
 from training.decode import SampleError, cover_size, crop_offsets, decode_clip, nearest_bucket
@@ -41,29 +40,24 @@ def cache_latents(cfg: TrainConfig, device: str = "cpu", overwrite: bool = False
 
     data = cfg.data
     vae = make_vae(cfg.vae, device)
-    root = Path(data.root)
+    root = fs.upath(data.root)
+    wds.gopen_schemes["s3"] = fs.wds_open
     stats = {"tars": 0, "written": 0, "skipped_tars": 0, "failed": 0}
     for url in shard_urls(data, source="video"):
-        src = Path(url)
+        src = fs.upath(url)
         out = root / "latents" / src.parent.name / src.name
-        if out.exists() and not overwrite:
+        if committed_glob(out.parent, out.name) and not overwrite:
             stats["skipped_tars"] += 1
             continue
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(f".tmp-{uuid.uuid4().hex}.tar")
-        try:
-            with open(tmp, "wb") as fh:
-                writer = wds.TarWriter(fh)
-                for sample in wds.DataPipeline(wds.SimpleShardList([url]),
-                                               wds.tarfile_to_samples(handler=_count_tar_error(stats))):
-                    record = _encode_one(sample, cfg, vae, device, stats)
-                    if record is not None:
-                        writer.write(record)
-                        stats["written"] += 1
-                writer.close()
-            os.replace(tmp, out)
-        finally:
-            tmp.unlink(missing_ok=True)
+        with atomic_write(out) as fh:  # temp + rename locally; object + commit marker on S3
+            writer = wds.TarWriter(fh)
+            for sample in wds.DataPipeline(wds.SimpleShardList([url]),
+                                           wds.tarfile_to_samples(handler=_count_tar_error(stats))):
+                record = _encode_one(sample, cfg, vae, device, stats)
+                if record is not None:
+                    writer.write(record)
+                    stats["written"] += 1
+            writer.close()
         stats["tars"] += 1
     return stats
 

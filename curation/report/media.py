@@ -9,7 +9,6 @@ small size, a low frame rate and a high CRF: the first `PREVIEW_SECONDS` of the 
 from __future__ import annotations
 
 import os
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import cv2
 from curation.config import ShardConfig
 from curation.stages.shard import cut_clip
 from filters.video import DecodeTimeout, VideoDecodeError, even_size, iter_frames
+from manifests.commit import atomic_write
 
 THUMB_SHORT_SIDE = 144
 PREVIEW_SHORT_SIDE = 144
@@ -91,7 +91,6 @@ def media_folders(out: Path) -> None:
 
 
 def _write_atomic(dest: Path, data: bytes) -> None:
-    tmp = dest.with_name(f".tmp-{uuid.uuid4().hex}{dest.suffix}")
-    tmp.write_bytes(data)
-    os.replace(tmp, dest)
+    with atomic_write(dest) as fh:
+        fh.write(data)
 

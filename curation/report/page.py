@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import tempfile
-import uuid
 from datetime import datetime, timezone
 from importlib import resources
 from pathlib import Path
@@ -18,7 +16,8 @@ from curation.report.html import bars_svg, e, hours, n_of, section, table
 from curation.report.media import media_folders
 from curation.stages.filter import config_hash
 from filters.policy import FilterConfig
-from manifests import queries
+from manifests import fs, queries
+from manifests.commit import atomic_write
 from manifests.schemas import TABLES
 from manifests.store import Table
 
@@ -38,7 +37,7 @@ def write_report(root: str | Path, cfg: CurateConfig, *, max_thumbs: int = 12, m
     if min(max_thumbs, max_previews, max_examples) < 0 or sample_rows < 1:
         raise ValueError(f"max_thumbs, max_previews and max_examples must be >= 0 and sample_rows >= 1, got "
                          f"{max_thumbs}, {max_previews}, {max_examples}, {sample_rows}")
-    root = Path(root)
+    root = fs.upath(root)
     out = root / "report"
     media_folders(out)
     with tempfile.TemporaryDirectory(prefix="reelsift-report-") as spill:
@@ -80,9 +79,8 @@ def _write(root: Path, out: Path, cfg: CurateConfig, con, spill: str, *, max_thu
                         css=(assets / "report.css").read_text(encoding="utf-8"),
                         js=(assets / "report.js").read_text(encoding="utf-8"))
     index = out / "index.html"
-    tmp = out / f".tmp-{uuid.uuid4().hex}.html"
-    tmp.write_text(page, encoding="utf-8")
-    os.replace(tmp, index)
+    with atomic_write(index) as fh:  # temp + rename on disk; object + commit marker on S3
+        fh.write(page.encode("utf-8"))
     return index
 
 

@@ -21,6 +21,7 @@ import pyarrow as pa
 from curation.config import AlignConfig  # noqa: F401  (re-exported for callers)
 from filters.aesthetic import AestheticConfig
 from filters.policy import ALIGN_COLUMNS, FilterConfig, pre_align_filter  # noqa: F401  (re-exported)
+from manifests import fs
 from manifests.db import connect
 from manifests.schemas import ALIGNMENT
 from manifests.store import Table
@@ -129,7 +130,7 @@ def run_align(
 ) -> PartSink:
     from curation.runner import PartSink, run_stage
 
-    root = Path(root)
+    root = fs.upath(root)
     table = Table(root, "alignment")
     table.clean_temp()
     items = pending_alignments(root, clip.clip_model)

@@ -21,6 +21,7 @@ import pyarrow as pa
 from curation.config import CaptionConfig  # noqa: F401  (re-exported for callers)
 from curation.stages.score import decode_samples
 from filters.video import DecodeTimeout, VideoDecodeError
+from manifests import fs
 from manifests.db import connect
 from manifests.schemas import CAPTIONS
 from manifests.store import Table
@@ -164,7 +165,7 @@ def run_caption(
 ) -> PartSink:
     from curation.runner import PartSink, run_stage
 
-    root = Path(root)
+    root = fs.upath(root)
     table = Table(root, "captions")
     table.clean_temp()
     items = pending_clips(root, cfg)

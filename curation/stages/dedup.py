@@ -23,6 +23,7 @@ import numpy as np
 import pyarrow as pa
 
 from filters.dedup import DedupConfig, find_groups
+from manifests import fs
 from manifests.db import connect
 from manifests.schemas import DUPLICATES, TABLES
 from manifests.store import Table, now_utc
@@ -101,7 +102,7 @@ def run_dedup(
 
     workdir: where embeddings are spilled while clustering (default: the system temp dir).
     """
-    root = Path(root)
+    root = fs.upath(root)
     summary = DedupSummary(run=uuid.uuid4().hex[:12])
     if not cfg.enabled or not Table(root, "scores").exists():
         return summary

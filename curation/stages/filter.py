@@ -22,6 +22,7 @@ import pyarrow as pa
 
 from filters.config import TierConfig
 from filters.policy import FilterConfig
+from manifests import fs
 from manifests.configtools import ConfigError, to_dict
 from manifests.db import connect
 from manifests.schemas import TABLES
@@ -182,7 +183,7 @@ def run_filter(
 ) -> FilterSummary:
     """Decide every ok clip; write the run as one part unless `dry_run`. With `dedup`, a clip
     the newest `duplicates` run marks duplicate_of another is rejected (`duplicate_of=<id>`)."""
-    root = Path(root)
+    root = fs.upath(root)
     summary = FilterSummary(run=uuid.uuid4().hex[:12])
     batches = decide_batches(root, cfg, summary, dedup=dedup)
     if dry_run:

@@ -18,6 +18,7 @@ import pyarrow as pa
 from curation.config import IngestConfig
 from curation.guard import Guard, HardTimeout, WorkerDied
 from filters.video import VideoDecodeError, file_hash, file_problem, probe
+from manifests import fs
 from manifests.configtools import InputError
 from manifests.schemas import VIDEOS
 from manifests.store import rows_to_table
@@ -33,6 +34,8 @@ def list_inputs(spec: str | Path, cfg: IngestConfig) -> list[str]:
     """
     spec = str(spec)
     exts = tuple(e.lower() for e in cfg.extensions)
+    if fs.is_s3(spec):
+        return _list_s3(fs.upath(spec), exts, cfg.recursive)
     if any(c in spec for c in _GLOB_CHARS) and not os.path.exists(spec):
         found = [p for p in glob.glob(spec, recursive=True) if not os.path.isdir(p)]
         if not found:
@@ -46,13 +49,29 @@ def list_inputs(spec: str | Path, cfg: IngestConfig) -> list[str]:
         out = []
         for line in path.read_text().splitlines():
             line = line.split("#", 1)[0].strip()
-            if line:
+            if fs.is_s3(line):
+                out.append(str(fs.upath(line)))
+            elif line:
                 p = Path(line)
                 out.append(os.path.abspath(p if p.is_absolute() else base / p))
         return sorted(set(out))
     if path.is_file():
         return [os.path.abspath(path)]
     raise InputError(f"--input {spec!r}: no such folder, file or glob")
+
+
+def _list_s3(spec: fs.S3Path, exts: tuple[str, ...], recursive: bool) -> list[str]:
+    """s3:// input: a list file (.txt/.lst) of paths or URLs, one object, or a prefix listed
+    (recursively unless ingest.recursive is false) for objects with a video extension."""
+    if spec.suffix.lower() in (".txt", ".lst") and spec.is_file():
+        lines = (ln.split("#", 1)[0].strip() for ln in spec.read_text().splitlines())
+        return sorted({str(fs.upath(ln) if fs.is_s3(ln) else spec.parent / ln) for ln in lines if ln})
+    if spec.name.lower().endswith(exts) and spec.is_file():
+        return [str(spec)]
+    found = [str(p) for p in spec.list_files(recursive) if p.name.lower().endswith(exts)]
+    if not found:
+        raise InputError(f"--input {spec}: no object with a video extension {list(exts)} under this prefix")
+    return sorted(found)
 
 
 def _walk(top: Path, exts: tuple[str, ...], recursive: bool) -> list[str]:
@@ -98,12 +117,15 @@ class IngestStage:
             row["error"] = problem
             return row
         try:
-            row["size_bytes"] = os.path.getsize(path)
+            row["size_bytes"] = fs.upath(path).stat().st_size
             row["video_id"], info = self.guard.call(
                 hash_and_probe, (path, self.cfg.probe_frames), self.cfg.timeout_s
             )
         except VideoDecodeError as exc:
             row["error"] = exc.reason
+            return row
+        except fs.StorageError as exc:
+            row["error"] = fs.retryable(exc)
             return row
         except (HardTimeout, WorkerDied) as exc:
             row["error"] = str(exc)

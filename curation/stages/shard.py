@@ -14,10 +14,7 @@ reads its clips from the plan file. Tars of clips a re-filter dropped are rewrit
 from __future__ import annotations
 
 import logging
-import os
-import shutil
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +24,8 @@ import pyarrow as pa
 from curation.config import ShardConfig
 from curation.shard_plan import plan_dir, read_group
 from filters.video import DecodeTimeout, VideoDecodeError, encode_mp4, even_size, iter_frames
+from manifests import fs
+from manifests.commit import atomic_write, committed_glob, remove, remove_uncommitted
 from manifests.db import connect
 from manifests.schemas import SHARDS
 from manifests.store import rows_to_table
@@ -79,6 +78,10 @@ def cut_clip(
     return encode_mp4(frames, fps, crf=cfg.crf, preset=cfg.preset), w, h, fps, len(frames)
 
 
+class _Empty(Exception):
+    """A tar that got no sample: its write is abandoned."""
+
+
 class _TarSet:
     """Rolls tars within one writer task by sample count and bytes; each closes atomically."""
 
@@ -93,10 +96,10 @@ class _TarSet:
     def _open(self):
         import webdataset as wds
 
-        self.tmp = self.dir / f".tmp-{uuid.uuid4().hex}.tar"
-        self.fh = open(self.tmp, "wb")
-        self.writer = wds.TarWriter(self.fh)
         self.final = self.dir / f"{self.group}-{self.index:03d}.tar"
+        self.commit = atomic_write(self.final)  # temp + rename locally; object + marker on S3
+        self.fh = self.commit.__enter__()
+        self.writer = wds.TarWriter(self.fh)
         self.samples = 0
         self.pending: list[dict] = []
 
@@ -111,12 +114,10 @@ class _TarSet:
 
     def _close(self):
         self.writer.close()
-        if not self.fh.closed:
-            self.fh.close()
-        if self.samples == 0:
-            self.tmp.unlink(missing_ok=True)
+        if self.samples == 0:  # nothing in it: abandon the write, nothing becomes visible
+            self.commit.__exit__(_Empty, _Empty(), None)
             return
-        os.replace(self.tmp, self.final)
+        self.commit.__exit__(None, None, None)
         rel = str(self.final.relative_to(self.root))
         self.rows.extend({**r, "shard": rel} for r in self.pending)
 
@@ -151,7 +152,7 @@ class ShardWriter:
         self, group: str, tier: str, short_side: int, out_fps: float | None, clips: list[dict]
     ) -> list[dict]:
         cfg = self.job.cfg
-        tars = _TarSet(Path(self.job.root), tier, group, cfg)
+        tars = _TarSet(fs.upath(self.job.root), tier, group, cfg)
         errors = []
         for clip in clips:
             key = clip["clip_id"]
@@ -163,6 +164,9 @@ class ShardWriter:
                 errors.append(
                     dict(clip_id=key, key=key, tier=tier, status="error", error=f"could not cut clip: {exc}")
                 )
+                continue
+            except fs.StorageError as exc:  # the source could not be read: the next run cuts it
+                errors.append(dict(clip_id=key, key=key, tier=tier, status="error", error=fs.retryable(exc)))
                 continue
             meta = dict(clip["meta"])
             meta["shard"] = dict(tier=tier, width=w, height=h, fps=fps, n_frames=n)
@@ -191,18 +195,15 @@ def indexed_tars(root: Path) -> set[str]:
 
 def clean_orphans(root: Path) -> int:
     """Delete tars no current `shards` row points to (left by a killed run or reshard), temp
-    tars and old plan files."""
+    tars (unmarked objects on S3) and old plan files."""
     base = root / "shards"
-    if not base.is_dir():
+    if isinstance(base, Path) and not base.is_dir():
         return 0
-    shutil.rmtree(plan_dir(root), ignore_errors=True)
+    fs.rmtree(plan_dir(root))
     indexed = indexed_tars(root)
     removed = 0
-    for tar in base.glob("*/*.tar"):
+    for tar in committed_glob(base, "*/*.tar"):
         if str(tar.relative_to(root)) not in indexed:
-            tar.unlink()
+            remove(tar)
             removed += 1
-    for tmp in base.glob("*/.tmp-*"):
-        tmp.unlink()
-        removed += 1
-    return removed
+    return removed + remove_uncommitted(base, "*/*.tar")

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
+from manifests import fs
 from models.captioner.common import CaptionInput, RawCaption
 from models.captioner.config import SidecarCaptionerConfig
 
@@ -24,7 +24,7 @@ class SidecarCaptioner:
 
     def one(self, item: CaptionInput) -> RawCaption:
         field = self.cfg.json_field
-        path = Path(item.path).with_suffix(".json" if field else ".txt")
+        path = fs.upath(item.path).with_suffix(".json" if field else ".txt")  # beside it, on disk or S3
         try:
             text = path.read_text(encoding=self.cfg.encoding)
         except FileNotFoundError:
