@@ -32,7 +32,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from manifests import commit, fs
-from manifests.db import _read, newest_sql
+from manifests.db import _read, bound, newest_sql
 from manifests.schemas import TABLES
 from manifests.store import Table, _fsync, conform
 
@@ -108,9 +108,8 @@ def compact_table(root: str | Path, name: str, *, memory_limit: str = "512MB") -
     parts = compacted + fresh
     if len(parts) <= 1 and not (table.newest_wins and fresh):
         return Compacted(name, len(parts), -1, -1, skipped=True)
-    con = duckdb.connect(":memory:")
+    con = bound(duckdb.connect(":memory:"), memory_limit)
     spill = Path(tempfile.gettempdir()) / f"reelsift-compact-{os.getpid()}"
-    con.execute(f"SET memory_limit = '{memory_limit}'")
     con.execute(f"SET temp_directory = '{spill}'")
     con.execute("SET preserve_insertion_order = false")
     rows_before = con.sql(f"SELECT count(*) FROM {_read(parts, con, table.schema)}").fetchall()[0][0]

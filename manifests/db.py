@@ -89,6 +89,36 @@ def table_views(con: duckdb.DuckDBPyConnection, table: Table, name: str | None =
 MEMORY_LIMIT = "512MB"
 """DuckDB's working memory per connection; joins, aggregates and sorts spill beyond it."""
 
+MB_PER_THREAD = 128
+"""DuckDB threads get at least this much of the memory limit each: every thread holds its own
+hash-table and sort buffers, so on a many-core node an uncapped thread count fails with "Out of
+Memory" under a small limit, or holds several times the limit in buffers outside it."""
+
+
+def _megabytes(limit: str) -> float:
+    num = limit.strip().upper().rstrip("B").rstrip("I")
+    scale = {"K": 1 / 1024, "M": 1, "G": 1024, "T": 1024 * 1024}
+    if num and num[-1] in scale:
+        return float(num[:-1]) * scale[num[-1]]
+    return float(num) / (1024 * 1024)  # plain bytes
+
+
+def cpus() -> int:
+    """CPUs this process may run on (its affinity mask, not the host's core count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def bound(con: duckdb.DuckDBPyConnection, memory_limit: str = MEMORY_LIMIT) -> duckdb.DuckDBPyConnection:
+    """Hold `con` to `memory_limit`, with as many threads as the CPUs this process may use and the
+    limit can feed (`MB_PER_THREAD` each, at least one)."""
+    threads = max(1, min(cpus(), int(_megabytes(memory_limit) // MB_PER_THREAD)))
+    con.execute(f"SET memory_limit = '{memory_limit}'")
+    con.execute(f"SET threads = {threads}")
+    return con
+
 
 def connect(root: str | Path, memory_limit: str = MEMORY_LIMIT) -> duckdb.DuckDBPyConnection:
     """In-memory DuckDB with a view per table of `root` (parts are read at query time).
@@ -96,8 +126,7 @@ def connect(root: str | Path, memory_limit: str = MEMORY_LIMIT) -> duckdb.DuckDB
     Bounded: DuckDB works within `memory_limit` and spills to the system temp folder, so a query
     over 10^7 clips costs disk, not the driver's memory."""
     root = fs.upath(root)
-    con = duckdb.connect(":memory:")
-    con.execute(f"SET memory_limit = '{memory_limit}'")
+    con = bound(duckdb.connect(":memory:"), memory_limit)
     spill = Path(tempfile.gettempdir()) / f"reelsift-duckdb-{os.getuid()}"
     con.execute(f"SET temp_directory = {_quote(spill)}")
     for name in TABLES:

@@ -148,3 +148,22 @@ def test_markdown_doc(run_root):
     for name in REQUIRED:
         assert f"## {name}" in doc and f"--named {name}" in doc
     assert "| step | tier | n | hours |" in doc and "untrained" in doc
+
+
+def test_duckdb_threads_follow_the_memory_limit_not_the_host(monkeypatch):
+    """A many-core node gets no more DuckDB threads than the memory limit can feed: each thread
+    holds its own buffers, and 128 threads under 512 MB fail with "Out of Memory"."""
+    import duckdb
+
+    from manifests import db
+
+    def threads(limit: str) -> int:
+        con = db.bound(duckdb.connect(":memory:"), limit)
+        return con.sql("SELECT current_setting('threads')").fetchall()[0][0]
+
+    monkeypatch.setattr(db, "cpus", lambda: 128)
+    assert threads("512MB") == 4
+    assert threads("4GB") == 32
+    assert threads("100MB") == 1
+    monkeypatch.setattr(db, "cpus", lambda: 2)
+    assert threads("4GB") == 2

@@ -15,29 +15,28 @@ from manifests.schemas import SCORES
 MAIN_SCORES = ("motion_mean", "ocr_area", "quality_sharpness", "aesthetic_mean")
 UNTRAINED_SCORES = ("aesthetic_mean", "aesthetic_min")  # random weights under offline.yaml
 
-# One hash aggregate (no window over every clip): each group's size, hours and first clip ids.
-# A rejected clip counts once per score that failed, whatever the number of tiers it failed at.
+# One pass over clips with a single join to decisions (each reference to the newest-wins
+# `decisions` view costs a hash aggregate over every clip), then one hash aggregate: each group's
+# size, hours and first clip ids. Each row unnests to the groups it belongs to; a rejected clip
+# counts once per score that failed, whatever the number of tiers it failed at.
 _GROUPS_SQL = """
-    WITH g AS (
-        SELECT 0 AS kind, 'kept @' || d.tier AS grp, d.tier, c.clip_id, c.duration_s
-        FROM clips c JOIN decisions d USING (clip_id) WHERE c.status = 'ok' AND d.keep
-        UNION ALL
-        SELECT 1, 'rejected at split: ' || name, NULL, clip_id, duration_s
-        FROM (SELECT clip_id, duration_s,
-                     unnest(list_distinct(list_transform(reasons, lambda r: split_part(r, '=', 1)))) AS name
-              FROM clips WHERE status = 'rejected')
-        UNION ALL
-        SELECT 2, 'rejected by filter: ' || name, NULL, clip_id, duration_s
-        FROM (SELECT c.clip_id, c.duration_s,
-                     unnest(list_distinct(list_transform(d.reasons, lambda r: split_part(r, '=', 1)))) AS name
-              FROM clips c JOIN decisions d USING (clip_id) WHERE c.status = 'ok' AND NOT d.keep)
-        UNION ALL
-        SELECT 3, 'not decided yet', NULL, c.clip_id, c.duration_s
-        FROM clips c ANTI JOIN decisions d USING (clip_id) WHERE c.status = 'ok'
-    )
-    SELECT kind, grp, any_value(tier) AS tier, count(*) AS n, sum(duration_s) AS seconds,
+    SELECT g.kind, g.grp, any_value(g.tier) AS tier, count(*) AS n, sum(duration_s) AS seconds,
            min_by(clip_id, clip_id, {limit}) AS ids
-    FROM g GROUP BY kind, grp
+    FROM (
+        SELECT c.clip_id, c.duration_s, unnest(CASE
+            WHEN c.status = 'rejected' THEN list_transform(
+                list_distinct(list_transform(c.reasons, lambda r: split_part(r, '=', 1))),
+                lambda n: {{'kind': 1, 'grp': 'rejected at split: ' || n, 'tier': NULL::VARCHAR}})
+            WHEN d.clip_id IS NULL THEN [{{'kind': 3, 'grp': 'not decided yet', 'tier': NULL::VARCHAR}}]
+            WHEN d.keep THEN [{{'kind': 0, 'grp': 'kept @' || d.tier, 'tier': d.tier}}]
+            ELSE list_transform(
+                list_distinct(list_transform(d.reasons, lambda r: split_part(r, '=', 1))),
+                lambda n: {{'kind': 2, 'grp': 'rejected by filter: ' || n, 'tier': NULL::VARCHAR}})
+        END) AS g
+        FROM clips c LEFT JOIN decisions d ON d.clip_id = c.clip_id AND c.status = 'ok'
+        WHERE c.status IN ('ok', 'rejected')
+    )
+    GROUP BY g.kind, g.grp
 """
 
 

@@ -16,12 +16,12 @@ from curation.report.html import bars_svg, e, hours, n_of, section, table
 from curation.report.media import media_folders
 from curation.stages.filter import config_hash
 from filters.policy import FilterConfig
-from manifests import fs, queries
+from manifests import db, fs, queries
 from manifests.commit import atomic_write
 from manifests.schemas import TABLES
 from manifests.store import Table
 
-MEMORY_LIMIT = "640MB"
+MEMORY_LIMIT = "384MB"
 
 def write_report(root: str | Path, cfg: CurateConfig, *, max_thumbs: int = 12, max_previews: int = 60,
                  sample_rows: int = SAMPLE_ROWS, max_examples: int = 48, config_path: str | None = None,
@@ -49,7 +49,7 @@ def write_report(root: str | Path, cfg: CurateConfig, *, max_thumbs: int = 12, m
 def _write(root: Path, out: Path, cfg: CurateConfig, con, spill: str, *, max_thumbs: int, max_previews: int,
            sample_rows: int, max_examples: int, config_path: str | None, overrides) -> Path:
     # DuckDB holds at most MEMORY_LIMIT and spills the rest: the driver's memory stays bounded at any scale.
-    con.execute(f"SET memory_limit = '{MEMORY_LIMIT}'")
+    db.bound(con, MEMORY_LIMIT)
     con.execute(f"SET temp_directory = '{spill}'")
     results = {name: con.sql(queries.load(name)).to_arrow_table().to_pylist()
                for name in ("funnel", "rejected-by-reason", "tier-summary")}
