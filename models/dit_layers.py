@@ -144,13 +144,14 @@ class CrossAttention(nn.Module):
         self.proj = nn.Linear(cfg.hidden, cfg.hidden)
 
     def forward(self, x, text, text_mask):
-        """x (B, F, S, C), text (B, L, C), text_mask (B, L) bool -> (B, F, S, C)."""
+        """x (B, F, S, C), text (B, L, C), text_mask (B, L) bool or None (all valid) -> (B, F, S, C)."""
         b, f, s, c = x.shape
         q = self.q_norm(self.q(x).view(b, f * s, self.heads, self.head_dim)).transpose(1, 2)  # (B, H, N, D)
         kv = self.kv(text).view(b, text.shape[1], 2, self.heads, self.head_dim)  # (B, L, 2, H, D)
         k, v = kv.permute(2, 0, 3, 1, 4).unbind(0)  # 2 x (B, H, L, D)
         k = self.k_norm(k)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=text_mask[:, None, None, :])  # (B, H, N, D)
+        mask = None if text_mask is None else text_mask[:, None, None, :]  # None: SDPA may take flash
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, H, N, D)
         return self.proj(out.transpose(1, 2).reshape(b, f, s, c))  # (B, F, S, C)
 
 

@@ -186,8 +186,8 @@ class LinearDiT(nn.Module):
 
         t_emb = self.t_embed(t)  # (B, F, C)
         mod = self.t_block(t_emb).unflatten(-1, (6, cfg.hidden))  # (B, F, 6, C)
-        ctx = self.text_proj(text)  # (B, L, C)
-        mask = text_mask.bool()
+        text, mask = trim_text(text, text_mask.bool())
+        ctx = self.text_proj(text)  # (B, L', C)
 
         new_states = [] if state is not None else None
         for i, blk in enumerate(self.blocks):
@@ -199,6 +199,24 @@ class LinearDiT(nn.Module):
         out = out.view(b, f, hp, wp, ph, pw, cfg.in_channels)  # (B, F, Hp, Wp, ph, pw, C)
         out = out.permute(0, 6, 1, 2, 4, 3, 5).reshape(b, cfg.in_channels, f, hh, ww)  # (B, C, F, H, W)
         return out, new_states
+
+
+def trim_text(text: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Drop the text positions masked in every sample of the batch (padding), and the mask itself
+    when what is left is all valid. Same attention output: masked keys get no weight. Saves the
+    cross-attention's work on padding, and a mask-free call lets SDPA use its flash kernels (with a
+    mask it falls back to kernels whose backward is several times slower on long video sequences).
+    One small device-to-host copy per forward."""
+    m = mask.cpu()
+    cols = m.any(0).nonzero()
+    if cols.numel() == 0:  # no valid text at all: leave it to the attention as given
+        return text, mask
+    keep = m.any(0)
+    if bool(keep.all()):
+        return text, (None if bool(m.all()) else mask)
+    idx = cols[:, 0].to(text.device)  # also drops masked positions inside the text, not only the tail
+    mask = mask.index_select(1, idx)
+    return text.index_select(1, idx), (None if bool(m[:, cols[:, 0]].all()) else mask)
 
 
 def build(name_or_cfg: str | LinearDiTConfig, **overrides) -> LinearDiT:

@@ -127,6 +127,43 @@ def test_text_padding_is_ignored(model):
     assert torch.allclose(a, b, atol=1e-6)
 
 
+def test_padding_shared_by_the_batch_is_cut_before_attention(model, monkeypatch):
+    """Positions masked in every sample are dropped and an all-valid mask becomes None (SDPA's
+    flash path); the output equals attention over the full, masked text."""
+    import torch.nn.functional as F
+
+    from models.linear_dit import trim_text
+
+    x, text, _ = _inputs(f=2, length=7)
+    mask = torch.ones(2, 7, dtype=torch.bool)
+    mask[:, 5:] = False  # padding of both captions
+    mask[:, 1] = False  # a position masked in both, inside the text
+    seen = []
+    real = F.scaled_dot_product_attention
+
+    def spy(q, k, v, attn_mask=None, **kw):
+        seen.append((k.shape[-2], attn_mask is None))
+        return real(q, k, v, attn_mask=attn_mask, **kw)
+
+    t = torch.full((2,), 0.3)
+    with torch.no_grad():
+        monkeypatch.setattr(F, "scaled_dot_product_attention", spy)
+        trimmed = model(x, t, text, mask)
+        monkeypatch.setattr(F, "scaled_dot_product_attention", real)
+        kept = [0, 2, 3, 4]
+        reference = model(x, t, text[:, kept], None)
+    assert seen and all(s == (4, True) for s in seen)  # 4 text positions left, no mask
+    assert torch.allclose(trimmed, reference, atol=1e-6)
+
+    # a mask that differs between samples stays, on the positions some sample uses
+    mask[1, 3:] = False
+    out_text, out_mask = trim_text(text, mask)
+    assert out_text.shape[1] == 4 and out_mask.tolist() == [[True] * 4, [True, True, False, False]]
+    # no valid text anywhere: left as given
+    none = torch.zeros(2, 7, dtype=torch.bool)
+    assert trim_text(text, none)[1] is none
+
+
 def test_gradients_flow_to_every_parameter():
     torch.manual_seed(0)
     m = build("tiny")
