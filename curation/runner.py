@@ -142,34 +142,63 @@ def node_tagged(cls: type) -> type:
     return type(cls.__name__, (cls,), {"__call__": __call__, "__module__": cls.__module__})
 
 
-_DISK_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+
+DISK_FULL_ERROR = "storage error (a re-run retries it): disk full: "
+"""`error` prefix of the rows a worker could not write for want of space (never stored: the
+driver stops the stage on the first one, see `PartSink(fatal=...)`); the rest is
+`<path> needs about <n> bytes`."""
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS
 
 
 class DiskFull(InputError):
-    """The run root's filesystem (or the file-size limit) has no room for the next part.
+    """The run root's filesystem (or the file-size limit) has no room for the next part or tar.
 
     Nothing is lost: rows are only counted done once their part is visible, so after space is
     freed the same command redoes exactly the rows that were not written.
     """
 
-    def __init__(self, table: Table, rows: pa.Table, exc: OSError):
+    def __init__(self, root, what: str, need: int, reason: str):
         import shutil
 
+        try:
+            free = f"{shutil.disk_usage(root).free} bytes free"
+        except OSError:
+            free = "free space unknown"
+        super().__init__(
+            f"run root {root}: cannot write {what} ({reason}); it needs about {need} bytes ({free}). "
+            "Free some space there and run the same command again: the rows already written are "
+            "kept and the rest are redone"
+        )
+        self.root, self.need = root, need
+
+    @classmethod
+    def for_part(cls, table: Table, rows: pa.Table, exc: OSError) -> DiskFull:
         import pyarrow.parquet as pq
 
         buf = pa.BufferOutputStream()  # the part's exact size, measured in memory
         pq.write_table(rows, buf)
-        need = buf.getvalue().size
-        try:
-            free = f"{shutil.disk_usage(table.root).free} bytes free"
-        except OSError:
-            free = "free space unknown"
-        super().__init__(
-            f"run root {table.root}: cannot write the next {table.name} part ({exc.strerror}); "
-            f"it needs about {need} bytes ({free}). Free some space there and run the same "
-            "command again: the rows already written are kept and the rest are redone"
-        )
-        self.root, self.need = table.root, need
+        return cls(table.root, f"the next {table.name} part", buf.getvalue().size, exc.strerror)
+
+
+def disk_full_error(path, need: int) -> str:
+    """The `error` a worker returns for an item it could not write for want of space."""
+    return f"{DISK_FULL_ERROR}{path} needs about {int(need)} bytes"
+
+
+def _disk_full_rows(batch: pa.Table) -> dict[int, tuple[int, str]]:
+    """Rows of `batch` carrying `disk_full_error` -> {row: (bytes needed, path)}."""
+    if "error" not in batch.column_names:
+        return {}
+    out = {}
+    for i, err in enumerate(batch.column("error").to_pylist()):
+        if err and err.startswith(DISK_FULL_ERROR):
+            where, _, need = err[len(DISK_FULL_ERROR):].rpartition(" needs about ")
+            out[i] = (int(need.split()[0]) if need.split() and need.split()[0].isdigit() else 0, where)
+    return out
 
 
 class PartSink:
@@ -204,6 +233,14 @@ class PartSink:
             batch = batch.drop_columns([NODE_COLUMN])
         if self.transform is not None:
             batch = self.transform(batch)
+        full = _disk_full_rows(batch)
+        if full:  # a worker ran out of space: store what it did write, then stop the stage
+            keep = [i for i in range(batch.num_rows) if i not in full]
+            self._pending.append(batch.take(keep))
+            self.flush()
+            raise DiskFull(self.table.root, f"{len(full)} clip(s) into {self.name} files",
+                           max(need for need, _ in full.values()),
+                           "no space left for " + ", ".join(sorted({w for _, w in full.values()})[:3]))
         if batch.num_rows == 0:
             return
         self._pending.append(batch)
@@ -220,10 +257,10 @@ class PartSink:
         try:
             self.table.write(merged)
         except OSError as exc:
-            if exc.errno not in _DISK_FULL:
+            if not is_disk_full(exc):
                 raise
             self.table.clean_temp()  # the half-written temp part goes; no part became visible
-            raise DiskFull(self.table, merged, exc) from exc
+            raise DiskFull.for_part(self.table, merged, exc) from exc
         if "status" in merged.column_names:
             for status in merged.column("status").to_pylist():
                 self.counts[status] = self.counts.get(status, 0) + 1

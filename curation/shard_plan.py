@@ -142,6 +142,7 @@ def _plan(root, filt: FilterConfig, cfg: ShardConfig, memory_limit: str) -> pa.T
     sql = f"""
         SELECT g.group_index, g."group", d.clip_id, d.tier, c.path, c.start_frame, c.end_frame, c.fps,
                v.rotation, c.width AS display_width, c.height AS display_height, {caption} AS caption,
+               v.size_bytes, epoch(v.created_at) AS ingested_at,
                c AS meta_clip, v AS meta_video, {scores} AS meta_scores, d AS meta_decision
         FROM todo t JOIN groups g ON g.tier = t.tier AND g.chunk = t.chunk
         JOIN decisions d ON d.clip_id = t.clip_id

@@ -364,3 +364,70 @@ def test_a_full_disk_stops_the_stage_with_one_message_and_loses_nothing(tmp_path
     assert again.returncode == 0, again.stderr[-2000:]
     got = rows(root, "SELECT video_id, count(*) AS n, count(DISTINCT clip_id) AS d FROM clips GROUP BY 1")
     assert len(got) == 3 and all(r["n"] == r["d"] == 2 for r in got)  # two scenes each, once
+
+
+def _keep_all(shard: dict | None = None):
+    """CFG with one bound-free tier (every ok clip is kept, no scores needed) and no dedup."""
+    from dataclasses import replace
+
+    from curation.config import ShardConfig
+    from filters.config import FilterConfig, TierConfig
+
+    return replace(CFG, filter=FilterConfig(tiers={"64p": TierConfig(short_side=64)}),
+                   dedup=replace(CFG.dedup, enabled=False), shard=ShardConfig(**(shard or {})))
+
+
+def _split_and_keep(tmp_path, n: int, size=(96, 64)):
+    src = tmp_path / "in"
+    for i in range(n):
+        make_video(src / f"v{i}.mp4", n_frames=48, size=size, kind="moving", seed=i)
+    root = tmp_path / "root"
+    cfg = _keep_all()
+    pipeline.ingest(cfg, root, src)
+    pipeline.split(cfg, root)
+    pipeline.filter_(cfg, root)
+    return src, root
+
+
+def test_shard_refuses_a_changed_source(tmp_path):
+    """A source modified after ingest is not cut at shard: its clips get the error row, the
+    others are sharded."""
+    src, root = _split_and_keep(tmp_path, 2)
+    v = src / "v1.mp4"
+    os.utime(v, (os.stat(v).st_atime, os.stat(v).st_mtime + 3600))
+    pipeline.shard(_keep_all(), root)
+    got = rows(root, "SELECT regexp_extract(c.path, '[^/]+$') AS f, s.status, s.error "
+                     "FROM shards s JOIN clips c USING (clip_id)")
+    assert {(r["f"], r["status"]) for r in got} == {("v0.mp4", "ok"), ("v1.mp4", "error")}
+    assert all(r["error"].startswith("source changed since ingest") for r in got if r["f"] == "v1.mp4")
+
+
+def test_a_full_disk_at_shard_stops_with_one_message_and_loses_nothing(tmp_path):
+    """The file-size limit stands in for a full disk while tars are written: shard stops naming
+    the run root and the bytes a tar needs, leaves no partial tar, and the same command, with
+    room again, shards every kept clip exactly once."""
+    import tarfile
+
+    _, root = _split_and_keep(tmp_path, 3, size=(256, 192))
+    cmd = [sys.executable, "-m", "curation.cli", "shard", "--config", str(REPO / "configs/offline.yaml"),
+           "--root", str(root), "--set", "dedup.enabled=false", "--set", "shard.max_samples=1"]
+    tiers = ["--set", "filter.tiers={'64p': {'short_side': 192}}"]  # same tier name, large clips
+    full = subprocess.run(cmd + tiers, cwd=REPO, capture_output=True, text=True, timeout=180,
+                          preexec_fn=_small_files(32 * 1024))
+    assert full.returncode == 2, full.stderr[-3000:]
+    message = [line for line in full.stderr.splitlines() if line.startswith("error")]
+    assert len(message) == 1 and f"run root {root}: cannot write" in message[0], full.stderr[-3000:]
+    assert "needs about" in message[0] and "run the same command again" in message[0]
+    shards_dir = root / "shards"
+    leftovers = [p for p in shards_dir.rglob("*") if p.is_file() and p.name.startswith(".tmp")]
+    assert not leftovers, leftovers
+    assert all(tarfile.open(t).getnames() for t in shards_dir.glob("*/*.tar"))  # whole tars only
+
+    again = subprocess.run(cmd + tiers, cwd=REPO, capture_output=True, text=True, timeout=180)
+    assert again.returncode == 0, again.stderr[-3000:]
+    kept = {r["clip_id"] for r in rows(root, "SELECT clip_id FROM decisions WHERE keep")}
+    members = []
+    for t in shards_dir.glob("*/*.tar"):
+        members += [n.split(".")[0] for n in tarfile.open(t).getnames() if n.endswith(".mp4")]
+    assert sorted(members) == sorted(kept) and len(kept) >= 3
+    assert rows(root, "SELECT count(*) AS n FROM shards WHERE status <> 'ok'")[0]["n"] == 0

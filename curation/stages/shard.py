@@ -22,8 +22,9 @@ import numpy as np
 import pyarrow as pa
 
 from curation.config import ShardConfig
+from curation.runner import disk_full_error, is_disk_full
 from curation.shard_plan import plan_dir, read_group
-from filters.video import DecodeTimeout, VideoDecodeError, encode_mp4, even_size, iter_frames
+from filters.video import DecodeTimeout, VideoDecodeError, encode_mp4, even_size, iter_frames, source_changed
 from manifests import fs
 from manifests.commit import atomic_write, committed_glob, remove, remove_uncommitted
 from manifests.db import connect
@@ -125,6 +126,16 @@ class _TarSet:
         self._close()
         return self.rows
 
+    def abandon(self, exc: BaseException) -> list[str]:
+        """Drop the tar being written (its temp file goes, nothing becomes visible) -> the clip
+        ids that were in it. Tars closed before stay, with their rows."""
+        try:
+            self.writer.close()
+        except OSError:
+            pass
+        self.commit.__exit__(type(exc), exc, None)
+        return [r["clip_id"] for r in self.pending]
+
 
 class ShardWriter:
     """Batch of groups {group, tier, short_side, fps, group_index, plan} (shard_plan.GROUPS) ->
@@ -154,8 +165,12 @@ class ShardWriter:
         cfg = self.job.cfg
         tars = _TarSet(fs.upath(self.job.root), tier, group, cfg)
         errors = []
-        for clip in clips:
+        for n_done, clip in enumerate(clips):
             key = clip["clip_id"]
+            changed = source_changed(clip["path"], clip.get("size_bytes"), clip.get("ingested_at"))
+            if changed:  # never cut from new bytes under the old video_id
+                errors.append(dict(clip_id=key, key=key, tier=tier, status="error", error=changed))
+                continue
             try:
                 mp4, w, h, fps, n = cut_clip(
                     clip, short_side, out_fps, cfg, deadline=time.monotonic() + cfg.timeout_s
@@ -183,8 +198,28 @@ class ShardWriter:
                 bytes=len(mp4),
                 caption=caption,
             )
-            tars.add(key, mp4, caption, meta, row)
-        return tars.close() + errors
+            try:
+                tars.add(key, mp4, caption, meta, row)
+            except OSError as exc:
+                if not is_disk_full(exc):
+                    raise
+                return self._out_of_space(tars, exc, len(mp4), tier, clips[n_done:]) + errors
+        try:
+            return tars.close() + errors
+        except OSError as exc:
+            if not is_disk_full(exc):
+                raise
+            return self._out_of_space(tars, exc, 0, tier, []) + errors
+
+    @staticmethod
+    def _out_of_space(tars: _TarSet, exc: OSError, extra: int, tier: str, rest: list[dict]) -> list[dict]:
+        """The rows of the tars already closed, plus a `disk_full_error` row for every clip not
+        stored (in the dropped tar, or not cut yet): the driver stores the former and stops."""
+        need = tars.fh.tell() + extra if not tars.fh.closed else extra
+        where = tars.final
+        lost = list(dict.fromkeys(tars.abandon(exc) + [c["clip_id"] for c in rest]))
+        error = disk_full_error(where, max(need, 1))
+        return tars.rows + [dict(clip_id=k, key=k, tier=tier, status="error", error=error) for k in lost]
 
 
 def indexed_tars(root: Path) -> set[str]:
