@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -41,3 +45,25 @@ def pids_matching(*needles: bytes) -> list[int]:
         if all(n in cmd for n in needles):
             out.append(int(pid))
     return out
+
+
+def run_and_kill(
+    cmd: list[str], ready: Callable[[], bool], poll_s: float = 0.02, timeout_s: float = 300
+) -> bool:
+    """Start `cmd` (in the repo, its own process group) and SIGKILL the whole group as soon as
+    `ready()`; True if it was killed, False if it ended (or timed out) first."""
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.monotonic() + timeout_s
+    try:
+        while proc.poll() is None and time.monotonic() < deadline:
+            if ready():
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+                return True
+            time.sleep(poll_s)
+        return False
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()

@@ -9,13 +9,10 @@ copy the members it keeps byte for byte, and `verify` must name every planted mi
 from __future__ import annotations
 
 import hashlib
-import os
 import shutil
-import signal
 import subprocess
 import sys
 import tarfile
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -31,7 +28,7 @@ from filters.policy import Bound, FilterConfig, TierConfig
 from manifests.db import query
 from manifests.store import Table
 from tests.media import make_video
-from tests.procs import REPO
+from tests.procs import REPO, run_and_kill
 
 N_VIDEOS, CLIPS_PER_VIDEO = 3, 800  # 2,400 clips; each clip is 2 frames of a 48-frame video
 
@@ -235,25 +232,6 @@ def _shard_cmd(config: Path, root: Path) -> list[str]:
     return [sys.executable, "-m", "curation.cli", "shard", "--config", str(config), "--root", str(root)]
 
 
-def _run_and_kill(cmd: list[str], ready) -> bool:
-    proc = subprocess.Popen(
-        cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
-    )
-    deadline = time.monotonic() + 300
-    try:
-        while proc.poll() is None and time.monotonic() < deadline:
-            if ready():
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-                return True
-            time.sleep(0.005)
-        return False
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-
-
 KILLS = {
     # a rewritten tar is in place, the shards rows for it are not written yet (or just were)
     "rewrite": lambda r: any((r / "shards" / "t32").glob("*-r*.tar")),
@@ -270,7 +248,7 @@ def test_sigkill_during_reshard_then_rerun_ends_the_same(sharded, tmp_path, poin
     run_filter(ref, SECOND, dedup=False)
     shutil.copytree(ref, root)
     subprocess.run(_shard_cmd(config, ref), cwd=REPO, check=True, capture_output=True)
-    assert _run_and_kill(_shard_cmd(config, root), lambda: KILLS[point](root))
+    assert run_and_kill(_shard_cmd(config, root), lambda: KILLS[point](root), poll_s=0.005)
     subprocess.run(_shard_cmd(config, root), cwd=REPO, check=True, capture_output=True)
     got, want = tar_members(root), tar_members(ref)
     differ = sorted((t, m) for t in set(got) | set(want) for m in set(got.get(t, {})) | set(want.get(t, {}))

@@ -3,8 +3,6 @@ the same keys as an uninterrupted run: no duplicates, no losses, no half-written
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import time
 from pathlib import Path
@@ -14,6 +12,7 @@ import pytest
 from curation.verify import verify
 from manifests.db import query
 from manifests.store import Table
+from tests import procs
 from tests.media import make_video
 from tests.procs import run_command
 
@@ -40,26 +39,7 @@ def run_to_end(inputs: Path, root: Path) -> None:
 
 def run_and_kill(inputs: Path, root: Path, ready) -> bool:
     """Start a run and SIGKILL its whole process group once `ready(root)`; True if killed."""
-    proc = subprocess.Popen(
-        command(inputs, root),
-        cwd=REPO,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    deadline = time.monotonic() + 300
-    try:
-        while proc.poll() is None and time.monotonic() < deadline:
-            if ready(root):
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-                return True
-            time.sleep(0.02)
-        return False
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+    return procs.run_and_kill(command(inputs, root), lambda: ready(root))
 
 
 def keys(root: Path) -> dict[str, list]:

@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 
@@ -23,6 +21,7 @@ from manifests import commit, fs
 from manifests.db import query
 from manifests.store import Table
 from tests.media import make_video
+from tests.procs import run_and_kill
 from tests.s3faults import FaultProxy
 from tests.s3server import BUCKET
 from tests.test_resume import SETS
@@ -92,33 +91,16 @@ def reference(corpus, tmp_path_factory):
     return keys
 
 
-def run_and_kill(cmd: list[str], ready) -> bool:
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
-    deadline = time.monotonic() + 300
-    try:
-        while proc.poll() is None and time.monotonic() < deadline:
-            if ready():
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-                return True
-            time.sleep(0.05)
-        return False
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-
-
 @pytest.mark.slow
 def test_sigkill_on_s3_mid_split_and_mid_shard_then_rerun(corpus, reference):
     _, prefix = corpus
     root = prefix / "runs" / "killed"
     sets = [*SETS, "ray.inline_max_items=0"]  # through Ray: the workers read and write S3
     cmd = run_cmd(f"{prefix}/videos/", str(root), sets)
-    assert run_and_kill(cmd, lambda: len(Table(root, "clips").parts()) >= 1), "the run ended before split"
-    assert run_and_kill(cmd, lambda: bool(commit.committed_glob(root / "shards", "*/*.tar"))), \
-        "the run ended before shard"
+    split_started = lambda: len(Table(root, "clips").parts()) >= 1  # noqa: E731
+    assert run_and_kill(cmd, split_started, poll_s=0.05), "the run ended before split"
+    shard_started = lambda: bool(commit.committed_glob(root / "shards", "*/*.tar"))  # noqa: E731
+    assert run_and_kill(cmd, shard_started, poll_s=0.05), "the run ended before shard"
     # what a writer killed between its upload and its commit marker leaves: never read, removed
     orphan_part = root / "clips" / "part-00000000000000000001-0rphan00.parquet"
     orphan_tar = root / "shards" / "256p" / "0rphan0000000000-000.tar"
