@@ -236,7 +236,8 @@ class PartSink:
         full = _disk_full_rows(batch)
         if full:  # a worker ran out of space: store what it did write, then stop the stage
             keep = [i for i in range(batch.num_rows) if i not in full]
-            self._pending.append(batch.take(keep))
+            if keep:
+                self._pending.append(batch.take(pa.array(keep, pa.int64())))
             self.flush()
             raise DiskFull(self.table.root, f"{len(full)} clip(s) into {self.name} files",
                            max(need for need, _ in full.values()),

@@ -21,6 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from curation.config import ShardConfig
+from curation.runner import DiskFull, is_disk_full
 from filters.policy import FilterConfig
 from manifests import fs
 from manifests.commit import atomic_write
@@ -156,9 +157,16 @@ def _plan(root, filt: FilterConfig, cfg: ShardConfig, memory_limit: str) -> pa.T
     plan = out / f"plan-{uuid.uuid4().hex[:12]}.parquet"
     rows_per_group = max(1, 256 // cfg.clips_per_task) * cfg.clips_per_task
     reader = con.sql(sql).to_arrow_reader(rows_per_group * 16)
-    with atomic_write(plan) as fh, pq.ParquetWriter(fh, reader.schema) as writer:
-        for batch in reader:
-            writer.write_batch(batch, row_group_size=rows_per_group)
+    written = 0
+    try:
+        with atomic_write(plan) as fh, pq.ParquetWriter(fh, reader.schema) as writer:
+            for batch in reader:
+                writer.write_batch(batch, row_group_size=rows_per_group)
+                written += batch.nbytes
+    except OSError as exc:  # the temp file is gone: nothing of the plan is visible
+        if not is_disk_full(exc):
+            raise
+        raise DiskFull(root, "the shard plan", max(written, 1), exc.strerror) from exc
     groups = con.sql(
         'SELECT "group", tier, short_side, fps, group_index, n_clips FROM groups ORDER BY group_index'
     )

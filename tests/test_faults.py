@@ -402,10 +402,12 @@ def test_shard_refuses_a_changed_source(tmp_path):
     assert all(r["error"].startswith("source changed since ingest") for r in got if r["f"] == "v1.mp4")
 
 
-def test_a_full_disk_at_shard_stops_with_one_message_and_loses_nothing(tmp_path):
-    """The file-size limit stands in for a full disk while tars are written: shard stops naming
-    the run root and the bytes a tar needs, leaves no partial tar, and the same command, with
-    room again, shards every kept clip exactly once."""
+@pytest.mark.parametrize("limit_kb,what", [(24, "clip(s) into shards files"), (8, "the shard plan")])
+def test_a_full_disk_at_shard_stops_with_one_message_and_loses_nothing(tmp_path, limit_kb, what):
+    """The file-size limit stands in for a full disk while shard writes: its tars (30-41 KB
+    here, tar files come in 10 KB records) or, under a lower limit, its plan (about 18 KB).
+    Shard stops naming the run root and the bytes needed, leaves no partial tar or plan, and the
+    same command, with room again, shards every kept clip exactly once."""
     import tarfile
 
     _, root = _split_and_keep(tmp_path, 3, size=(256, 192))
@@ -413,13 +415,15 @@ def test_a_full_disk_at_shard_stops_with_one_message_and_loses_nothing(tmp_path)
            "--root", str(root), "--set", "dedup.enabled=false", "--set", "shard.max_samples=1"]
     tiers = ["--set", "filter.tiers={'64p': {'short_side': 192}}"]  # same tier name, large clips
     full = subprocess.run(cmd + tiers, cwd=REPO, capture_output=True, text=True, timeout=180,
-                          preexec_fn=_small_files(32 * 1024))
+                          preexec_fn=_small_files(limit_kb * 1024))
     assert full.returncode == 2, full.stderr[-3000:]
     message = [line for line in full.stderr.splitlines() if line.startswith("error")]
     assert len(message) == 1 and f"run root {root}: cannot write" in message[0], full.stderr[-3000:]
+    assert what in message[0], message[0]
     assert "needs about" in message[0] and "run the same command again" in message[0]
     shards_dir = root / "shards"
-    leftovers = [p for p in shards_dir.rglob("*") if p.is_file() and p.name.startswith(".tmp")]
+    leftovers = [p for p in shards_dir.rglob("*") if p.is_file() and (p.name.startswith(".tmp")
+                                                                     or ".plan" in p.parts)]
     assert not leftovers, leftovers
     assert all(tarfile.open(t).getnames() for t in shards_dir.glob("*/*.tar"))  # whole tars only
 
