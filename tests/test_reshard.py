@@ -251,8 +251,37 @@ def test_sigkill_during_reshard_then_rerun_ends_the_same(sharded, tmp_path, poin
     assert run_and_kill(_shard_cmd(config, root), lambda: KILLS[point](root), poll_s=0.005)
     subprocess.run(_shard_cmd(config, root), cwd=REPO, check=True, capture_output=True)
     got, want = tar_members(root), tar_members(ref)
-    differ = sorted((t, m) for t in set(got) | set(want) for m in set(got.get(t, {})) | set(want.get(t, {}))
-                    if got.get(t, {}).get(m) != want.get(t, {}).get(m))
-    assert not differ, differ[:8]
-    assert current_rows(root) == current_rows(ref)
+    assert {t: sorted(m) for t, m in got.items()} == {t: sorted(m) for t, m in want.items()}
+    differ = sorted((t, m) for t in want for m in want[t] if got[t][m] != want[t][m])
+    # A clip cut again after the kill is encoded again, and PyAV's libx264 does not always give
+    # the same bytes for the same frames (seen under load, even single-threaded). So a re-cut mp4
+    # may differ in its bytes only: same frames, decoding to nearly the same pixels. Every other
+    # member, and every mp4 the kill did not touch, must be byte-identical.
+    for tar, member in differ:
+        key = member.removesuffix(".mp4")
+        assert member.endswith(".mp4"), (tar, member)
+        assert _same_video(_read_tar(root / tar)[key]["mp4"], _read_tar(ref / tar)[key]["mp4"]), (tar, member)
+    recut = {m.removesuffix(".mp4") for _, m in differ}
+
+    def rows(r: Path) -> list[dict]:  # the mp4 size of a re-encoded clip may differ
+        return [{k: v for k, v in row.items() if not (k == "bytes" and row["clip_id"] in recut)}
+                for row in current_rows(r)]
+
+    assert rows(root) == rows(ref)
     assert verify(root, decode=False)[1] == []
+
+
+def _same_video(a: bytes, b: bytes) -> bool:
+    """Same frame count and size, and pixels within a lossy re-encode's noise."""
+    import io
+
+    import av
+
+    def frames(data: bytes) -> list[np.ndarray]:
+        with av.open(io.BytesIO(data)) as c:
+            return [f.to_ndarray(format="rgb24").astype(np.int16) for f in c.decode(video=0)]
+
+    fa, fb = frames(a), frames(b)
+    return len(fa) == len(fb) and all(
+        x.shape == y.shape and np.abs(x - y).mean() < 4.0 for x, y in zip(fa, fb, strict=True)
+    )
