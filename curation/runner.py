@@ -190,14 +190,19 @@ def disk_full_error(path, need: int) -> str:
 
 
 def _disk_full_rows(batch: pa.Table) -> dict[int, tuple[int, str]]:
-    """Rows of `batch` carrying `disk_full_error` -> {row: (bytes needed, path)}."""
+    """Rows of `batch` carrying `disk_full_error` -> {row: (bytes needed, path)}. One vectorised
+    test per batch: every stage's batches pass here."""
+    import pyarrow.compute as pc
+
     if "error" not in batch.column_names:
         return {}
+    hit = pc.fill_null(pc.starts_with(batch.column("error"), DISK_FULL_ERROR), False)
+    if not pc.any(hit).as_py():
+        return {}
     out = {}
-    for i, err in enumerate(batch.column("error").to_pylist()):
-        if err and err.startswith(DISK_FULL_ERROR):
-            where, _, need = err[len(DISK_FULL_ERROR):].rpartition(" needs about ")
-            out[i] = (int(need.split()[0]) if need.split() and need.split()[0].isdigit() else 0, where)
+    for i in pc.indices_nonzero(hit).to_pylist():
+        where, _, need = batch.column("error")[i].as_py()[len(DISK_FULL_ERROR):].rpartition(" needs about ")
+        out[i] = (int(need.split(" ", 1)[0]), where)
     return out
 
 

@@ -208,15 +208,15 @@ def trim_text(text: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, tor
     mask it falls back to kernels whose backward is several times slower on long video sequences).
     One small device-to-host copy per forward."""
     m = mask.cpu()
-    cols = m.any(0).nonzero()
-    if cols.numel() == 0:  # no valid text at all: leave it to the attention as given
+    used = m.any(0)  # (L,): positions some sample attends to
+    if not used.any():  # no valid text at all: leave it to the attention as given
         return text, mask
-    keep = m.any(0)
-    if bool(keep.all()):
-        return text, (None if bool(m.all()) else mask)
-    idx = cols[:, 0].to(text.device)  # also drops masked positions inside the text, not only the tail
-    mask = mask.index_select(1, idx)
-    return text.index_select(1, idx), (None if bool(m[:, cols[:, 0]].all()) else mask)
+    if not used.all():  # also drops masked positions inside the text, not only the tail
+        idx = used.nonzero()[:, 0]
+        m = m[:, idx]
+        idx = idx.to(text.device)
+        mask, text = mask.index_select(1, idx), text.index_select(1, idx)
+    return text, (None if bool(m.all()) else mask)
 
 
 def build(name_or_cfg: str | LinearDiTConfig, **overrides) -> LinearDiT:

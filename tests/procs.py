@@ -13,20 +13,15 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 
 
+def cli_command(command: str, *args: str) -> list[str]:
+    """`reelsift <command> --config configs/offline.yaml <args>` as a subprocess argv."""
+    config = str(REPO / "configs/offline.yaml")
+    return [sys.executable, "-m", "curation.cli", command, "--config", config, *args]
+
+
 def run_command(inputs: Path, root: Path, sets: list[str]) -> list[str]:
     """`reelsift run` over `inputs` into `root` with the offline config and `--set` overrides."""
-    cmd = [
-        sys.executable,
-        "-m",
-        "curation.cli",
-        "run",
-        "--config",
-        str(REPO / "configs/offline.yaml"),
-        "--input",
-        str(inputs),
-        "--root",
-        str(root),
-    ]
+    cmd = cli_command("run", "--input", str(inputs), "--root", str(root))
     for s in sets:
         cmd += ["--set", s]
     return cmd

@@ -15,6 +15,7 @@ from curation import pipeline
 from curation.config import load_config
 from manifests.db import query
 from tests.media import make_video
+from tests.procs import cli_command
 
 REPO = Path(__file__).resolve().parent.parent
 CFG = load_config(REPO / "configs" / "offline.yaml")
@@ -36,18 +37,7 @@ def test_every_listed_input_gets_a_row_and_no_fifo_is_opened(tmp_path):
     os.symlink("/dev/null", src / "device.mp4")
     root = tmp_path / "root"
     out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "curation.cli",
-            "ingest",
-            "--config",
-            str(REPO / "configs/offline.yaml"),
-            "--input",
-            str(src),
-            "--root",
-            str(root),
-        ],
+        cli_command("ingest", "--input", str(src), "--root", str(root)),
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -170,8 +160,7 @@ def test_a_decoder_that_never_returns_is_cut_off_at_ingest(blocking_input, tmp_p
     listing = tmp_path / "inputs.txt"
     listing.write_text(f"{blocking_input}\n{good}\n")
     root = tmp_path / "root"
-    cmd = [sys.executable, "-m", "curation.cli", "ingest", "--config", str(REPO / "configs/offline.yaml")]
-    cmd += ["--input", str(listing), "--root", str(root), "--set", "ingest.timeout_s=3"]
+    cmd = cli_command("ingest", "--input", str(listing), "--root", str(root), "--set", "ingest.timeout_s=3")
     if ray:  # the guard's child under a Ray actor
         cmd += ["--set", "ray.inline_max_items=0"]
     out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
@@ -286,20 +275,8 @@ def test_a_decoder_killed_by_the_oom_killer_costs_one_error_row(tmp_path):
     watcher.start()
     try:
         out = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "curation.cli",
-                "ingest",
-                "--config",
-                str(REPO / "configs/offline.yaml"),
-                "--input",
-                str(src),
-                "--root",
-                str(tmp_path / "root"),
-                "--set",
-                f"ingest.max_pixels={8000 * 4400}",
-            ],
+            cli_command("ingest", "--input", str(src), "--root", str(tmp_path / "root"),
+                        "--set", f"ingest.max_pixels={8000 * 4400}"),
             cwd=REPO,
             capture_output=True,
             text=True,
@@ -341,16 +318,7 @@ def test_a_full_disk_stops_the_stage_with_one_message_and_loses_nothing(tmp_path
         make_video(src / f"v{i}.mp4", n_frames=48, size=(96, 64), kind="cuts", cuts=(24,), seed=i)
     root = tmp_path / "root"
     pipeline.ingest(CFG, root, src)
-    cmd = [
-        sys.executable,
-        "-m",
-        "curation.cli",
-        "split",
-        "--config",
-        str(REPO / "configs/offline.yaml"),
-        "--root",
-        str(root),
-    ]
+    cmd = cli_command("split", "--root", str(root))
     full = subprocess.run(
         cmd, cwd=REPO, capture_output=True, text=True, timeout=120, preexec_fn=_small_files(1024)
     )
@@ -366,15 +334,14 @@ def test_a_full_disk_stops_the_stage_with_one_message_and_loses_nothing(tmp_path
     assert len(got) == 3 and all(r["n"] == r["d"] == 2 for r in got)  # two scenes each, once
 
 
-def _keep_all(shard: dict | None = None):
+def _keep_all():
     """CFG with one bound-free tier (every ok clip is kept, no scores needed) and no dedup."""
     from dataclasses import replace
 
-    from curation.config import ShardConfig
     from filters.config import FilterConfig, TierConfig
 
     return replace(CFG, filter=FilterConfig(tiers={"64p": TierConfig(short_side=64)}),
-                   dedup=replace(CFG.dedup, enabled=False), shard=ShardConfig(**(shard or {})))
+                   dedup=replace(CFG.dedup, enabled=False))
 
 
 def _split_and_keep(tmp_path, n: int, size=(96, 64)):
@@ -411,8 +378,8 @@ def test_a_full_disk_at_shard_stops_with_one_message_and_loses_nothing(tmp_path,
     import tarfile
 
     _, root = _split_and_keep(tmp_path, 3, size=(256, 192))
-    cmd = [sys.executable, "-m", "curation.cli", "shard", "--config", str(REPO / "configs/offline.yaml"),
-           "--root", str(root), "--set", "dedup.enabled=false", "--set", "shard.max_samples=1"]
+    cmd = cli_command("shard", "--root", str(root), "--set", "dedup.enabled=false",
+                      "--set", "shard.max_samples=1")
     tiers = ["--set", "filter.tiers={'64p': {'short_side': 192}}"]  # same tier name, large clips
     full = subprocess.run(cmd + tiers, cwd=REPO, capture_output=True, text=True, timeout=180,
                           preexec_fn=_small_files(limit_kb * 1024))
