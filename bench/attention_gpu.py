@@ -40,10 +40,11 @@ STEP_SHAPE = (2, 10, 30, 52)  # sampler: CFG batch 2, a block of 10 latent frame
 
 V = lambda n, w, s: dict(BLOCK_N=n, num_warps=w, num_stages=s)  # noqa: E731
 SWEEP = {  # tile variants per kernel, timed at 720p (full attention); the fastest is kept
-    "state": [V(128, 8, 2), V(64, 4, 3), V(64, 8, 2)],
-    "out": [V(64, 4, 2), V(64, 4, 3), V(128, 8, 2)],
-    "bwd_q": [V(64, 8, 1), V(32, 4, 1), V(64, 4, 2)],
-    "bwd_kv": [V(64, 4, 2), V(64, 8, 1), V(128, 8, 1)],
+    "state": [V(64, 4, 3), V(32, 4, 3), V(64, 8, 3)],
+    "out": [V(64, 4, 3), V(64, 4, 2), V(128, 8, 3)],
+    "bwd_q": [V(64, 4, 2), V(64, 8, 3), V(128, 8, 2)],
+    "bwd_ds": [V(64, 4, 3), V(64, 8, 3), V(32, 4, 3)],
+    "bwd_kv": [V(64, 4, 2), V(64, 4, 3), V(128, 8, 2)],
 }
 PROGRAMS = (528, 1056, 2112)
 

@@ -139,3 +139,15 @@ def test_step_dispatcher_uses_reference_on_cpu():
     assert torch.equal(out, ref) and torch.equal(new.S, ref_new.S)
     with pytest.raises(ValueError, match="backend"):
         ops.step(state, q, k, v, cos, sin, backend="cuda-magic")
+
+
+def test_fused_rope_table_interleaves_cos_and_sin():
+    """The fused kernels' (N, D) table: cos, sin of pair i at columns 2i, 2i+1 (fp16 for 16-bit inputs)."""
+    from models.ops.triton_common import rope_table
+
+    cos, sin = rope_3d(2, 3, 4, 22)
+    t = rope_table(cos, sin, torch.bfloat16)
+    assert t.shape == (24, 22) and t.dtype == torch.float16
+    assert torch.equal(t[:, 0::2], cos.half()) and torch.equal(t[:, 1::2], sin.half())
+    t32 = rope_table(cos, sin, torch.float32)
+    assert t32.dtype == torch.float32 and torch.equal(t32[:, 1::2], sin)

@@ -5,6 +5,10 @@ RoPE rotates interleaved pairs (x[2i], x[2i+1]) of a (BLOCK_N, DP) tile in regis
 (``rope``: split into halves, rotate, join). A pair-space variant (q, k read as packed 32-bit
 pairs, the halves taken apart with integer shifts, no shuffles) was tried and measured slower on
 an H200 (bench/NOTES_attention.md, v5): the shuffles are not what limits these kernels.
+
+The angles come as one (N, D) table with cos and sin of pair i at columns 2i, 2i+1 (``rope_table``):
+a tile of it has the shape and layout of a q or k tile, so it is read with the same wide loads
+(v6; the two (N, D/2) tables needed one 2-byte shared-memory load per value, bench/NOTES_attention.md).
 """
 
 from __future__ import annotations
@@ -24,31 +28,30 @@ except ImportError:  # CPU-only installs: the module still imports, the op refus
     HAS_TRITON = False
 
 # Launch config per kernel, per card (torch.cuda.get_device_name): BLOCK_N tokens per tile,
-# warps and software-pipelining stages. "default" serves cards not listed: the H100-tuned v3
-# table. The H200 entry is bench/attention_gpu.py's sweep on that card (bench/NOTES_attention.md).
-TILES_BY_CARD: dict[str, dict[str, dict]] = {
-    "default": {
-        "state": dict(BLOCK_N=128, num_warps=8, num_stages=2),
-        "out": dict(BLOCK_N=64, num_warps=4, num_stages=2),
-        "bwd_q": dict(BLOCK_N=64, num_warps=8, num_stages=1),
-        "bwd_kv": dict(BLOCK_N=64, num_warps=4, num_stages=2),
-    },
-}
-TILES_BY_CARD["NVIDIA H200"] = {  # bench/attention_gpu.py sweep, H200, 2026-12-01
-    "state": dict(BLOCK_N=64, num_warps=4, num_stages=3),
+# warps and software-pipelining stages; "default" serves cards not listed. Kernels: state, out
+# (forward); bwd_q (dq), bwd_ds (dS, dz partials), bwd_kv (backward). The v6 kernels were tuned on
+# an H200 only, so "default" holds the same tiles until another card is measured (the v3 H100 table
+# tuned kernels that no longer exist).
+_V6_TILES = {  # per-kernel sweeps and bench/attention_gpu.py's sweep, NVIDIA H200, 2026-12-01 (NOTES, v6)
+    "state": dict(BLOCK_N=32, num_warps=4, num_stages=3),
     "out": dict(BLOCK_N=64, num_warps=4, num_stages=3),
-    "bwd_q": dict(BLOCK_N=64, num_warps=8, num_stages=1),
+    "bwd_q": dict(BLOCK_N=64, num_warps=4, num_stages=2),
+    "bwd_ds": dict(BLOCK_N=64, num_warps=4, num_stages=3),
     "bwd_kv": dict(BLOCK_N=64, num_warps=4, num_stages=2),
 }
+TILES_BY_CARD: dict[str, dict[str, dict]] = {"default": dict(_V6_TILES), "NVIDIA H200": dict(_V6_TILES)}
 # float32 inputs at a padded head dim of 128: every tile is twice the bytes of bf16 and the
 # 16-bit configs can exceed shared memory (232,448 B on Hopper). float32 is the exact test path.
 TILES_FP32_WIDE = {
     "state": dict(BLOCK_N=64, num_warps=8, num_stages=2),
     "out": dict(BLOCK_N=64, num_warps=4, num_stages=1),
     "bwd_q": dict(BLOCK_N=32, num_warps=4, num_stages=1),
+    "bwd_ds": dict(BLOCK_N=32, num_warps=4, num_stages=2),
     "bwd_kv": dict(BLOCK_N=64, num_warps=4, num_stages=1),
 }
-MIN_PROGRAMS = {"default": 1056}  # per card: splits per block launch at least this many programs
+# per card: splits per block launch at least this many programs (key halves of the state and dS
+# kernels count as programs)
+MIN_PROGRAMS = {"default": 1056}
 
 
 @functools.lru_cache(maxsize=16)
@@ -81,15 +84,26 @@ def geometry(n: int, block_size: int | None, bh: int, block_n: int, x: torch.Ten
     return bs, nblk, split_len, cdiv(bs, split_len)
 
 
+def key_chunks(dp: int) -> int:
+    """Programs per (head, split) of the state / dS kernels: each sums RoPE(phi)^T v for DP/KCH key
+    dims, halving the float32 accumulator (whole RoPE pairs: DP/KCH is even)."""
+    return 2 if dp >= 64 else 1
+
+
 def precision(x: torch.Tensor) -> str:
     # float32 inputs: exact float32 products (tests); 16-bit inputs: their own tensor-core path.
     return "ieee" if x.dtype == torch.float32 else "tf32"
 
 
-def tables(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """RoPE table in the dtype the kernels read: float32 for float32 inputs, float16 (rel. error
-    <= 2^-11, below the 2^-8 of bf16 inputs) for 16-bit inputs: half the table bytes."""
-    return t.to(torch.float32 if dtype == torch.float32 else torch.float16).contiguous()
+def rope_table(cos: torch.Tensor, sin: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """(N, D) table of the kernels: cos and sin of pair i at columns 2i, 2i+1; float32 for float32
+    inputs, float16 (rel. error <= 2^-11, below the 2^-8 of bf16 inputs) for 16-bit inputs."""
+    n, half = cos.shape
+    cs = torch.empty(n, half, 2, device=cos.device,
+                     dtype=torch.float32 if dtype == torch.float32 else torch.float16)  # (N, D/2, 2)
+    cs[..., 0] = cos
+    cs[..., 1] = sin
+    return cs.view(n, 2 * half)  # (N, D)
 
 
 def strides(x: torch.Tensor) -> tuple[int, int, int]:
@@ -102,7 +116,7 @@ def dense_last(x: torch.Tensor) -> torch.Tensor:
     return x if x.stride(-1) == 1 else x.contiguous()
 
 
-def launch(kernel, name, grid, *args, d, dp, ref):
+def launch(kernel, name, grid, *args, d, dp, ref, **constexprs):
     cfg = tiles(name, ref, dp)
     kernel[grid](
         *args,
@@ -112,6 +126,7 @@ def launch(kernel, name, grid, *args, d, dp, ref):
         PREC=precision(ref),
         num_warps=cfg["num_warps"],
         num_stages=cfg["num_stages"],
+        **constexprs,
     )
 
 
@@ -136,10 +151,12 @@ if HAS_TRITON:
         return tl.reshape(tl.join(y0, y1), (BLOCK_N, DP))
 
     @triton.jit
-    def load_rope(cos_ptr, sin_ptr, rows, rmask, HALF: tl.constexpr, DP: tl.constexpr):
-        """cos, sin tiles (BLOCK_N, DP/2) of the (N, HALF) tables as float32; padding rotates by 0."""
-        pairs = tl.arange(0, DP // 2)
-        offs = rows[:, None] * HALF + pairs[None, :]
-        m = rmask[:, None] & (pairs[None, :] < HALF)
-        c = tl.load(cos_ptr + offs, mask=m, other=1.0).to(tl.float32)
-        return c, tl.load(sin_ptr + offs, mask=m, other=0.0).to(tl.float32)
+    def load_rope(cs_ptr, rows, N, c0, D: tl.constexpr, NC: tl.constexpr):
+        """cos, sin (BLOCK_N, NC/2) as float32 for columns [c0, c0 + NC) of the (N, D) table.
+
+        Rows past N read row N - 1 and columns past D read 0: their q or k values are 0, so any
+        finite angle does. Clamping instead of masking rows keeps the load unpredicated."""
+        r = tl.minimum(rows, N - 1)
+        c = c0 + tl.arange(0, NC)
+        cs = tl.load(cs_ptr + r[:, None] * D + c[None, :], mask=(c < D)[None, :], other=0.0)
+        return tl.split(tl.reshape(cs.to(tl.float32), (rows.shape[0], NC // 2, 2)))

@@ -6,7 +6,7 @@ Same contract as ``models.ops.naive`` (shapes, block_size, eps, float32 accumula
 Imports cleanly where Triton is missing: ``HAS_TRITON`` is then False and the ops raise.
 
 Each input is read once per pass and each output written once, so the forward moves the memory
-floor of 4 N H D elements plus the (N, D/2) RoPE tables.
+floor of 4 N H D elements plus the (N, D) RoPE table (read from L2 by every head).
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from models.ops.triton_fwd import forward
 class _LinearAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, cos, sin, block_size, eps):
-        o, S, z, bs, nblk, _, (cos, sin) = forward(q, k, v, cos, sin, block_size, eps)
-        ctx.save_for_backward(q, k, v, cos, sin, S, z)
+        o, S, z, bs, nblk, _, cs = forward(q, k, v, cos, sin, block_size, eps)
+        ctx.save_for_backward(q, k, v, cs, S, z)
         ctx.bs, ctx.nblk, ctx.eps = bs, nblk, eps
         return o
 
@@ -30,8 +30,8 @@ class _LinearAttention(torch.autograd.Function):
     def backward(ctx, do):
         from models.ops.triton_bwd import backward
 
-        q, k, v, cos, sin, S, z = ctx.saved_tensors
-        dq, dk, dv = backward(do, q, k, v, cos, sin, S, z, ctx.bs, ctx.nblk, ctx.eps)
+        q, k, v, cs, S, z = ctx.saved_tensors
+        dq, dk, dv = backward(do, q, k, v, cs, S, z, ctx.bs, ctx.nblk, ctx.eps)
         return dq, dk, dv, None, None, None, None
 
 
