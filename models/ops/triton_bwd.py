@@ -4,8 +4,8 @@
      1/den and dden = -dO . out / den (two float32 values a row) for step 5. No accumulator.
   5. ``_bwd_ds_kernel``: grid (B*H*KCH, splits, blocks), the state kernel's shape: sums
      dS = RoPE(phi(q))^T (dO / den) and dz = sum dden phi(q) per split, DP/KCH key dims a program.
-  6. PyTorch: sum the splits, reverse cumulative sum over blocks (block b's keys are seen by the
-     queries of blocks >= b).
+  6. ``block_sums``: sum the splits, reverse cumulative sum over blocks (block b's keys are seen by
+     the queries of blocks >= b).
   7. ``_bwd_kv_kernel``: grid (B*H, splits, blocks): dk, dv from dS_b, dz_b.
 
 A gradient on RoPE(phi) is one on phi after the inverse rotation (RoPE is orthogonal per pair).
@@ -17,7 +17,16 @@ from __future__ import annotations
 
 import torch
 
-from models.ops.triton_common import HAS_TRITON, dense_last, geometry, key_chunks, launch, strides, tiles
+from models.ops.triton_common import (
+    HAS_TRITON,
+    block_sums,
+    dense_last,
+    geometry,
+    key_chunks,
+    launch,
+    strides,
+    tiles,
+)
 
 if HAS_TRITON:
     import triton
@@ -226,10 +235,8 @@ def backward(do, q, k, v, cs, S, z, bs, nblk, eps):
     dzbuf = torch.empty(b * h, nblk, nsplit, dp, device=q.device, dtype=torch.float32)
     launch(_bwd_ds_kernel, "bwd_ds", (b * h * kch, nsplit, nblk), q, *strides(q), do, *strides(do), cs, rden,
            dden, dsbuf, dzbuf, h, n, bs, split_len, d=d, dp=dp, ref=q, KCH=kch)
-    dS, dz = dsbuf.sum(2), dzbuf.sum(2)  # (BH, nblk, DP, DP), (BH, nblk, DP)
-    if nblk > 1:  # keys of block b are seen by the queries of blocks >= b: reverse cumulative sum
-        dS = dS.flip(1).cumsum(1).flip(1).contiguous()
-        dz = dz.flip(1).cumsum(1).flip(1).contiguous()
+    # keys of block b are seen by the queries of blocks >= b: reverse cumulative sum over blocks
+    dS, _, dz = block_sums(dsbuf, dzbuf, torch.float32, reverse=True)  # (BH, nblk, DP, DP), (BH, nblk, DP)
     dk, dv = torch.empty_like(k), torch.empty_like(v)
     _, _, split_len, nsplit = geometry(n, bs, b * h, tiles("bwd_kv", q, dp)["BLOCK_N"], q)
     launch(_bwd_kv_kernel, "bwd_kv", (b * h, nsplit, nblk), k, *strides(k), v, *strides(v), dk, *strides(dk),

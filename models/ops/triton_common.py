@@ -130,7 +130,68 @@ def launch(kernel, name, grid, *args, d, dp, ref, **constexprs):
     )
 
 
+def block_sums(sbuf, zbuf, dtype, state=None, reverse=False):
+    """Sum the per-split partials (BH, nblk, nsplit, DP, DP) and (BH, nblk, nsplit, DP) over splits
+    and then cumulatively over blocks (from the last block down when ``reverse``), starting from
+    ``state`` (S0 (BH, d, d), z0 (BH, d) float32) if given; one launch.
+
+    Returns S (BH, nblk, DP, DP) float32, S in ``dtype`` (the same tensor for float32) and z
+    (BH, nblk, DP) float32."""
+    bh, nblk, nsplit, dp, _ = sbuf.shape
+    S = torch.empty(bh, nblk, dp, dp, device=sbuf.device, dtype=torch.float32)
+    S16 = S if dtype == torch.float32 else torch.empty(S.shape, device=S.device, dtype=dtype)
+    z = torch.empty(bh, nblk, dp, device=sbuf.device, dtype=torch.float32)
+    ns = min(32, triton.next_power_of_2(nsplit))  # splits per load
+    tile = min(dp * dp, 4096 // ns)  # (ns, tile) float32 values per load
+    S0, z0 = state if state is not None else (S, z)  # unread without a state
+    d = S0.shape[-1] if state is not None else dp
+    _sum_kernel[(bh, dp * dp // tile + 1)](
+        sbuf, zbuf, S0, z0, S, S16, z, nsplit, nblk, d, NS=ns, TILE=tile, DP=dp,
+        HAS_STATE=state is not None, WRITE16=S16 is not S, REVERSE=reverse, num_warps=4,
+    )
+    return S, S16, z
+
+
 if HAS_TRITON:
+
+    @triton.jit
+    def _sum_kernel(SBUF, ZBUF, S0, Z0, S, S16, Z, NSPLIT, NBLK, d, NS: tl.constexpr, TILE: tl.constexpr,
+                    DP: tl.constexpr, HAS_STATE: tl.constexpr, WRITE16: tl.constexpr, REVERSE: tl.constexpr):
+        """Grid (BH, DP*DP/TILE + 1): each program runs one TILE of S (the last program: z) over
+        the blocks in order, adding each block's splits to a running float32 sum."""
+        bh = tl.program_id(0)
+        t = tl.program_id(1)
+        sp = tl.arange(0, NS)[:, None]
+        if t < DP * DP // TILE:
+            offs = t * TILE + tl.arange(0, TILE)  # flat (row, col) of S
+            acc = tl.zeros((TILE,), dtype=tl.float32)
+            if HAS_STATE:
+                r, c = offs // DP, offs % DP
+                acc += tl.load(S0 + bh * d * d + r * d + c, mask=(r < d) & (c < d), other=0.0)
+            for i in range(NBLK):
+                blk = NBLK - 1 - i if REVERSE else i
+                base = (bh * NBLK + blk) * NSPLIT
+                for s0 in range(0, NSPLIT, NS):
+                    m = s0 + sp < NSPLIT
+                    part = tl.load(SBUF + (base + s0 + sp) * DP * DP + offs[None, :], mask=m, other=0.0)
+                    acc += tl.sum(part, 0)  # (NS, TILE) -> (TILE,)
+                out = (bh * NBLK + blk) * DP * DP + offs
+                tl.store(S + out, acc)
+                if WRITE16:
+                    tl.store(S16 + out, acc.to(S16.dtype.element_ty))
+        else:
+            cols = tl.arange(0, DP)
+            zacc = tl.zeros((DP,), dtype=tl.float32)
+            if HAS_STATE:
+                zacc += tl.load(Z0 + bh * d + cols, mask=cols < d, other=0.0)
+            for j in range(NBLK):
+                zblk = NBLK - 1 - j if REVERSE else j
+                zbase = (bh * NBLK + zblk) * NSPLIT
+                for z0 in range(0, NSPLIT, NS):
+                    zm = z0 + sp < NSPLIT
+                    zpart = tl.load(ZBUF + (zbase + z0 + sp) * DP + cols[None, :], mask=zm, other=0.0)
+                    zacc += tl.sum(zpart, 0)  # (NS, DP) -> (DP,)
+                tl.store(Z + (bh * NBLK + zblk) * DP + cols, zacc)
 
     @triton.jit
     def span(N, BS, SPLIT_LEN):

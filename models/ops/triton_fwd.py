@@ -3,8 +3,8 @@
   1. ``_state_kernel``: grid (B*H*KCH, splits, blocks). Each program sums RoPE(phi(k))^T v and
      phi(k) over one split of one block for DP/KCH of the key dims: (DP/KCH, DP) and (DP/KCH,)
      partial sums in float32. phi(k) is summed into a register tile, reduced once at the end.
-  2. PyTorch: sum the splits, cumulative sum over blocks, plus the initial state if one is given
-     -> S_b, z_b per block (tiny tensors); S_b cast once to the input dtype for step 3.
+  2. ``block_sums`` (one small launch): sum the splits, cumulative sum over blocks, plus the
+     initial state if one is given -> S_b, z_b per block, S_b also in the input dtype for step 3.
   3. ``_out_kernel``: grid (B*H, splits, blocks): out = RoPE(phi(q)) S_b / (phi(q) . z_b + eps),
      the denominator as a second small dot (z_b split into a 16-bit high and low part, so it keeps
      float32 accuracy) whose rows land where the numerator's do.
@@ -20,6 +20,7 @@ import torch
 
 from models.ops.triton_common import (
     HAS_TRITON,
+    block_sums,
     dense_last,
     geometry,
     key_chunks,
@@ -157,17 +158,13 @@ def forward(q, k, v, cos, sin, block_size, eps, state=None):
     zbuf = torch.empty(b * h, nblk, nsplit, dp, device=q.device, dtype=torch.float32)
     launch(_state_kernel, "state", (b * h * kch, nsplit, nblk), k, *strides(k), v, *strides(v), cs, sbuf,
            zbuf, h, n, bs, split_len, d=d, dp=dp, ref=k, KCH=kch)
-    S = sbuf.sum(2)  # (BH, nblk, DP, DP)
-    z = zbuf.sum(2)  # (BH, nblk, DP)
-    if nblk > 1:  # sums over all blocks <= b
-        S, z = S.cumsum(1), z.cumsum(1)
     if state is not None:
         S0, z0 = state
-        S[:, :, :d, :d] += S0.reshape(b * h, 1, d, d).float()
-        z[:, :, :d] += z0.reshape(b * h, 1, d).float()
+        state = (S0.reshape(b * h, d, d).float().contiguous(), z0.reshape(b * h, d).float().contiguous())
+    S, S16, z = block_sums(sbuf, zbuf, q.dtype, state)  # sums over all blocks <= b (and the state)
     # output laid out (B, N, H, D) so that merging heads afterwards is a free view
     o = torch.empty(b, n, h, d, device=q.device, dtype=q.dtype).transpose(1, 2)  # (B, H, N, D) view
     _, _, split_len, nsplit = geometry(n, bs, b * h, tiles("out", q, dp)["BLOCK_N"], q)
-    launch(_out_kernel, "out", (b * h, nsplit, nblk), q, *strides(q), o, *strides(o), cs, S.to(q.dtype), z,
+    launch(_out_kernel, "out", (b * h, nsplit, nblk), q, *strides(q), o, *strides(o), cs, S16, z,
            h, n, bs, split_len, eps, d=d, dp=dp, ref=q)
     return o, S, z, bs, nblk, dp, cs
