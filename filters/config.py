@@ -50,8 +50,13 @@ class MotionConfig:
 class OcrConfig:
     n_frames: int = 3
     """Frames OCR'd per clip, evenly spread over the sampled frames. 1..64."""
-    det_short_side: int = 360
-    """Short side (px) frames are resized to before text detection. 64..1440."""
+    det_short_side: int = 256
+    """Short side (px) frames are resized to before text detection. 64..1440. Detection is most
+    of OCR's cost and scales with pixels: 256 costs about half of 360, and text large enough to
+    matter to an `ocr_area` bound (a few % of the frame) is still found (bench/e2e_cpu.py)."""
+    rec_short_side: int = 360
+    """Short side (px) of the frame the detected lines are cut from for recognition, so that
+    reading stays sharp when detection runs smaller (never above the sampled frames' size). 64..1440."""
     recognize: bool = True
     """Run text recognition; False = detection only (ocr_text empty, boxes not confirmed)."""
     angle_cls: bool = False
@@ -74,6 +79,8 @@ class OcrConfig:
             raise ValueError("score.ocr.n_frames must be in [1, 64]")
         if not 64 <= self.det_short_side <= 1440:
             raise ValueError("score.ocr.det_short_side must be in [64, 1440]")
+        if not 64 <= self.rec_short_side <= 1440:
+            raise ValueError("score.ocr.rec_short_side must be in [64, 1440]")
         if not 0.0 <= self.box_thresh <= 1.0:
             raise ValueError("score.ocr.box_thresh must be in [0, 1]")
         if not 0.0 <= self.text_score <= 1.0:

@@ -1,9 +1,9 @@
 """On-screen text score: PP-OCR (det + rec) through RapidOCR, whose ONNX weights ship in the wheel.
 
-OCR dominates the CPU cost of scoring, so it runs on a few evenly spread frames (`n_frames`)
-resized to a fixed detection short side (`det_short_side`) that this scorer controls itself
-(RapidOCR's own limit is set so that it never resizes again). A scorer measures; the maximum
-text area per tier lives in the filter policy.
+OCR dominates the CPU cost of scoring, so it runs on a few evenly spread frames (`n_frames`).
+Text lines are detected on the frame resized to `det_short_side` (RapidOCR's own limit is set so
+that it never resizes again) and read from crops of the frame at `rec_short_side`. A scorer
+measures; the maximum text area per tier lives in the filter policy.
 """
 
 from __future__ import annotations
@@ -61,26 +61,38 @@ class OcrScorer:
         return len(chars) >= self.cfg.min_chars and len(distinct) >= self.cfg.min_distinct_chars
 
     def _one(self, frame: np.ndarray) -> tuple[float, int, list[str]]:
-        """(text area fraction, box count, texts) for one RGB frame."""
-        h, w = frame.shape[:2]
-        scale = self.cfg.det_short_side / min(h, w)
-        size = (max(1, round(w * scale)), max(1, round(h * scale)))
-        interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
-        bgr = cv2.cvtColor(cv2.resize(frame, size, interpolation=interp), cv2.COLOR_RGB2BGR)
-        result, _ = self._engine(bgr, use_det=True, use_cls=self.cfg.angle_cls, use_rec=self.cfg.recognize)
-        if not result:
+        """(text area fraction, box count, texts) for one RGB frame.
+
+        Lines are detected on the frame at `det_short_side` and, with `recognize` on, read from
+        crops of the frame at `rec_short_side`: detection is the expensive half and finds text
+        lines at a small size, while reading needs the glyphs sharp."""
+        det, det_scale = _bgr_at(frame, self.cfg.det_short_side)
+        boxes, _ = self._engine(det, use_det=True, use_cls=False, use_rec=False)
+        if not boxes:
             return 0.0, 0, []
+        texts: list[str] = []
         if self.cfg.recognize:
-            # [box(4x2), text, score]; drop lone glyphs that textures are misread as
-            kept = [item for item in result if self._is_text(str(item[1]))]
-            boxes = [item[0] for item in kept]
-            texts = [str(item[1]) for item in kept]
-        else:
-            boxes, texts = result, []
-        mask = np.zeros((size[1], size[0]), np.uint8)  # rasterised union of the text polygons
+            boxes, texts = self._read(frame, det_scale, boxes)
+        mask = np.zeros(det.shape[:2], np.uint8)  # rasterised union of the text polygons
         polys = [np.round(np.asarray(b, np.float32)).astype(np.int32) for b in boxes]
         cv2.fillPoly(mask, polys, 1)
         return float(mask.mean()), len(boxes), texts
+
+    def _read(self, frame: np.ndarray, det_scale: float, boxes: list) -> tuple[list, list[str]]:
+        """Recognise each detected line from `frame` at `rec_short_side` (no upscaling); keep the
+        (box, text) pairs read with confidence >= `text_score` that look like real text."""
+        src, rec_scale = _bgr_at(frame, min(self.cfg.rec_short_side, min(frame.shape[:2])))
+        points = [np.asarray(b, np.float32) * (rec_scale / det_scale) for b in boxes]
+        crops = self._engine.get_crop_img_list(src, points)
+        if self.cfg.angle_cls:
+            crops, _, _ = self._engine.text_cls(crops)
+        read, _ = self._engine.text_rec(crops)
+        kept = [
+            (box, str(r[0]))
+            for box, r in zip(boxes, read, strict=True)
+            if float(r[1]) >= self.cfg.text_score and self._is_text(str(r[0]))
+        ]
+        return [b for b, _ in kept], [t for _, t in kept]
 
     def __call__(self, frames: np.ndarray, **ctx: Any) -> dict[str, Any]:
         if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8 or len(frames) == 0:
@@ -91,3 +103,13 @@ class OcrScorer:
             area, boxes = max(area, a), max(boxes, b)
             lines.extend(t for t in texts if t and t not in lines)
         return {"ocr_area": area, "ocr_boxes": boxes, "ocr_text": " | ".join(lines)}
+
+
+def _bgr_at(frame: np.ndarray, short_side: int) -> tuple[np.ndarray, float]:
+    """RGB frame -> (BGR frame resized to `short_side` on its short side, scale applied)."""
+    h, w = frame.shape[:2]
+    scale = short_side / min(h, w)
+    if scale != 1.0:
+        size = (max(1, round(w * scale)), max(1, round(h * scale)))
+        frame = cv2.resize(frame, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+    return cv2.cvtColor(frame, cv2.COLOR_RGB2BGR), scale

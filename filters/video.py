@@ -270,13 +270,18 @@ def iter_frames(
     rotation: int = 0,
     indices: list[int] | None = None,
     deadline: float | None = None,
-) -> Iterator[tuple[int, np.ndarray]]:
+    yuv: bool = False,
+) -> Iterator[tuple[int, np.ndarray | av.VideoFrame]]:
     """Yield (frame_index, RGB frame) for frames in [start_frame, end_frame), frame-accurately.
 
     Seeks to the keyframe before `start_frame`, decodes forward and counts frames by their
     timestamps. `indices` (sorted) restricts output to those frames; `size` = (width, height)
     as displayed. Raises DecodeTimeout once `deadline` (time.monotonic()) is passed.
+    `yuv` (unrotated sources only): yield yuv420p av.VideoFrames at `size` instead of RGB arrays,
+    for re-encoding without two colour conversions per frame.
     """
+    if yuv and rotation:
+        raise ValueError("iter_frames: yuv output is for unrotated sources")
     wanted = None if indices is None else set(indices)
     last_wanted = end_frame - 1 if indices is None else max(indices, default=start_frame - 1)
     width, height = size if size else (None, None)
@@ -305,24 +310,35 @@ def iter_frames(
                     break
                 if wanted is not None and idx not in wanted:
                     continue
-                yield idx, _upright(frame, width, height, rotation, scaler)
+                if yuv:
+                    yield idx, scaler.reformat(frame, width=width, height=height, format="yuv420p")
+                else:
+                    yield idx, _upright(frame, width, height, rotation, scaler)
         except av.error.FFmpegError as exc:
             raise VideoDecodeError(path, _explain(exc)) from exc
 
 
-def encode_mp4(frames: list[np.ndarray], fps: float, *, crf: int = 20, preset: str = "veryfast") -> bytes:
-    """Encode RGB frames (all the same even size) as H.264 yuv420p mp4 bytes, in memory."""
+def encode_mp4(
+    frames: list[np.ndarray] | list[av.VideoFrame], fps: float, *, crf: int = 20, preset: str = "veryfast"
+) -> bytes:
+    """Encode frames (all the same even size) as H.264 yuv420p mp4 bytes, in memory: RGB arrays,
+    or yuv420p av.VideoFrames (iter_frames(yuv=True)), which x264 takes without conversion."""
     if not frames:
         raise ValueError("no frames to encode")
-    h, w = frames[0].shape[:2]
+    first = frames[0]
+    h, w = (first.height, first.width) if isinstance(first, av.VideoFrame) else first.shape[:2]
     buf = io.BytesIO()
     with av.open(buf, mode="w", format="mp4") as out:
         rate = _rate(fps)
         stream = out.add_stream("libx264", rate=rate)
         stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
         stream.options = {"crf": str(crf), "preset": preset}
-        for arr in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(arr, format="rgb24")):
+        for f in frames:
+            if isinstance(f, av.VideoFrame):
+                f.pts = None  # the encoder numbers frames itself, as for arrays
+            else:
+                f = av.VideoFrame.from_ndarray(f, format="rgb24")
+            for packet in stream.encode(f):
                 out.mux(packet)
         for packet in stream.encode():
             out.mux(packet)

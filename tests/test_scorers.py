@@ -106,6 +106,28 @@ def test_ocr_detection_only_mode():
     assert out["ocr_text"] == ""
 
 
+def test_ocr_reads_lines_from_a_sharper_frame_than_it_detects_on():
+    """Detection runs small (det_short_side); each line is cut from the frame at rec_short_side,
+    with the detected box scaled up to it, and read there."""
+    frames = np.stack([text_frame("KITCHEN 42")] * 2)
+    heights = {}
+    for rec in (128, 360):
+        scorer = OcrScorer(OcrConfig(n_frames=1, det_short_side=128, rec_short_side=rec))
+        seen = []
+        real_rec = scorer._engine.text_rec
+
+        def spy(crops, *args, real_rec=real_rec, seen=seen):
+            seen.extend(c.shape[0] for c in crops)
+            return real_rec(crops, *args)
+
+        scorer._engine.text_rec = spy
+        out = scorer(frames)
+        assert "KITCHEN" in out["ocr_text"].replace(" ", "").upper()
+        assert out["ocr_area"] > 0.02 and out["ocr_boxes"] >= 1
+        heights[rec] = max(seen)
+    assert heights[360] / heights[128] == pytest.approx(360 / 128, rel=0.1)
+
+
 def test_ocr_frame_choice_is_even():
     scorer = OcrScorer.__new__(OcrScorer)
     scorer.cfg = OcrConfig(n_frames=2)

@@ -61,6 +61,7 @@ def cut_clip(
     indices, fps = output_indices(
         int(clip["start_frame"]), int(clip["end_frame"]), float(clip["fps"]), out_fps
     )
+    rotation = int(clip["rotation"] or 0)
     frames = [
         f
         for _, f in iter_frames(
@@ -69,9 +70,10 @@ def cut_clip(
             int(clip["end_frame"]),
             float(clip["fps"]),
             size=(w, h),
-            rotation=int(clip["rotation"] or 0),
+            rotation=rotation,
             indices=indices,
             deadline=deadline,
+            yuv=not rotation,  # straight to the encoder's format: no RGB round trip
         )
     ]
     if not frames:
