@@ -18,6 +18,7 @@ from pathlib import Path
 
 import av
 import numpy as np
+from av.video.frame import PictureType
 from av.video.reformatter import VideoReformatter
 
 from manifests import fs
@@ -333,9 +334,12 @@ def encode_mp4(
         stream = out.add_stream("libx264", rate=rate)
         stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
         stream.options = {"crf": str(crf), "preset": preset}
-        for f in frames:
+        for i, f in enumerate(frames):
             if isinstance(f, av.VideoFrame):
-                f.pts = None  # the encoder numbers frames itself, as for arrays
+                # a decoded frame carries its source's timestamps and picture type, and x264 obeys
+                # the type (a clip must start on a keyframe): number it in the output's frame rate
+                f.pts, f.time_base = i, 1 / rate
+                f.pict_type = PictureType.NONE
             else:
                 f = av.VideoFrame.from_ndarray(f, format="rgb24")
             for packet in stream.encode(f):

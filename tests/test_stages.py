@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import cv2
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -11,7 +12,7 @@ import pytest
 from curation.config import load_config
 from curation.stages.ingest import IngestStage, list_inputs
 from curation.stages.split import SplitStage, plan_clips
-from tests.media import make_video, write_bad_corpus
+from tests.media import make_video, read_frames, write_bad_corpus
 
 CFG = load_config("configs/offline.yaml")
 
@@ -210,3 +211,37 @@ def test_clip_scores_clips_of_different_sizes_in_one_batch():
     alone = [scorer.score_batch([a])[0], scorer.score_batch([b])[0]]
     for t, s in zip(together, alone, strict=True):
         assert np.allclose(t["clip_embedding"], s["clip_embedding"], atol=1e-5)
+
+
+@pytest.mark.parametrize("rotation", [0, 90])
+def test_cut_clip_starts_on_a_keyframe_at_the_output_rate_and_matches_the_source(tmp_path, rotation):
+    """Unrotated sources go to x264 as the decoder's yuv420p frames, rotated ones as RGB arrays;
+    either way the clip starts on a keyframe, runs at the output rate (a decoded frame's own
+    timestamps and picture type must not leak into the encode) and shows the source's frames."""
+    import av
+
+    from curation.config import ShardConfig
+    from curation.stages.shard import cut_clip
+    from filters.video import probe
+
+    src = make_video(tmp_path / "src.mp4", 96, (128, 96), 24, kind="cuts", cuts=(30, 60), rotation=rotation)
+    p = probe(src)
+    clip = dict(path=str(src), start_frame=40, end_frame=88, fps=24.0, rotation=p.rotation,
+                display_width=p.display_size[0], display_height=p.display_size[1])
+    mp4, w, h, fps, n = cut_clip(clip, 48, 12.0, ShardConfig(crf=18))
+    assert (w, h, fps, n) == ((64, 48) if rotation == 0 else (48, 64)) + (12.0, 24)
+    out = tmp_path / "clip.mp4"
+    out.write_bytes(mp4)
+    with av.open(str(out)) as c:
+        stream = c.streams.video[0]
+        packets = [pk for pk in c.demux(stream) if pk.size]
+        assert packets[0].is_keyframe
+        assert stream.average_rate == 12
+        assert float(stream.duration * stream.time_base) == pytest.approx(2.0, abs=1 / 12)
+        assert sorted(pk.pts for pk in packets) == [i * packets[1].duration for i in range(24)]
+    got = read_frames(out).astype(np.float32)
+    want = read_frames(src)[40:88:2]
+    if rotation:
+        want = np.rot90(want, k=-(p.rotation // 90), axes=(1, 2))
+    want = np.stack([cv2.resize(f, (w, h), interpolation=cv2.INTER_AREA) for f in want]).astype(np.float32)
+    assert np.abs(got - want).mean() < 12
