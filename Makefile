@@ -14,7 +14,7 @@ PROMPT  ?= a textured disk drifting across a panning background
 SECONDS ?= 4
 OUT     ?= samples/demo.mp4
 
-.PHONY: install browser demo demo-data run ingest split score dedup filter caption align shard verify summary report status compact train cache-latents sample test test-slow lint clean
+.PHONY: install browser demo demo-data ray-up ray-down run ingest split score dedup filter caption align shard verify summary report status compact train cache-latents sample test test-slow lint clean
 
 $(VENV)/.installed: pyproject.toml constraints-ci.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -43,6 +43,14 @@ demo-data: install
 demo: demo-data
 	$(REELSIFT) run --config $(CONFIG) --input $(INPUT) --root $(ROOT) $(SETS)
 	$(REELSIFT) verify --root $(ROOT)
+
+# One local Ray for a series of targets: `make ray-up`, then `RAY_ADDRESS=auto make split score`
+# (each joins it instead of starting its own), then `make ray-down`.
+ray-up: install
+	$(REELSIFT) cluster start --config $(CONFIG) $(SETS)
+
+ray-down: install
+	$(REELSIFT) cluster stop
 
 run: install
 	$(REELSIFT) run --config $(CONFIG) --input $(INPUT) --root $(ROOT) $(SETS)

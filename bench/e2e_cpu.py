@@ -24,13 +24,14 @@ import os
 import shutil
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.harness import Result  # noqa: E402  (after sys.path)
-from bench.proctree import TreeUsage, run_measured  # noqa: E402
+from bench.proctree import TreeUsage, run_measured, snapshot  # noqa: E402
 
 CONFIG = ROOT / "configs" / "offline.yaml"
 # (name, kind, width, height, seconds, cut every N s or 0): mixed sizes and aspect ratios
@@ -137,6 +138,7 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=None, help="run roots go here (default: a temp dir)")
     ap.add_argument("--label", default="", help="suffix of the JSON name, e.g. 'before'")
     ap.add_argument("--skip-run", action="store_true", help="skip `reelsift run`")
+    ap.add_argument("--only-starts", action="store_true", help="only the CLI start-up measurements")
     ap.add_argument("--set", dest="overrides", action="append", default=[], help="config override")
     args = ap.parse_args()
 
@@ -184,6 +186,12 @@ def main() -> None:
         starts[name] = summary(u, 0.0)
         starts[name]["cpu_by_process"] = u.cpu_by_name
     res.add("cli_start", starts)
+    res.add("joined_local_ray", joined_starts(work, tiny, sets, ray_on, starts))
+    if args.only_starts:
+        _start_rows(res, starts, [], corpus, video_s)
+        res.write()
+        shutil.rmtree(work, ignore_errors=True)
+        return
 
     rows = []
     stages = {}
@@ -248,6 +256,51 @@ def main() -> None:
                 "",
             )
         )
+    _start_rows(res, starts, rows, corpus, video_s)
+    res.write()
+    shutil.rmtree(work, ignore_errors=True)
+
+
+def joined_starts(work: Path, tiny: Path, sets: list[str], ray_on: list[str], starts: dict) -> dict:
+    """The same one-video CLI start, joining a local Ray that `reelsift cluster start` started
+    once (RAY_ADDRESS=auto), as `make ray-up` then several Make targets would. The cluster's
+    processes are measured too: what its start costs once, what it burns while idle, and what
+    each of its processes uses during each joined command."""
+    out = {}
+    start = cli("cluster", "start", "--config", str(CONFIG), *sets)
+    u = run_measured(start, env(), baseline=snapshot(), leave_running_after_s=1.0)
+    check("cluster start", u)
+    out["cluster_start"] = summary(u, 0.0)
+    out["cluster_start"]["cpu_by_process"] = u.cpu_by_name
+    try:
+        idle_s = 20.0
+        before = snapshot()
+        time.sleep(idle_s)
+        after = snapshot()
+        idle = sum(c - before.get(k, (0.0,))[0] for k, (c, _) in after.items())
+        out["cluster_idle_cpu_s_per_min"] = round(idle * 60 / idle_s, 2)
+        joined_env = {**env(), "RAY_ADDRESS": "auto"}
+        runs = []
+        for i in range(3):
+            root = work / f"start_joined_{i}"
+            cmd = cli("ingest", "--config", str(CONFIG), "--input", str(tiny), "--root", str(root))
+            cmd = [*cmd, *sets, *ray_on]
+            u = run_measured(cmd, joined_env, baseline=snapshot(), leave_running_after_s=2.0)
+            check(f"joined start {i}", u)
+            r = summary(u, 0.0)
+            r["cpu_by_process"] = {k: v for k, v in u.cpu_by_name.items() if v >= 0.01}
+            runs.append(r)
+        out["first_command"] = runs[0]  # also starts Ray Data's detached actors, once per cluster
+        out["next_commands"] = runs[1:]
+        starts["one_video_joined_first"] = runs[0]
+        starts["one_video_joined_next"] = min(runs[1:], key=lambda r: r["cpu_s"])
+    finally:
+        u = run_measured(cli("cluster", "stop"), env(), baseline=snapshot())
+        out["cluster_stop"] = summary(u, 0.0)
+    return out
+
+
+def _start_rows(res: Result, starts: dict, rows: list, corpus: dict, video_s: float) -> None:
     for name, s in starts.items():
         rows.append((f"CLI start ({name})", *_cells(s)))
     res.table(
@@ -263,8 +316,6 @@ def main() -> None:
         rows,
         title=f"e2e_cpu: {len(corpus['files'])} files, {video_s:.0f} s of video",
     )
-    res.write()
-    shutil.rmtree(work, ignore_errors=True)
 
 
 def _cells(s: dict) -> tuple:

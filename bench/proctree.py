@@ -86,6 +86,12 @@ class TreeUsage:
     output: str = ""
 
 
+def snapshot() -> dict[tuple[int, int], tuple[float, str]]:
+    """(pid, start) -> (CPU s so far, comm) of every live process in this process's tree: pass it
+    as `run_measured(baseline=...)` when a long-lived service (a local Ray) already runs here."""
+    return {(pid, start): (cpu, comm) for pid, (cpu, start, _, comm) in descendants(os.getpid()).items()}
+
+
 def run_measured(
     cmd: list[str],
     env: dict[str, str] | None = None,
@@ -93,24 +99,32 @@ def run_measured(
     interval: float = 0.1,
     mark: Callable[[str], str | None] | None = None,
     linger_s: float = 30.0,
+    baseline: dict[tuple[int, int], tuple[float, str]] | None = None,
+    leave_running_after_s: float | None = None,
 ) -> TreeUsage:
     """Run `cmd` and measure its whole process tree until every process in it has exited.
 
     `mark(line)` may return a label for a line of the command's stdout; the tree's CPU at that
     moment is recorded (used to split `reelsift run` into its stages). Processes still alive
     `linger_s` after the command exits are counted, then terminated.
+
+    With `leave_running_after_s`, measuring stops that long after the command exits and what
+    still runs is left running: a service the command started (`reelsift cluster start`), or
+    one it joined and its workers. `baseline` (see `snapshot`) holds the processes already
+    running before the command; they count only the CPU they use from now on.
     """
     become_subreaper()
     me = os.getpid()
     out = TreeUsage()
     lock = threading.Lock()
-    seen: dict[tuple[int, int], tuple[float, str]] = {}  # (pid, start) -> (last CPU s, comm)
+    base = dict(baseline or {})
+    seen: dict[tuple[int, int], tuple[float, str]] = dict(base)  # (pid, start) -> (last CPU s, comm)
 
     def tree_cpu() -> tuple[float, dict]:
         live = descendants(me)
         for pid, (cpu, start, _, comm) in live.items():
             seen[(pid, start)] = (cpu, comm)
-        return sum(c for c, _ in seen.values()), live
+        return sum(c - base.get(k, (0.0,))[0] for k, (c, _) in seen.items()), live
 
     t0 = time.monotonic()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -149,6 +163,9 @@ def run_measured(
                 proc.returncode = os.waitstatus_to_exitcode(status)
         if exited_at is not None and not live:
             break
+        if exited_at is not None and leave_running_after_s is not None:
+            if time.monotonic() - exited_at >= leave_running_after_s:
+                break
         if exited_at is not None and time.monotonic() - exited_at > linger_s:
             for pid in live:
                 try:
@@ -158,9 +175,10 @@ def run_measured(
             exited_at = time.monotonic() - linger_s + 5  # give them 5 s more
         time.sleep(interval)
     th.join(timeout=5)
-    out.cpu_s = sum(c for c, _ in seen.values())
+    used = {k: (c - base.get(k, (0.0,))[0], comm) for k, (c, comm) in seen.items()}
+    out.cpu_s = sum(c for c, _ in used.values())
     out.procs_seen = len(seen)
-    for cpu, comm in seen.values():
+    for cpu, comm in used.values():
         out.names[comm] = out.names.get(comm, 0) + 1
         out.cpu_by_name[comm] = round(out.cpu_by_name.get(comm, 0.0) + cpu, 2)
     out.output = "".join(lines)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -128,6 +129,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=20_000,
         help="clips embedded for the sliders; a larger run's counts are estimates past the config's values",
     )
+
+    p = sub.add_parser(
+        "cluster",
+        help="start/stop one local Ray for many commands (they join it with RAY_ADDRESS=auto)",
+    )
+    p.add_argument("action", choices=("start", "stop"))
+    p.add_argument("--config", "-c", help="YAML config: its ray.num_cpus and ray.object_store_mb")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
 
     p = sub.add_parser("demo-data", help="write a small demo corpus of real video files")
     p.add_argument("out", help="output folder")
@@ -345,6 +354,29 @@ def cmd_compact(args) -> int:
     return 0
 
 
+def cmd_cluster(args) -> int:
+    import tempfile
+
+    from curation import runner
+    from curation.config import load_config
+
+    state = Path(tempfile.gettempdir()) / f"reelsift-ray-{os.getuid()}"
+    if args.action == "stop":
+        pid = runner.stop_local_cluster(state)
+        print("no local Ray from `reelsift cluster start` is running" if pid is None
+              else f"stopped the local Ray (pid {pid})")
+        return 0
+    cfg = load_config(args.config, args.overrides)
+    pid = runner.start_local_cluster(cfg.ray, state)
+    print(
+        f"a local Ray is up (pid {pid}, log {state / 'head.log'}). Commands join it with "
+        "RAY_ADDRESS=auto, e.g.\n"
+        "  RAY_ADDRESS=auto reelsift split --root R   or   RAY_ADDRESS=auto make split\n"
+        "Stop it with: reelsift cluster stop (make ray-down)"
+    )
+    return 0
+
+
 def cmd_demo_data(args) -> int:
     from curation.demo_data import write_demo_corpus
 
@@ -365,6 +397,7 @@ def main(argv: list[str] | None = None) -> int:
         "verify": cmd_verify,
         "compact": cmd_compact,
         "demo-data": cmd_demo_data,
+        "cluster": cmd_cluster,
         "sample": cmd_sample,
         "train": cmd_train,
         "cache-latents": cmd_cache_latents,
