@@ -37,7 +37,8 @@ from models.captioner.config import (
 @dataclass(frozen=True)
 class RayConfig:
     address: str | None = None
-    """Ray cluster to join (e.g. 'ray://head:10001' or 'auto'); null = embedded local Ray.
+    """Ray cluster to join (e.g. 'ray://head:10001', or 'auto' for the local one that
+    `reelsift cluster start` started); null = a fresh embedded local Ray per command.
     RAY_ADDRESS in the environment or --ray-address override this."""
     num_cpus: int | None = None
     """CPUs for the embedded local instance; null = all of this machine's."""
@@ -53,8 +54,9 @@ class RayConfig:
     inline_max_items: int = 0
     """A stage with at most this many items to do runs inside the CLI process, on one thread
     per CPU, without starting Ray (>= 0; 0 = always Ray). Starting an embedded Ray costs about
-    6 CPU-seconds and 1.5 GiB per command, more than a small stage's work. Never applies when
-    joining a cluster (address / RAY_ADDRESS) or when an operator asks for a GPU."""
+    6.5 CPU-seconds and 1.5 GiB per command (joining a running local one about 3), more than a
+    small stage's work. Never applies when joining a cluster (address / RAY_ADDRESS) or when an
+    operator asks for a GPU."""
 
     def __post_init__(self):
         check(self.object_store_mb >= 128, "ray.object_store_mb", "must be >= 128")
