@@ -247,41 +247,15 @@ SMOKE_VLM = dict(
 
 
 def build_vlm(sizes: dict, device: str, dtype):
-    """Random Qwen2.5-VL of `sizes` created on `device`, + a processor whose small BPE tokenizer
-    (as models.captioner.build_tiny_vlm) maps into the big vocabulary; default video processor."""
+    """Random Qwen2.5-VL of `sizes` created on `device`, + the processor of
+    models.captioner.build_tiny_vlm (its small BPE tokenizer maps into the big vocabulary) with
+    default image/video processors (video: 128..768 x 28x28 pixels a frame, as Qwen2.5-VL's)."""
     import torch
-    from transformers import (
-        Qwen2_5_VLConfig,
-        Qwen2_5_VLForConditionalGeneration,
-        Qwen2_5_VLProcessor,
-        Qwen2VLImageProcessor,
-        Qwen2VLVideoProcessor,
-    )
+    from transformers import Qwen2_5_VLForConditionalGeneration
 
-    from models.captioner.common import _TINY_TEMPLATE, synthetic_tokenizer
+    from models.captioner.common import vlm_parts
 
-    tokenizer, ids = synthetic_tokenizer()
-    # processors at their class defaults = Qwen2.5-VL's (video: 128..768 x 28x28 pixels a frame)
-    processor = Qwen2_5_VLProcessor(
-        image_processor=Qwen2VLImageProcessor(),
-        tokenizer=tokenizer,
-        video_processor=Qwen2VLVideoProcessor(),
-        chat_template=_TINY_TEMPLATE,
-    )
-    text = dict(
-        sizes["text"],
-        bos_token_id=ids["<|endoftext|>"],
-        eos_token_id=ids["<|im_end|>"],
-        pad_token_id=ids["<|endoftext|>"],
-    )
-    config = Qwen2_5_VLConfig(
-        text_config=text,
-        vision_config=sizes["vision"],
-        image_token_id=ids["<|image_pad|>"],
-        video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"],
-        vision_end_token_id=ids["<|vision_end|>"],
-    )
+    processor, config = vlm_parts(sizes["text"], sizes["vision"])
     config._attn_implementation = "sdpa"
     torch.manual_seed(0)
     with torch.device(device):

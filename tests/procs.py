@@ -13,10 +13,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 
 
-def cli_command(command: str, *args: str) -> list[str]:
-    """`reelsift <command> --config configs/offline.yaml <args>` as a subprocess argv."""
-    config = str(REPO / "configs/offline.yaml")
-    return [sys.executable, "-m", "curation.cli", command, "--config", config, *args]
+def cli_command(command: str, *args: str, config: Path | str = REPO / "configs/offline.yaml") -> list[str]:
+    """`reelsift <command> --config <config> <args>` as a subprocess argv (offline.yaml unless
+    `config` is given)."""
+    return [sys.executable, "-m", "curation.cli", command, "--config", str(config), *args]
 
 
 def run_command(inputs: Path, root: Path, sets: list[str]) -> list[str]:

@@ -28,7 +28,7 @@ from filters.policy import Bound, FilterConfig, TierConfig
 from manifests.db import query
 from manifests.store import Table
 from tests.media import make_video
-from tests.procs import REPO, run_and_kill
+from tests.procs import REPO, cli_command, run_and_kill
 
 N_VIDEOS, CLIPS_PER_VIDEO = 3, 800  # 2,400 clips; each clip is 2 frames of a 48-frame video
 
@@ -229,7 +229,7 @@ def _write_config(path: Path, filt: FilterConfig) -> Path:
 
 
 def _shard_cmd(config: Path, root: Path) -> list[str]:
-    return [sys.executable, "-m", "curation.cli", "shard", "--config", str(config), "--root", str(root)]
+    return cli_command("shard", "--root", str(root), config=config)
 
 
 KILLS = {

@@ -148,6 +148,42 @@ def synthetic_tokenizer():
     return tokenizer, ids
 
 
+def vlm_parts(text: dict, vision: dict, pixels: dict | None = None):
+    """A Qwen2.5-VL processor (the synthetic BPE tokenizer, the chat template, image/video
+    processors with `pixels` or their class defaults) and a config of `text`/`vision` sizes whose
+    special-token ids come from that tokenizer. -> (processor, config); no weights."""
+    from transformers import (
+        Qwen2_5_VLConfig,
+        Qwen2_5_VLProcessor,
+        Qwen2VLImageProcessor,
+        Qwen2VLVideoProcessor,
+    )
+
+    tokenizer, ids = synthetic_tokenizer()
+    pixels = pixels or {}
+    processor = Qwen2_5_VLProcessor(
+        image_processor=Qwen2VLImageProcessor(**pixels),
+        tokenizer=tokenizer,
+        video_processor=Qwen2VLVideoProcessor(**pixels),
+        chat_template=_TINY_TEMPLATE,
+    )
+    config = Qwen2_5_VLConfig(
+        text_config={
+            "vocab_size": len(tokenizer),  # a bigger vocabulary in `text` wins: ids stay valid
+            **text,
+            "bos_token_id": ids["<|endoftext|>"],
+            "eos_token_id": ids["<|im_end|>"],
+            "pad_token_id": ids["<|endoftext|>"],
+        },
+        vision_config=vision,
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
+    )
+    return processor, config
+
+
 def build_tiny_vlm(path: str | Path, seed: int = 0) -> str:
     """Write a tiny random Qwen2.5-VL (~0.1 M parameters) + processor to `path`; returns it.
 
@@ -156,25 +192,10 @@ def build_tiny_vlm(path: str | Path, seed: int = 0) -> str:
     carries `reelsift_untrained: true`, which the loader turns into untrained rows.
     """
     import torch
-    from transformers import (
-        Qwen2_5_VLConfig,
-        Qwen2_5_VLForConditionalGeneration,
-        Qwen2_5_VLProcessor,
-        Qwen2VLImageProcessor,
-        Qwen2VLVideoProcessor,
-    )
+    from transformers import Qwen2_5_VLForConditionalGeneration
 
-    tokenizer, ids = synthetic_tokenizer()
-    pixels = dict(min_pixels=28 * 28 * 4, max_pixels=28 * 28 * 16)
-    processor = Qwen2_5_VLProcessor(
-        image_processor=Qwen2VLImageProcessor(**pixels),
-        tokenizer=tokenizer,
-        video_processor=Qwen2VLVideoProcessor(**pixels),
-        chat_template=_TINY_TEMPLATE,
-    )
-    config = Qwen2_5_VLConfig(
-        text_config=dict(
-            vocab_size=len(tokenizer),
+    processor, config = vlm_parts(
+        text=dict(
             hidden_size=32,
             intermediate_size=64,
             num_hidden_layers=2,
@@ -182,11 +203,8 @@ def build_tiny_vlm(path: str | Path, seed: int = 0) -> str:
             num_key_value_heads=1,
             max_position_embeddings=4096,
             rope_parameters={"rope_type": "default", "mrope_section": [2, 3, 3], "rope_theta": 10000.0},
-            bos_token_id=ids["<|endoftext|>"],
-            eos_token_id=ids["<|im_end|>"],
-            pad_token_id=ids["<|endoftext|>"],
         ),
-        vision_config=dict(
+        vision=dict(
             depth=2,
             hidden_size=32,
             intermediate_size=64,
@@ -195,10 +213,7 @@ def build_tiny_vlm(path: str | Path, seed: int = 0) -> str:
             fullatt_block_indexes=[1],
             window_size=56,
         ),
-        image_token_id=ids["<|image_pad|>"],
-        video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"],
-        vision_end_token_id=ids["<|vision_end|>"],
+        pixels=dict(min_pixels=28 * 28 * 4, max_pixels=28 * 28 * 16),
     )
     setattr(config, UNTRAINED_ATTR, True)
     with torch.random.fork_rng(devices=[]):
