@@ -32,190 +32,98 @@ if HAS_TRITON:
     import triton
     import triton.language as tl
 
-    from models.ops.triton_common import load_rope, rope, span
-    from models.ops.triton_fwd import z_matrix
+    from models.ops.triton_common import (
+        attend,
+        block_state,
+        head_ptr,
+        key_chunk,
+        load_tile,
+        relu_rope,
+        relu_rope_grad,
+        span,
+        store_partials,
+        store_tile,
+        z_matrix,
+    )
 
     @triton.jit
-    def _bwd_q_kernel(
-        Q,
-        sqb,
-        sqh,
-        sqn,
-        DO,
-        sdb,
-        sdh,
-        sdn,
-        DQ,
-        sgb,
-        sgh,
-        sgn,
-        CS,
-        S,
-        Z,
-        RDEN,
-        DDEN,
-        H,
-        N,
-        BS,
-        SPLIT_LEN,
-        eps,
-        D: tl.constexpr,
-        DP: tl.constexpr,
-        BLOCK_N: tl.constexpr,
-        PREC: tl.constexpr,
-    ):
+    def _bwd_q_kernel(Q, sqb, sqh, sqn, DO, sdb, sdh, sdn, DQ, sgb, sgh, sgn, CS, S, Z, RDEN, DDEN,
+                      H, N, BS, SPLIT_LEN, eps,
+                      D: tl.constexpr, DP: tl.constexpr, BLOCK_N: tl.constexpr, PREC: tl.constexpr):
         bh = tl.program_id(0)
         start, end = span(N, BS, SPLIT_LEN)
         cols = tl.arange(0, DP)
-        cmask = cols[None, :] < D
         dt = Q.dtype.element_ty
-        st = (bh * tl.num_programs(2) + tl.program_id(2)) * DP
-        Sb = tl.load(S + st * DP + cols[:, None] * DP + cols[None, :]).to(dt)  # (DP, DP)
+        Sb, zb = block_state(S, Z, bh, dt, DP)  # (DP, DP), (DP,) float32
         SbT = tl.trans(Sb)
-        zb = tl.load(Z + st + cols)
         Zm = z_matrix(zb, dt)  # (DP, 16)
-        q_ptr = Q + (bh // H) * sqb + (bh % H) * sqh
-        do_ptr = DO + (bh // H) * sdb + (bh % H) * sdh
-        dq_ptr = DQ + (bh // H) * sgb + (bh % H) * sgh
+        q_ptr = head_ptr(Q, bh, H, sqb, sqh)
+        do_ptr = head_ptr(DO, bh, H, sdb, sdh)
+        dq_ptr = head_ptr(DQ, bh, H, sgb, sgh)
         for off in range(start, end, BLOCK_N):
             rows = off + tl.arange(0, BLOCK_N)
-            rmask = rows < end
-            m = rmask[:, None] & cmask
-            q = tl.load(q_ptr + rows[:, None] * sqn + cols[None, :], mask=m, other=0.0).to(tl.float32)
-            do = tl.load(do_ptr + rows[:, None] * sdn + cols[None, :], mask=m, other=0.0).to(tl.float32)
-            phi = tl.maximum(q, 0.0)
-            c, s = load_rope(CS, rows, N, 0, D, DP)
-            rot = rope(phi, c, s, BLOCK_N, DP, False).to(dt)
-            rden = 1.0 / (tl.sum(tl.dot(phi.to(dt), Zm, input_precision=PREC), axis=1) + eps)  # (BLOCK_N,)
-            out = tl.dot(rot, Sb, input_precision=PREC) * rden[:, None]  # recomputed (BLOCK_N, DP)
+            q = load_tile(q_ptr, rows, sqn, cols, end, D).to(tl.float32)
+            do = load_tile(do_ptr, rows, sdn, cols, end, D).to(tl.float32)
+            phi, rot, c, s = relu_rope(q, CS, rows, N, 0, D, BLOCK_N, DP)
+            out, rden = attend(phi, rot, Sb, Zm, eps, PREC)  # recomputed (BLOCK_N, DP), (BLOCK_N,)
             dnum = (do * rden[:, None]).to(dt)
             dden = -tl.sum(do * out, axis=1) * rden  # (BLOCK_N,)
             drot = tl.dot(dnum, SbT, input_precision=PREC)  # (BLOCK_N, DP)
-            dphi = rope(drot, c, s, BLOCK_N, DP, True) + dden[:, None] * zb[None, :]
-            dq = tl.where(q > 0.0, dphi, 0.0)
-            tl.store(dq_ptr + rows[:, None] * sgn + cols[None, :], dq.to(DQ.dtype.element_ty), mask=m)
-            tl.store(RDEN + bh * N + rows, rden, mask=rmask)
-            tl.store(DDEN + bh * N + rows, dden, mask=rmask)
+            dq = relu_rope_grad(q, drot, dden[:, None] * zb[None, :], c, s, BLOCK_N, DP)
+            store_tile(dq_ptr, rows, sgn, cols, end, D, dq)
+            tl.store(RDEN + bh * N + rows, rden, mask=rows < end)
+            tl.store(DDEN + bh * N + rows, dden, mask=rows < end)
 
     @triton.jit
-    def _bwd_ds_kernel(
-        Q,
-        sqb,
-        sqh,
-        sqn,
-        DO,
-        sdb,
-        sdh,
-        sdn,
-        CS,
-        RDEN,
-        DDEN,
-        DSBUF,
-        DZBUF,
-        H,
-        N,
-        BS,
-        SPLIT_LEN,
-        D: tl.constexpr,
-        DP: tl.constexpr,
-        BLOCK_N: tl.constexpr,
-        PREC: tl.constexpr,
-        KCH: tl.constexpr,
-    ):
-        bh = tl.program_id(0) // KCH
+    def _bwd_ds_kernel(Q, sqb, sqh, sqn, DO, sdb, sdh, sdn, CS, RDEN, DDEN, DSBUF, DZBUF,
+                       H, N, BS, SPLIT_LEN,
+                       D: tl.constexpr, DP: tl.constexpr, BLOCK_N: tl.constexpr, PREC: tl.constexpr,
+                       KCH: tl.constexpr):
         DK: tl.constexpr = DP // KCH
-        k0 = (tl.program_id(0) % KCH) * DK
-        kcols = k0 + tl.arange(0, DK)  # this program's key dims
+        bh, k0, kcols = key_chunk(KCH, DK)  # this program's key dims
         start, end = span(N, BS, SPLIT_LEN)
         cols = tl.arange(0, DP)
         dt = Q.dtype.element_ty
-        q_ptr = Q + (bh // H) * sqb + (bh % H) * sqh
-        do_ptr = DO + (bh // H) * sdb + (bh % H) * sdh
+        q_ptr = head_ptr(Q, bh, H, sqb, sqh)
+        do_ptr = head_ptr(DO, bh, H, sdb, sdh)
         dS = tl.zeros((DK, DP), dtype=tl.float32)
         dzt = tl.zeros((BLOCK_N, DK), dtype=tl.float32)  # reduced over rows after the loop
         for off in range(start, end, BLOCK_N):
             rows = off + tl.arange(0, BLOCK_N)
-            rmask = rows < end
-            qmask = rmask[:, None] & (kcols < D)[None, :]
-            q = tl.load(q_ptr + rows[:, None] * sqn + kcols[None, :], mask=qmask, other=0.0)
-            dmask = rmask[:, None] & (cols < D)[None, :]
-            do = tl.load(do_ptr + rows[:, None] * sdn + cols[None, :], mask=dmask, other=0.0)
-            rden = tl.load(RDEN + bh * N + rows, mask=rmask, other=0.0)
-            dden = tl.load(DDEN + bh * N + rows, mask=rmask, other=0.0)
-            phi = tl.maximum(q.to(tl.float32), 0.0)  # (BLOCK_N, DK)
-            c, s = load_rope(CS, rows, N, k0, D, DK)
-            rot = rope(phi, c, s, BLOCK_N, DK, False).to(dt)
+            q = load_tile(q_ptr, rows, sqn, kcols, end, D)
+            do = load_tile(do_ptr, rows, sdn, cols, end, D)
+            rden = tl.load(RDEN + bh * N + rows, mask=rows < end, other=0.0)
+            dden = tl.load(DDEN + bh * N + rows, mask=rows < end, other=0.0)
+            phi, rot, _, _ = relu_rope(q, CS, rows, N, k0, D, BLOCK_N, DK)  # (BLOCK_N, DK)
             dnum = (do.to(tl.float32) * rden[:, None]).to(dt)
-            dS += tl.dot(tl.trans(rot), dnum, input_precision=PREC)  # (DK, DP)
+            dS += tl.dot(tl.trans(rot.to(dt)), dnum, input_precision=PREC)  # (DK, DP)
             dzt += dden[:, None] * phi
-        slot = (bh * tl.num_programs(2) + tl.program_id(2)) * tl.num_programs(1) + tl.program_id(1)
-        tl.store(DSBUF + slot * DP * DP + kcols[:, None] * DP + cols[None, :], dS)
-        tl.store(DZBUF + slot * DP + kcols, tl.sum(dzt, axis=0))
+        store_partials(DSBUF, DZBUF, bh, kcols, dS, dzt, DP)
 
     @triton.jit
-    def _bwd_kv_kernel(
-        K,
-        skb,
-        skh,
-        skn,
-        V,
-        svb,
-        svh,
-        svn,
-        DK,
-        sgb,
-        sgh,
-        sgn,
-        DV,
-        swb,
-        swh,
-        swn,
-        CS,
-        DS,
-        DZ,
-        H,
-        N,
-        BS,
-        SPLIT_LEN,
-        D: tl.constexpr,
-        DP: tl.constexpr,
-        BLOCK_N: tl.constexpr,
-        PREC: tl.constexpr,
-    ):
+    def _bwd_kv_kernel(K, skb, skh, skn, V, svb, svh, svn, DK, sgb, sgh, sgn, DV, swb, swh, swn, CS, DS, DZ,
+                       H, N, BS, SPLIT_LEN,
+                       D: tl.constexpr, DP: tl.constexpr, BLOCK_N: tl.constexpr, PREC: tl.constexpr):
         bh = tl.program_id(0)
         start, end = span(N, BS, SPLIT_LEN)
         cols = tl.arange(0, DP)
-        cmask = cols[None, :] < D
         dt = K.dtype.element_ty
-        st = (bh * tl.num_programs(2) + tl.program_id(2)) * DP
-        dSb = tl.load(DS + st * DP + cols[:, None] * DP + cols[None, :]).to(dt)  # (DP, DP)
+        dSb, dzb = block_state(DS, DZ, bh, dt, DP)  # (DP, DP), (DP,) float32
         dSbT = tl.trans(dSb)
-        dzb = tl.load(DZ + st + cols)
-        b, h = bh // H, bh % H
+        k_ptr = head_ptr(K, bh, H, skb, skh)
+        v_ptr = head_ptr(V, bh, H, svb, svh)
+        dk_ptr = head_ptr(DK, bh, H, sgb, sgh)
+        dv_ptr = head_ptr(DV, bh, H, swb, swh)
         for off in range(start, end, BLOCK_N):
             rows = off + tl.arange(0, BLOCK_N)
-            m = (rows < end)[:, None] & cmask
-            k = tl.load(K + b * skb + h * skh + rows[:, None] * skn + cols[None, :], mask=m, other=0.0).to(
-                tl.float32
-            )
-            v = tl.load(V + b * svb + h * svh + rows[:, None] * svn + cols[None, :], mask=m, other=0.0)
-            phi = tl.maximum(k, 0.0)
-            c, s = load_rope(CS, rows, N, 0, D, DP)
-            rot = rope(phi, c, s, BLOCK_N, DP, False)
+            k = load_tile(k_ptr, rows, skn, cols, end, D).to(tl.float32)
+            v = load_tile(v_ptr, rows, svn, cols, end, D)
+            phi, rot, c, s = relu_rope(k, CS, rows, N, 0, D, BLOCK_N, DP)
             drot = tl.dot(v.to(dt), dSbT, input_precision=PREC)  # (BLOCK_N, DP)
             dv = tl.dot(rot.to(dt), dSb, input_precision=PREC)  # (BLOCK_N, DP)
-            dphi = rope(drot, c, s, BLOCK_N, DP, True) + dzb[None, :]
-            dk = tl.where(k > 0.0, dphi, 0.0)
-            tl.store(
-                DK + b * sgb + h * sgh + rows[:, None] * sgn + cols[None, :],
-                dk.to(DK.dtype.element_ty),
-                mask=m,
-            )
-            tl.store(
-                DV + b * swb + h * swh + rows[:, None] * swn + cols[None, :],
-                dv.to(DV.dtype.element_ty),
-                mask=m,
-            )
+            dk = relu_rope_grad(k, drot, dzb[None, :], c, s, BLOCK_N, DP)
+            store_tile(dk_ptr, rows, sgn, cols, end, D, dk)
+            store_tile(dv_ptr, rows, swn, cols, end, D, dv)
 
 
 def backward(do, q, k, v, cs, S, z, bs, nblk, eps):

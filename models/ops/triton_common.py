@@ -9,6 +9,14 @@ an H200 (bench/NOTES_attention.md, v5): the shuffles are not what limits these k
 The angles come as one (N, D) table with cos and sin of pair i at columns 2i, 2i+1 (``rope_table``):
 a tile of it has the shape and layout of a q or k tile, so it is read with the same wide loads
 (v6; the two (N, D/2) tables needed one 2-byte shared-memory load per value, bench/NOTES_attention.md).
+
+The five kernels are written in the jit helpers at the end, each piece once: program geometry
+(``span``, ``key_chunk``), head pointers and masked tiles (``head_ptr``, ``load_tile``,
+``store_tile``), ReLU + RoPE and its gradient (``relu_rope``, ``relu_rope_grad``), the block sums
+a program reads (``block_state``) or writes (``store_partials``), and the output formula shared by
+the forward and the backward's recomputation (``z_matrix``, ``attend``). Helpers are inlined: with
+Triton 3.6 on sm_90 the main loops compile to the same SASS as the kernels written out did
+(bench/NOTES_attention.md, 2026-12-01 refactor).
 """
 
 from __future__ import annotations
@@ -202,6 +210,32 @@ if HAS_TRITON:
         return start, end
 
     @triton.jit
+    def key_chunk(KCH: tl.constexpr, DK: tl.constexpr):
+        """Head bh, first key dim k0 and key dims k0 + [0, DK) of a program of the grid
+        (B*H*KCH, splits, blocks) (state and dS kernels): KCH programs per head, DK = DP / KCH."""
+        bh = tl.program_id(0) // KCH
+        k0 = (tl.program_id(0) % KCH) * DK
+        return bh, k0, k0 + tl.arange(0, DK)
+
+    @triton.jit
+    def head_ptr(X, bh, H, sb, sh):
+        """Start of head bh (of B*H) of a (B, H, N, D) tensor with batch and head strides sb, sh."""
+        return X + (bh // H) * sb + (bh % H) * sh
+
+    @triton.jit
+    def load_tile(ptr, rows, sn, cols, end, D: tl.constexpr):
+        """Tile (rows, cols) of one head's (N, D) values at token stride sn; rows >= end and
+        cols >= D read 0, so they add nothing to any sum or product."""
+        m = (rows < end)[:, None] & (cols < D)[None, :]
+        return tl.load(ptr + rows[:, None] * sn + cols[None, :], mask=m, other=0.0)
+
+    @triton.jit
+    def store_tile(ptr, rows, sn, cols, end, D: tl.constexpr, x):
+        """Write x (rows, cols) in ptr's dtype where rows < end and cols < D; load_tile's layout."""
+        m = (rows < end)[:, None] & (cols < D)[None, :]
+        tl.store(ptr + rows[:, None] * sn + cols[None, :], x.to(ptr.dtype.element_ty), mask=m)
+
+    @triton.jit
     def rope(x, c, s, BLOCK_N: tl.constexpr, DP: tl.constexpr, INVERSE: tl.constexpr):
         """Rotate interleaved pairs of x (BLOCK_N, DP) by c, s (BLOCK_N, DP/2); INVERSE: by -angle."""
         x0, x1 = tl.split(tl.reshape(x, (BLOCK_N, DP // 2, 2)))  # 2 x (BLOCK_N, DP/2)
@@ -221,3 +255,55 @@ if HAS_TRITON:
         c = c0 + tl.arange(0, NC)
         cs = tl.load(cs_ptr + r[:, None] * D + c[None, :], mask=(c < D)[None, :], other=0.0)
         return tl.split(tl.reshape(cs.to(tl.float32), (rows.shape[0], NC // 2, 2)))
+
+    @triton.jit
+    def relu_rope(x, CS, rows, N, c0, D: tl.constexpr, BLOCK_N: tl.constexpr, NC: tl.constexpr):
+        """phi = ReLU(x) and RoPE(phi), both float32 (BLOCK_N, NC), for a q or k tile x holding
+        columns [c0, c0 + NC); also the tile's cos, sin, which relu_rope_grad takes."""
+        phi = tl.maximum(x.to(tl.float32), 0.0)
+        c, s = load_rope(CS, rows, N, c0, D, NC)
+        return phi, rope(phi, c, s, BLOCK_N, NC, False), c, s
+
+    @triton.jit
+    def relu_rope_grad(x, drot, dphi, c, s, BLOCK_N: tl.constexpr, DP: tl.constexpr):
+        """Gradient on x (BLOCK_N, DP) from drot on RoPE(ReLU(x)) plus dphi (broadcast) on ReLU(x):
+        the inverse rotation (RoPE is orthogonal per pair), then ReLU's mask."""
+        g = rope(drot, c, s, BLOCK_N, DP, True) + dphi
+        return tl.where(x > 0.0, g, 0.0)
+
+    @triton.jit
+    def block_state(S, Z, bh, dt: tl.constexpr, DP: tl.constexpr):
+        """This program's block sums: S_b (DP, DP) in dt and z_b (DP,) as stored, of (BH, nblk, DP, DP)
+        and (BH, nblk, DP) tensors (S, z in the forward; dS, dz in the backward)."""
+        cols = tl.arange(0, DP)
+        st = (bh * tl.num_programs(2) + tl.program_id(2)) * DP
+        Sb = tl.load(S + st * DP + cols[:, None] * DP + cols[None, :]).to(dt)
+        return Sb, tl.load(Z + st + cols)
+
+    @triton.jit
+    def store_partials(SBUF, ZBUF, bh, kcols, acc, zt, DP: tl.constexpr):
+        """Write a key chunk's sums acc (DK, DP) and zt (BLOCK_N, DK) summed over rows into this
+        program's slot of the (BH, nblk, nsplit, DP, DP) and (BH, nblk, nsplit, DP) partial
+        buffers (rows kcols)."""
+        cols = tl.arange(0, DP)
+        slot = (bh * tl.num_programs(2) + tl.program_id(2)) * tl.num_programs(1) + tl.program_id(1)
+        tl.store(SBUF + slot * DP * DP + kcols[:, None] * DP + cols[None, :], acc)
+        tl.store(ZBUF + slot * DP + kcols, tl.sum(zt, axis=0))
+
+    @triton.jit
+    def z_matrix(zb, dt: tl.constexpr):
+        """(DP, 16) in dt: column 0 = z rounded to dt, column 1 = the rounding error, the rest 0.
+        phi @ it, summed over its 16 columns, is phi . z to about float32 accuracy."""
+        c16 = tl.arange(0, 16)[None, :]
+        hi = zb.to(dt)
+        lo = (zb - hi.to(tl.float32)).to(dt)
+        return tl.where(c16 == 0, hi[:, None], tl.where(c16 == 1, lo[:, None], 0.0)).to(dt)
+
+    @triton.jit
+    def attend(phi, rot, Sb, Zm, eps, PREC: tl.constexpr):
+        """out = RoPE(phi) S_b / (phi . z_b + eps) (BLOCK_N, DP) float32 and 1 / den (BLOCK_N,), from
+        phi, rot (BLOCK_N, DP) float32, S_b (DP, DP) and Zm = z_matrix(z_b) in the input dtype.
+        The forward's output and the backward's recomputation of it."""
+        dt = Sb.dtype
+        rden = 1.0 / (tl.sum(tl.dot(phi.to(dt), Zm, input_precision=PREC), axis=1) + eps)  # (BLOCK_N,)
+        return tl.dot(rot.to(dt), Sb, input_precision=PREC) * rden[:, None], rden

@@ -34,110 +34,57 @@ if HAS_TRITON:
     import triton
     import triton.language as tl
 
-    from models.ops.triton_common import load_rope, rope, span
+    from models.ops.triton_common import (
+        attend,
+        block_state,
+        head_ptr,
+        key_chunk,
+        load_tile,
+        relu_rope,
+        span,
+        store_partials,
+        store_tile,
+        z_matrix,
+    )
 
     @triton.jit
-    def _state_kernel(
-        K,
-        skb,
-        skh,
-        skn,
-        V,
-        svb,
-        svh,
-        svn,
-        CS,
-        SBUF,
-        ZBUF,
-        H,
-        N,
-        BS,
-        SPLIT_LEN,
-        D: tl.constexpr,
-        DP: tl.constexpr,
-        BLOCK_N: tl.constexpr,
-        PREC: tl.constexpr,
-        KCH: tl.constexpr,
-    ):
-        bh = tl.program_id(0) // KCH
+    def _state_kernel(K, skb, skh, skn, V, svb, svh, svn, CS, SBUF, ZBUF, H, N, BS, SPLIT_LEN,
+                      D: tl.constexpr, DP: tl.constexpr, BLOCK_N: tl.constexpr, PREC: tl.constexpr,
+                      KCH: tl.constexpr):
         DK: tl.constexpr = DP // KCH
-        k0 = (tl.program_id(0) % KCH) * DK
-        kcols = k0 + tl.arange(0, DK)  # this program's key dims
+        bh, k0, kcols = key_chunk(KCH, DK)  # this program's key dims
         start, end = span(N, BS, SPLIT_LEN)
         cols = tl.arange(0, DP)
-        k_ptr = K + (bh // H) * skb + (bh % H) * skh
-        v_ptr = V + (bh // H) * svb + (bh % H) * svh
+        k_ptr = head_ptr(K, bh, H, skb, skh)
+        v_ptr = head_ptr(V, bh, H, svb, svh)
         S = tl.zeros((DK, DP), dtype=tl.float32)
         zt = tl.zeros((BLOCK_N, DK), dtype=tl.float32)  # per-row sums of phi(k), reduced after the loop
         for off in range(start, end, BLOCK_N):
             rows = off + tl.arange(0, BLOCK_N)
-            rmask = rows < end
-            kmask = rmask[:, None] & (kcols < D)[None, :]
-            k = tl.load(k_ptr + rows[:, None] * skn + kcols[None, :], mask=kmask, other=0.0)
-            vmask = rmask[:, None] & (cols < D)[None, :]
-            v = tl.load(v_ptr + rows[:, None] * svn + cols[None, :], mask=vmask, other=0.0)
-            phi = tl.maximum(k.to(tl.float32), 0.0)  # (BLOCK_N, DK)
-            c, s = load_rope(CS, rows, N, k0, D, DK)
-            rot = rope(phi, c, s, BLOCK_N, DK, False)
+            k = load_tile(k_ptr, rows, skn, kcols, end, D)
+            v = load_tile(v_ptr, rows, svn, cols, end, D)
+            phi, rot, _, _ = relu_rope(k, CS, rows, N, k0, D, BLOCK_N, DK)  # (BLOCK_N, DK)
             S += tl.dot(tl.trans(rot.to(v.dtype)), v, input_precision=PREC)  # (DK, DP)
             zt += phi
-        slot = (bh * tl.num_programs(2) + tl.program_id(2)) * tl.num_programs(1) + tl.program_id(1)
-        tl.store(SBUF + slot * DP * DP + kcols[:, None] * DP + cols[None, :], S)
-        tl.store(ZBUF + slot * DP + kcols, tl.sum(zt, axis=0))
+        store_partials(SBUF, ZBUF, bh, kcols, S, zt, DP)
 
     @triton.jit
-    def z_matrix(zb, dt: tl.constexpr):
-        """(DP, 16) in dt: column 0 = z rounded to dt, column 1 = the rounding error, the rest 0.
-        phi @ it, summed over its 16 columns, is phi . z to about float32 accuracy."""
-        c16 = tl.arange(0, 16)[None, :]
-        hi = zb.to(dt)
-        lo = (zb - hi.to(tl.float32)).to(dt)
-        return tl.where(c16 == 0, hi[:, None], tl.where(c16 == 1, lo[:, None], 0.0)).to(dt)
-
-    @triton.jit
-    def _out_kernel(
-        Q,
-        sqb,
-        sqh,
-        sqn,
-        OUT,
-        sob,
-        soh,
-        son,
-        CS,
-        S,
-        Z,
-        H,
-        N,
-        BS,
-        SPLIT_LEN,
-        eps,
-        D: tl.constexpr,
-        DP: tl.constexpr,
-        BLOCK_N: tl.constexpr,
-        PREC: tl.constexpr,
-    ):
+    def _out_kernel(Q, sqb, sqh, sqn, OUT, sob, soh, son, CS, S, Z, H, N, BS, SPLIT_LEN, eps,
+                    D: tl.constexpr, DP: tl.constexpr, BLOCK_N: tl.constexpr, PREC: tl.constexpr):
         bh = tl.program_id(0)
         start, end = span(N, BS, SPLIT_LEN)
         cols = tl.arange(0, DP)
-        cmask = cols[None, :] < D
+        q_ptr = head_ptr(Q, bh, H, sqb, sqh)
+        o_ptr = head_ptr(OUT, bh, H, sob, soh)
         dt = Q.dtype.element_ty
-        q_ptr = Q + (bh // H) * sqb + (bh % H) * sqh
-        o_ptr = OUT + (bh // H) * sob + (bh % H) * soh
-        st = (bh * tl.num_programs(2) + tl.program_id(2)) * DP
-        Sb = tl.load(S + st * DP + cols[:, None] * DP + cols[None, :])  # (DP, DP) in dt, once
-        Zm = z_matrix(tl.load(Z + st + cols), dt)  # (DP, 16)
+        Sb, zb = block_state(S, Z, bh, dt, DP)  # (DP, DP) (stored in dt), (DP,) float32; once
+        Zm = z_matrix(zb, dt)  # (DP, 16)
         for off in range(start, end, BLOCK_N):
             rows = off + tl.arange(0, BLOCK_N)
-            m = (rows < end)[:, None] & cmask
-            q = tl.load(q_ptr + rows[:, None] * sqn + cols[None, :], mask=m, other=0.0)
-            phi = tl.maximum(q.to(tl.float32), 0.0)
-            c, s = load_rope(CS, rows, N, 0, D, DP)
-            rot = rope(phi, c, s, BLOCK_N, DP, False)
-            rden = 1.0 / (tl.sum(tl.dot(phi.to(dt), Zm, input_precision=PREC), axis=1) + eps)  # (BLOCK_N,)
-            num = tl.dot(rot.to(dt), Sb, input_precision=PREC)  # (BLOCK_N, DP)
-            out = (num * rden[:, None]).to(OUT.dtype.element_ty)
-            tl.store(o_ptr + rows[:, None] * son + cols[None, :], out, mask=m)
+            q = load_tile(q_ptr, rows, sqn, cols, end, D)
+            phi, rot, _, _ = relu_rope(q, CS, rows, N, 0, D, BLOCK_N, DP)
+            out, _ = attend(phi, rot, Sb, Zm, eps, PREC)  # (BLOCK_N, DP)
+            store_tile(o_ptr, rows, son, cols, end, D, out)
 
 
 def forward(q, k, v, cos, sin, block_size, eps, state=None):
