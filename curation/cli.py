@@ -229,10 +229,12 @@ def cmd_stage(args) -> int:
 
 
 def print_summary(root: Path | fs.S3Path) -> None:
-    from manifests.db import query
+    from manifests.db import connect
+
+    con = connect(root)  # one connection: each one lists every table's parts again
 
     def one(sql):
-        return query(root, sql).to_pylist()
+        return con.sql(sql).to_arrow_table().to_pylist()
 
     print("status counts:")
     for table in ("videos", "clips"):

@@ -167,3 +167,15 @@ def test_duckdb_threads_follow_the_memory_limit_not_the_host(monkeypatch):
     assert threads("100MB") == 1
     monkeypatch.setattr(db, "cpus", lambda: 2)
     assert threads("4GB") == 2
+
+
+def test_summary_prints_the_known_counts(run_root, capsys):
+    from curation.cli import main
+
+    assert main(["summary", "--root", str(run_root)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[1].split() == ["videos", "error=1,", "ok=2"]
+    assert out[2].split() == ["clips", "ok=3,", "rejected=1"]
+    assert out[3].split() == ["decisions", "kept@48p=1,", "kept@96p=1,", "rejected=1"]
+    assert out[4].split() == ["shards", "error=1,", "ok=1"]
+    assert out[5] == f"hours in: {3.25 / 3600:.4f}  hours out: {1 / 3600:.4f}"
