@@ -79,3 +79,18 @@ def test_table_commands_import_no_heavy_library(tmp_path, argv):
     )
     leaked = packages(modules_after(code), *HEAVY)
     assert not leaked, f"reelsift {' '.join(argv)} imports {sorted(leaked)}"
+
+
+def test_a_stage_small_enough_to_run_inline_imports_no_ray(tmp_path):
+    from tests.media import make_video
+
+    make_video(tmp_path / "in" / "a.mp4", n_frames=24, size=(64, 48), kind="moving")
+    argv = ["ingest", "--config", "configs/offline.yaml", "--input", str(tmp_path / "in"),
+            "--root", str(tmp_path / "root"), "--set", "ray.inline_max_items=8"]
+    code = (
+        "import contextlib, io\nfrom curation.cli import main\n"
+        f"with contextlib.redirect_stdout(io.StringIO()):\n    assert main({argv!r}) == 0"
+    )
+    mods = modules_after(code)
+    assert "curation.inline" in mods, "the stage ran inline"
+    assert not packages(mods, "ray"), "an inline stage imported Ray"
