@@ -169,6 +169,14 @@ def _live_pid(pidfile: Path) -> int | None:
 
 
 def _alive(pid: int) -> bool:
+    if not os.path.isdir("/proc"):  # not Linux: signal 0 tests that the pid exists
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
     try:
         with open(f"/proc/{pid}/stat", "rb") as fh:  # a zombie (exited, not yet reaped) is gone
             return fh.read().rsplit(b")", 1)[1].split()[0] != b"Z"
