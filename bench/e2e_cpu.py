@@ -11,6 +11,11 @@ resolutions, over 5 minutes of video in all.
 
     python bench/e2e_cpu.py                      # table + bench/results/e2e_cpu.json
     python bench/e2e_cpu.py --label after --skip-run
+    python bench/e2e_cpu.py --only-starts        # CLI start-up only (about a minute)
+
+CLI start-up is measured without Ray, with an embedded Ray, and joining a local Ray that
+`reelsift cluster start` started (its start, idle CPU and stop are measured too, and its
+processes' CPU during each joined command is counted: proctree's `baseline`).
 
 Not a pass/fail test. The 2-core machine it ran on is shared with other work, so wall times are
 noisy; CPU seconds are much less so.
