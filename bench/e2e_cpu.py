@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.harness import Result  # noqa: E402  (after sys.path)
-from bench.proctree import TreeUsage, run_measured, snapshot  # noqa: E402
+from bench.proctree import TreeUsage, cpu_since, run_measured, snapshot  # noqa: E402
 
 CONFIG = ROOT / "configs" / "offline.yaml"
 # (name, kind, width, height, seconds, cut every N s or 0): mixed sizes and aspect ratios
@@ -282,7 +282,7 @@ def joined_starts(work: Path, tiny: Path, sets: list[str], ray_on: list[str], st
         before = snapshot()
         time.sleep(idle_s)
         after = snapshot()
-        idle = sum(c - before.get(k, (0.0,))[0] for k, (c, _) in after.items())
+        idle = sum(c for c, _ in cpu_since(before, after).values())
         out["cluster_idle_cpu_s_per_min"] = round(idle * 60 / idle_s, 2)
         joined_env = {**env(), "RAY_ADDRESS": "auto"}
         runs = []

@@ -92,6 +92,12 @@ def snapshot() -> dict[tuple[int, int], tuple[float, str]]:
     return {(pid, start): (cpu, comm) for pid, (cpu, start, _, comm) in descendants(os.getpid()).items()}
 
 
+def cpu_since(baseline: dict[tuple[int, int], tuple[float, str]], now: dict) -> dict:
+    """(pid, start) -> (CPU s used since `baseline`, comm) for each process of `now` (new ones
+    count whole); both are `snapshot()`-shaped."""
+    return {k: (c - baseline.get(k, (0.0,))[0], comm) for k, (c, comm) in now.items()}
+
+
 def run_measured(
     cmd: list[str],
     env: dict[str, str] | None = None,
@@ -124,7 +130,7 @@ def run_measured(
         live = descendants(me)
         for pid, (cpu, start, _, comm) in live.items():
             seen[(pid, start)] = (cpu, comm)
-        return sum(c - base.get(k, (0.0,))[0] for k, (c, _) in seen.items()), live
+        return sum(c for c, _ in cpu_since(base, seen).values()), live
 
     t0 = time.monotonic()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -175,7 +181,7 @@ def run_measured(
             exited_at = time.monotonic() - linger_s + 5  # give them 5 s more
         time.sleep(interval)
     th.join(timeout=5)
-    used = {k: (c - base.get(k, (0.0,))[0], comm) for k, (c, comm) in seen.items()}
+    used = cpu_since(base, seen)
     out.cpu_s = sum(c for c, _ in used.values())
     out.procs_seen = len(seen)
     for cpu, comm in used.values():

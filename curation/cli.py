@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 from pathlib import Path
 
@@ -357,19 +356,17 @@ def cmd_compact(args) -> int:
 
 
 def cmd_cluster(args) -> int:
-    import tempfile
-
-    from curation import runner
+    from curation import local_ray
     from curation.config import load_config
 
-    state = Path(tempfile.gettempdir()) / f"reelsift-ray-{os.getuid()}"
+    state = local_ray.default_state()
     if args.action == "stop":
-        pid = runner.stop_local_cluster(state)
+        pid = local_ray.stop_local_cluster(state)
         print("no local Ray from `reelsift cluster start` is running" if pid is None
               else f"stopped the local Ray (pid {pid})")
         return 0
     cfg = load_config(args.config, args.overrides)
-    pid = runner.start_local_cluster(cfg.ray, state)
+    pid = local_ray.start_local_cluster(cfg.ray, state)
     print(
         f"a local Ray is up (pid {pid}, log {state / 'head.log'}). Commands join it with "
         "RAY_ADDRESS=auto, e.g.\n"
