@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from models.captioner.common import RANDOM_SIZES
+
 # Published captioning throughput, 8 GPUs each (per GPU = total / 8).
 PUBLISHED = {
     "open_sora_llava_captioning": {
@@ -196,54 +198,8 @@ def make_clips(cfg: BenchConfig, workdir: Path) -> list[dict]:
         return list(pool.map(one, range(cfg.n_files)))
 
 
-QWEN25_VL_7B = dict(  # Qwen/Qwen2.5-VL-7B-Instruct config.json
-    text=dict(
-        vocab_size=152064,
-        hidden_size=3584,
-        intermediate_size=18944,
-        num_hidden_layers=28,
-        num_attention_heads=28,
-        num_key_value_heads=4,
-        max_position_embeddings=128000,
-        rms_norm_eps=1e-6,
-        tie_word_embeddings=False,
-        rope_parameters={"rope_type": "default", "mrope_section": [16, 24, 24], "rope_theta": 1e6},
-    ),
-    vision=dict(
-        depth=32,
-        hidden_size=1280,
-        intermediate_size=3420,
-        num_heads=16,
-        out_hidden_size=3584,
-        patch_size=14,
-        spatial_merge_size=2,
-        temporal_patch_size=2,
-        window_size=112,
-        fullatt_block_indexes=[7, 15, 23, 31],
-        tokens_per_second=2,
-    ),
-)
-SMOKE_VLM = dict(
-    text=dict(
-        vocab_size=152064,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        max_position_embeddings=32768,
-        rope_parameters={"rope_type": "default", "mrope_section": [2, 3, 3], "rope_theta": 1e4},
-    ),
-    vision=dict(
-        depth=2,
-        hidden_size=32,
-        intermediate_size=64,
-        num_heads=2,
-        out_hidden_size=32,
-        fullatt_block_indexes=[1],
-        window_size=56,
-    ),
-)
+QWEN25_VL_7B = RANDOM_SIZES["qwen2.5-vl-7b"]  # Qwen/Qwen2.5-VL-7B-Instruct config.json sizes
+SMOKE_VLM = RANDOM_SIZES["qwen2.5-vl-smoke"]  # 7B vocabulary, tiny layers: CPU smoke runs
 
 
 def build_vlm(sizes: dict, device: str, dtype):

@@ -113,6 +113,7 @@ def split(cfg: CurateConfig, root: Path, ray_address: str | None = None) -> Part
 def score(cfg: CurateConfig, root: Path, ray_address: str | None = None) -> PartSink:
     from curation.runner import PartSink, run_stage
     from curation.stages.score import DecodeAndScoreCpu, ScoreNeural
+    from curation.stages.score_lanes import lane_ops, uses_lanes
 
     scores = Table(root, "scores")
     scores.clean_temp()
@@ -120,7 +121,7 @@ def score(cfg: CurateConfig, root: Path, ray_address: str | None = None) -> Part
     items = con.sql("""
         SELECT c.clip_id, c.path, c.start_frame, c.end_frame, c.fps, v.rotation,
                c.width AS display_width, c.height AS display_height, v.size_bytes,
-               epoch(v.created_at) AS ingested_at
+               epoch(v.created_at) AS ingested_at, v.codec, v.pix_fmt, v.vfr
         FROM clips c JOIN (  -- a file ingested again unchanged has a second row: take the newest
             SELECT * FROM videos WHERE status = 'ok'
             QUALIFY row_number() OVER (PARTITION BY video_id ORDER BY created_at DESC) = 1
@@ -136,7 +137,11 @@ def score(cfg: CurateConfig, root: Path, ray_address: str | None = None) -> Part
     log.info("score: %d clips to score", items.num_rows)
     sink = PartSink(scores, rows=cfg.ray.flush_rows, seconds=cfg.ray.flush_s)
     sink.expected = items.num_rows
-    ops = [(DecodeAndScoreCpu, cfg.score, cfg.score.cpu), (ScoreNeural, cfg.score, cfg.score.gpu)]
+    if uses_lanes(cfg.score):  # a GPU node: the GPU actor decodes (NVDEC + CPU lanes), CPU scorers follow
+        ops = lane_ops(cfg.score)
+        log.info("score: decode %s on the GPU actor (NVDEC and CPU lanes)", cfg.score.decode)
+    else:
+        ops = [(DecodeAndScoreCpu, cfg.score, cfg.score.cpu), (ScoreNeural, cfg.score, cfg.score.gpu)]
     return run_stage("score", ops, None, None, items, sink, ray_address=ray_address, ray_cfg=cfg.ray)
 
 

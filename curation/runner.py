@@ -240,6 +240,7 @@ class PartSink:
         self.written = 0
         self.counts: dict[str, int] = {}
         self.nodes: dict[str, int] = {}  # Ray node id -> rows produced there
+        self.lanes: dict[str, int] = {}  # decode lane -> clips it decoded
 
     def add(self, batch: pa.Table) -> None:
         if NODE_COLUMN in batch.column_names:
@@ -280,6 +281,9 @@ class PartSink:
         if "status" in merged.column_names:
             for status in merged.column("status").to_pylist():
                 self.counts[status] = self.counts.get(status, 0) + 1
+        if "decode_lane" in merged.column_names:  # which decode lane served each clip (score)
+            for lane in merged.column("decode_lane").drop_null().to_pylist():
+                self.lanes[lane] = self.lanes.get(lane, 0) + 1
         self.written += merged.num_rows
         self._pending, self._n, self._last = [], 0, time.monotonic()
         self._progress()
@@ -393,6 +397,7 @@ def _write_metrics(sink: PartSink, name: str, items: pa.Table, elapsed: float, i
             seconds=round(elapsed, 3),
             items_per_s=round(items.num_rows / max(elapsed, 1e-9), 4),
             inline=inline,
+            **({"decode_lanes": sink.lanes} if sink.lanes else {}),
         ),
     )
 

@@ -64,11 +64,14 @@ class AestheticScorer:
     def embed_dim(self) -> int:
         return self.encoder.embed_dim
 
-    def _pick(self, frames: np.ndarray) -> np.ndarray:
+    def _pick(self, frames):
         n = self.cfg.n_frames
         if n == 0 or n >= len(frames):
             return frames
-        return frames[((np.arange(n) + 0.5) * len(frames) / n).astype(int)]
+        pick = ((np.arange(n) + 0.5) * len(frames) / n).astype(int)
+        if isinstance(frames, torch.Tensor):
+            return frames[torch.from_numpy(pick).to(frames.device)]
+        return frames[pick]
 
     @torch.inference_mode()
     def submit(self, clips: list[np.ndarray]) -> Pending:
@@ -124,7 +127,9 @@ class Pending:
     done: Any
 
 
-def _check(frames: np.ndarray) -> np.ndarray:
-    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8 or len(frames) == 0:
-        raise ValueError(f"frames must be (T>=1, H, W, 3) uint8, got {frames.shape} {frames.dtype}")
+def _check(frames):
+    """(T>=1, H, W, 3) uint8, a numpy array or a tensor (frames the NVDEC lane left on the GPU)."""
+    uint8 = frames.dtype == (torch.uint8 if isinstance(frames, torch.Tensor) else np.uint8)
+    if frames.ndim != 4 or frames.shape[-1] != 3 or not uint8 or len(frames) == 0:
+        raise ValueError(f"frames must be (T>=1, H, W, 3) uint8, got {tuple(frames.shape)} {frames.dtype}")
     return frames

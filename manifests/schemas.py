@@ -101,6 +101,7 @@ SCORES = pa.schema(
         pa.field("frame_step", pa.float32()),  # source frames between sampled frames
         pa.field("work_width", pa.int32()),  # working resolution of the sampled frames
         pa.field("work_height", pa.int32()),
+        pa.field("decode_lane", pa.string()),  # cpu, nvdec, or cpu-fallback (NVDEC failed on the file)
         # motion (filters/motion.py): px per source frame at a 256-px short side
         pa.field("motion_mean", pa.float32()),
         pa.field("motion_p90", pa.float32()),

@@ -128,14 +128,20 @@ class TensorPreprocess:
     def upload(self, clips: list[np.ndarray]) -> list[tuple[np.ndarray, torch.Tensor]]:
         """Clips (T_i, H_i, W_i, 3) uint8 -> [(frame numbers in the flat order, (n, H, W, 3)
         uint8 on the device)], one entry per frame size. Each size group is copied once into
-        pinned host memory and sent asynchronously (CUDA); clips may be freed on return."""
+        pinned host memory and sent asynchronously (CUDA); clips may be freed on return.
+        A group whose clips are all tensors on the device already is concatenated there."""
         groups: dict[tuple[int, int], list[int]] = {}
         for i, clip in enumerate(clips):
-            groups.setdefault(clip.shape[1:3], []).append(i)
+            groups.setdefault(tuple(clip.shape[1:3]), []).append(i)
         starts = np.cumsum([0] + [len(c) for c in clips])
         pin = self.device.type == "cuda"
         out = []
         for (h, w), members in groups.items():
+            index = [np.arange(starts[i], starts[i] + len(clips[i])) for i in members]
+            if all(isinstance(clips[i], torch.Tensor) and clips[i].device == self.device for i in members):
+                # frames already on the device (NVDEC lane): no host round trip
+                out.append((np.concatenate(index), torch.cat([clips[i] for i in members])))
+                continue
             n = sum(len(clips[i]) for i in members)
             host = torch.empty((n, h, w, 3), dtype=torch.uint8, pin_memory=pin)
             view, at, index = host.numpy(), 0, []

@@ -8,6 +8,7 @@ every request and injects 429, 500, a hang and a refusal; sidecar reads files be
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import json
 import threading
@@ -316,6 +317,20 @@ def test_tiny_vlm_by_name_as_images(tmp_path):
         assert r["untrained"] is True and r["model"] == TINY_VLM and r["backend"] == "transformers"
         assert (r["status"] == "ok" and r["caption"]) or (r["status"] == "error" and r["error"])
         assert r["n_tokens"] is not None and 1 <= r["n_tokens"] <= 8
+
+
+def test_named_random_size_builds_on_the_device_and_is_flagged(tmp_path):
+    """`reelsift-random:<name>` (the GPU-node bench's 7B-sized captioner) through the same loader,
+    here at the smoke size: random weights, rows flagged untrained, an unknown name says the known."""
+    make_root(tmp_path, n_clips=1, kept=1)
+    model = "reelsift-random:qwen2.5-vl-smoke"
+    cfg = CaptionConfig(n_frames=2, short_side=56, min_words=1,
+                        transformers=TransformersCaptionerConfig(model=model, device="cpu", max_new_tokens=4))
+    rows = run_local(cfg, tmp_path)
+    assert len(rows) == 1 and rows[0]["untrained"] is True and rows[0]["model"] == model
+    with pytest.raises(ValueError, match="qwen2.5-vl-7b"):
+        run_local(dataclasses.replace(cfg, transformers=TransformersCaptionerConfig(
+            model="reelsift-random:nope", device="cpu")), tmp_path)
 
 
 @pytest.fixture(scope="module")

@@ -54,6 +54,7 @@ NOT_SCORES = {
     "prompt_hash",
     "clip_model",
     "untrained",
+    "decode_lane",
 }
 
 

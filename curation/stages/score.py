@@ -167,6 +167,7 @@ class DecodeAndScoreCpu:
             frame_step=step,
             work_width=frames.shape[2],
             work_height=frames.shape[1],
+            decode_lane="cpu",
             frames=frames.tobytes(),
             frames_shape=list(frames.shape),
         )

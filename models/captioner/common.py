@@ -99,7 +99,7 @@ def torch_device(spec: str) -> str:
 
 def is_untrained(model: str) -> bool:
     """Whether a transformers model spec has random weights (the tiny model or a marked folder)."""
-    if model == TINY_VLM:
+    if model == TINY_VLM or model.startswith(RANDOM_PREFIX):
         return True
     config = Path(os.path.expanduser(model)) / "config.json"
     if config.is_file():
@@ -222,3 +222,79 @@ def build_tiny_vlm(path: str | Path, seed: int = 0) -> str:
     model.save_pretrained(path)
     processor.save_pretrained(path)
     return str(path)
+
+
+# `caption.transformers.model: reelsift-random:<name>` builds a model of these sizes with RANDOM
+# weights on the captioner's device (benches and GPU-node runs without a hub): UNTRAINED captions.
+RANDOM_PREFIX = "reelsift-random:"
+_QWEN25_VL_7B = dict(  # Qwen/Qwen2.5-VL-7B-Instruct config.json
+    text=dict(
+        vocab_size=152064,
+        hidden_size=3584,
+        intermediate_size=18944,
+        num_hidden_layers=28,
+        num_attention_heads=28,
+        num_key_value_heads=4,
+        max_position_embeddings=128000,
+        rms_norm_eps=1e-6,
+        tie_word_embeddings=False,
+        rope_parameters={"rope_type": "default", "mrope_section": [16, 24, 24], "rope_theta": 1e6},
+    ),
+    vision=dict(
+        depth=32,
+        hidden_size=1280,
+        intermediate_size=3420,
+        num_heads=16,
+        out_hidden_size=3584,
+        patch_size=14,
+        spatial_merge_size=2,
+        temporal_patch_size=2,
+        window_size=112,
+        fullatt_block_indexes=[7, 15, 23, 31],
+        tokens_per_second=2,
+    ),
+)
+_SMOKE = dict(  # the 7B vocabulary, tiny layers (CPU tests)
+    text=dict(
+        vocab_size=152064,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=32768,
+        rope_parameters={"rope_type": "default", "mrope_section": [2, 3, 3], "rope_theta": 1e4},
+    ),
+    vision=dict(
+        depth=2,
+        hidden_size=32,
+        intermediate_size=64,
+        num_heads=2,
+        out_hidden_size=32,
+        fullatt_block_indexes=[1],
+        window_size=56,
+    ),
+)
+RANDOM_SIZES = {"qwen2.5-vl-7b": _QWEN25_VL_7B, "qwen2.5-vl-smoke": _SMOKE}
+
+
+def build_random_vlm(model: str, device: str, dtype, seed: int = 0, attn_implementation: str | None = None):
+    """`reelsift-random:<name>` -> (model, processor): a Qwen2.5-VL of RANDOM_SIZES[name] created
+    on `device` with random weights (marked untrained), and the synthetic-tokenizer processor."""
+    import torch
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    name = model.removeprefix(RANDOM_PREFIX)
+    if name not in RANDOM_SIZES:
+        raise ValueError(
+            f"caption.transformers.model: unknown random model {name!r}; known: {sorted(RANDOM_SIZES)}"
+        )
+    sizes = RANDOM_SIZES[name]
+    processor, config = vlm_parts(sizes["text"], sizes["vision"])
+    config._attn_implementation = attn_implementation or "sdpa"
+    setattr(config, UNTRAINED_ATTR, True)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        with torch.device(device):
+            net = Qwen2_5_VLForConditionalGeneration._from_config(config, dtype=dtype)
+    return net.eval(), processor

@@ -14,10 +14,12 @@ import tempfile
 import time
 
 from models.captioner.common import (
+    RANDOM_PREFIX,
     TINY_VLM,
     UNTRAINED_ATTR,
     CaptionInput,
     RawCaption,
+    build_random_vlm,
     build_tiny_vlm,
     torch_device,
 )
@@ -42,6 +44,12 @@ class TransformersCaptioner:
             cfg.dtype, torch.bfloat16 if self.device.startswith("cuda") else torch.float32
         )
         path = cfg.model
+        if cfg.model.startswith(RANDOM_PREFIX):  # a named size, random weights, built on the device
+            self.model, self.processor = build_random_vlm(
+                cfg.model, self.device, dtype, cfg.seed, cfg.attn_implementation
+            )
+            self._setup()
+            return
         if cfg.model == TINY_VLM:
             self._tmp = tempfile.TemporaryDirectory(prefix="reelsift-tiny-vlm-")
             path = build_tiny_vlm(self._tmp.name, seed=cfg.seed)

@@ -1,0 +1,277 @@
+"""Two decode lanes that share one queue: NVDEC sessions on the GPU and PyAV worker processes on
+the CPU, so on a GPU node their rates add.
+
+    lanes = LaneDecoder("auto", DecodeSpec(n_frames=8, short_side=360, timeout_s=300),
+                        nvdec_sessions=4, cpu_workers=6)
+    results = lanes.decode(runs)    # runs: lists of neighbouring clips of one video
+
+Each run (clips one decode pass serves, `curation.stages.score.runs_of_one_video`) is one job.
+Idle NVDEC threads and idle CPU workers take the next job from the same queue; NVDEC threads
+skip jobs it refuses (`filters.nvdec.refusal`), and a job NVDEC fails on goes back to the queue
+for the CPU lane only ("cpu-fallback"). Mode `cpu` uses the CPU lane alone, `nvdec` the NVDEC
+lane alone (a refused or failed clip is then an error row that says so).
+
+Both lanes yield the same frame indices (`sample_indices`) at the same working size; the NVDEC
+lane keeps its frames on the GPU as well, for a GPU consumer (CLIP) to use without an upload.
+`decode()` may be called from several threads at once (an actor that overlaps decode and model).
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+import os
+import queue
+import threading
+import time
+from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from filters.video import DecodeTimeout, VideoDecodeError, even_size
+
+log = logging.getLogger("reelsift")
+
+MODES = ("auto", "cpu", "nvdec")
+GRACE_S = 30.0
+
+
+@dataclass(frozen=True)
+class DecodeSpec:
+    """What a stage needs decoded from each clip."""
+
+    n_frames: int
+    """Frames sampled evenly over the clip (`sample_indices`)."""
+    short_side: int
+    """Working resolution: short side of the returned frames (never upscaled), pixels."""
+    timeout_s: float
+    """Per-clip decode time limit, seconds."""
+
+    @classmethod
+    def of(cls, cfg: Any) -> DecodeSpec:
+        return cls(int(cfg.n_frames), int(cfg.short_side), float(cfg.timeout_s))
+
+
+@dataclass
+class Decoded:
+    """One clip's frames: `host` (T, h, w, 3) uint8 numpy, `device` the same frames as a CUDA
+    tensor (NVDEC lane only, else None), `step` source frames per sample, `lane` that decoded it,
+    or `error` (a message for the clip's error row)."""
+
+    host: np.ndarray | None = None
+    device: Any = None
+    step: float = 0.0
+    lane: str = "cpu"
+    error: str | None = None
+
+
+def _cpu_decode(clips: list[dict], spec: DecodeSpec) -> list[tuple[np.ndarray, float]]:
+    from curation.stages.score import decode_run
+
+    return decode_run(clips, spec)
+
+
+class _Job:
+    """One run of clips: decoded by whichever lane takes it first; `ready` is set when `out` is."""
+
+    __slots__ = ("clips", "nvdec_failed", "out", "ready")
+
+    def __init__(self, clips: list[dict], nvdec_failed: bool = False):
+        self.clips, self.nvdec_failed = clips, nvdec_failed
+        self.out: list[Decoded] | None = None
+        self.ready = threading.Event()
+
+
+class LaneDecoder:
+    """See the module docstring. `counts()` gives clips per lane and the NVDEC session counters."""
+
+    def __init__(
+        self, mode: str, spec: DecodeSpec, nvdec_sessions: int = 4, cpu_workers: int = 4, gpu_id: int = 0
+    ):
+        from filters import nvdec
+
+        if mode not in MODES:
+            raise ValueError(f"decode mode must be one of {MODES}, got {mode!r}")
+        self.mode, self.spec = mode, spec
+        self.lanes: Counter[str] = Counter()
+        self.fallback_reasons: Counter[str] = Counter()
+        self.jobs: queue.Queue[_Job | None] = queue.Queue()
+        self.cpu_jobs: queue.Queue[_Job | None] = queue.Queue()  # jobs NVDEC failed or refused
+        self.lock = threading.Lock()
+        self.threads: list[threading.Thread] = []
+        self.sessions = None
+        why = nvdec.unavailable(gpu_id) if mode != "cpu" else "decode: cpu"
+        if why and mode == "nvdec":
+            raise RuntimeError(
+                f"score/caption decode: nvdec was asked for but {why}; use decode: auto or cpu"
+            )
+        self.nvdec_on = why is None
+        if why and mode == "auto":
+            log.info("decode: NVDEC not used (%s); CPU lane only", why)
+        self.cpu_on = mode != "nvdec" or not self.nvdec_on
+        self.pool: ProcessPoolExecutor | None = None
+        self.cpu_workers = max(1, cpu_workers) if self.cpu_on else 0
+        if self.cpu_on:
+            self._new_pool()
+            for i in range(self.cpu_workers):
+                self._start(self._cpu_loop, f"cpu-lane-{i}")
+        if self.nvdec_on:
+            self.sessions = nvdec.DecoderSet(nvdec_sessions, gpu_id)
+            for i, dec in enumerate(self.sessions.all):
+                self._start(self._nvdec_loop, f"nvdec-lane-{i}", dec)
+
+    def _start(self, fn, name: str, *args) -> None:
+        t = threading.Thread(target=fn, args=args, name=name, daemon=True)
+        t.start()
+        self.threads.append(t)
+
+    def _new_pool(self) -> None:
+        # forkserver: workers never inherit this process's CUDA context or threads
+        self.pool = ProcessPoolExecutor(self.cpu_workers or 1, mp_context=mp.get_context("forkserver"))
+
+    # -- the public calls ------------------------------------------------------------------
+    def submit(self, runs: list[list[dict]]) -> list[_Job]:
+        """Queue every run for decoding and return at once; `result(job)` waits for one."""
+        from filters import nvdec
+
+        jobs = []
+        for clips in runs:
+            refused = nvdec.refusal(clips[0]) if self.nvdec_on else "NVDEC off"
+            job = _Job(clips)
+            jobs.append(job)
+            if refused is None:
+                self.jobs.put(job)
+            elif self.cpu_on:
+                self.cpu_jobs.put(job)
+            else:  # nvdec strict: a refused clip is an error row
+                msg = f"decode: nvdec refuses this clip ({refused}); use decode: auto"
+                self._done(job, [Decoded(error=msg) for _ in clips])
+        return jobs
+
+    @staticmethod
+    def result(job: _Job) -> list[Decoded]:
+        """One Decoded per clip of the job's run, in order (waits until it is decoded)."""
+        job.ready.wait()
+        return job.out
+
+    def decode(self, runs: list[list[dict]]) -> list[list[Decoded]]:
+        """Decode every run; -> per run, one Decoded per clip, in the run's order."""
+        return [self.result(job) for job in self.submit(runs)]
+
+    def counts(self) -> dict[str, Any]:
+        with self.lock:
+            out: dict[str, Any] = {"clips_by_lane": dict(self.lanes)}
+            if self.fallback_reasons:
+                out["fallback_reasons"] = dict(self.fallback_reasons.most_common(5))
+        if self.sessions is not None:
+            out["nvdec_sessions"] = self.sessions.counts()
+        return out
+
+    def close(self) -> None:
+        for _ in self.threads:
+            self.jobs.put(None)
+            self.cpu_jobs.put(None)
+        if self.pool is not None:
+            self.pool.shutdown(wait=False, cancel_futures=True)
+
+    # -- lanes -----------------------------------------------------------------------------
+    def _done(self, job: _Job, out: list[Decoded]) -> None:
+        job.out = out
+        with self.lock:
+            for d in out:
+                if d.error is None:
+                    self.lanes[d.lane] += 1
+        job.ready.set()
+
+    def _nvdec_loop(self, dec) -> None:
+        from filters.nvdec import NvdecError
+
+        while (job := self.jobs.get()) is not None:
+            try:
+                self._done(job, self._nvdec_run(dec, job.clips))
+            except NvdecError as exc:
+                if not self.cpu_on:
+                    self._done(job, [Decoded(error=f"decode failed (nvdec): {exc}") for _ in job.clips])
+                    continue
+                job.nvdec_failed = True
+                with self.lock:
+                    self.fallback_reasons[str(exc)[:120]] += 1
+                self.cpu_jobs.put(job)
+            except Exception as exc:  # noqa: BLE001  (a thread must never die with jobs waiting)
+                self._done(
+                    job, [Decoded(error=f"decode failed: {type(exc).__name__}: {exc}")] * len(job.clips)
+                )
+
+    def _nvdec_run(self, dec, clips: list[dict]) -> list[Decoded]:
+        from curation.stages.score import sample_indices
+        from filters.nvdec import NvdecError, host_copy, resize_on_device
+
+        idx_per_clip = [
+            sample_indices(int(c["start_frame"]), int(c["end_frame"]), self.spec.n_frames) for c in clips
+        ]
+        wanted = sorted({i for idx in idx_per_clip for i in idx})
+        first = clips[0]
+        t0 = time.monotonic()
+        frames = dec.frames(first["path"], wanted)  # (N, H, W, 3) CUDA, coded orientation
+        if time.monotonic() - t0 > self.spec.timeout_s * len(clips):
+            raise NvdecError("decoding took longer than the time limit")
+        size = even_size(int(first["display_width"]), int(first["display_height"]), self.spec.short_side)
+        frames = resize_on_device(frames, size, int(first.get("rotation") or 0))
+        host = host_copy(frames)
+        pos = {i: k for k, i in enumerate(wanted)}
+        out = []
+        for clip, idx in zip(clips, idx_per_clip, strict=True):
+            sel = [pos[i] for i in idx]
+            step = (int(clip["end_frame"]) - int(clip["start_frame"])) / len(idx)
+            out.append(Decoded(host=host[sel], device=frames[sel], step=step, lane="nvdec"))
+        return out
+
+    def _cpu_loop(self) -> None:
+        while True:
+            # NVDEC refusals and fallbacks first, then whatever NVDEC has not taken yet
+            try:
+                job = self.cpu_jobs.get_nowait()
+            except queue.Empty:
+                try:
+                    job = self.jobs.get(timeout=0.005) if self.nvdec_on else self.cpu_jobs.get()
+                except queue.Empty:
+                    continue
+            if job is None:
+                return
+            self._done(job, self._cpu_run(job))
+
+    def _cpu_run(self, job: _Job) -> list[Decoded]:
+        lane = "cpu-fallback" if job.nvdec_failed else "cpu"
+        clips, spec = job.clips, self.spec
+        try:
+            got = self.pool.submit(_cpu_decode, clips, spec).result(
+                timeout=spec.timeout_s * len(clips) + GRACE_S
+            )
+            return [Decoded(host=f, step=s, lane=lane) for f, s in got]
+        except FutureTimeout:
+            self._restart_pool()
+            return [Decoded(error=f"decode failed: took longer than {spec.timeout_s:g} s a clip")] * len(
+                clips
+            )
+        except (VideoDecodeError, DecodeTimeout) as exc:
+            if len(clips) > 1:  # find out which clip fails: one by one
+                return [self._cpu_run(_Job([c], job.nvdec_failed))[0] for c in clips]
+            return [Decoded(error=f"decode failed: {exc}")]
+        except Exception as exc:  # noqa: BLE001  (a dead worker process: the pool is rebuilt)
+            self._restart_pool()
+            return [Decoded(error=f"decode failed: {type(exc).__name__}: {exc}")] * len(clips)
+
+    def _restart_pool(self) -> None:
+        with self.lock:
+            old = self.pool
+            for p in list(getattr(old, "_processes", {}).values()):
+                try:
+                    os.kill(p.pid, 9)
+                except OSError:
+                    pass
+            old.shutdown(wait=False, cancel_futures=True)
+            self._new_pool()

@@ -1,0 +1,225 @@
+"""Decode lanes (curation/decode_lanes.py): the CPU lane everywhere, the NVDEC lane on a GPU.
+
+Frames carry their own index in two flat patches in the top-left corner (its two base-8 digits,
+each as one of 8 well-separated grey levels), so a test reads back which source frame it got,
+whatever compression, resize and colour conversion did to the pixels.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from curation.decode_lanes import DecodeSpec, LaneDecoder
+from curation.demo_frames import encode_video, render_frames
+from curation.stages.score import decode_run, runs_of_one_video, sample_indices
+from filters.config import ScoreConfig
+from filters.video import probe
+
+SPEC = DecodeSpec(n_frames=8, short_side=180, timeout_s=60.0)
+
+
+def indexed_frames(n: int, size: tuple[int, int], seed: int = 0):
+    for i, frame in enumerate(render_frames("moving", n, size, seed=seed)):
+        frame[:64, :64] = 16 + 28 * (i // 8)
+        frame[:64, 64:128] = 16 + 28 * (i % 8)
+        yield frame
+
+
+def frame_index(frame: np.ndarray, scale: float) -> int:
+    s = max(4, int(64 * scale))
+    digit = lambda x0: int(
+        round((float(frame[s // 4 : 3 * s // 4, x0 + s // 4 : x0 + 3 * s // 4].mean()) - 16) / 28)
+    )  # noqa: E731
+    return 8 * digit(0) + digit(s)
+
+
+def clip_rows(path: Path, ranges: list[tuple[int, int]]) -> list[dict]:
+    p = probe(path)
+    w, h = p.display_size
+    return [
+        {
+            "clip_id": f"{path.stem}-{a}",
+            "path": str(path),
+            "start_frame": a,
+            "end_frame": b,
+            "fps": p.fps,
+            "display_width": w,
+            "display_height": h,
+            "rotation": p.rotation,
+            "codec": p.codec,
+            "pix_fmt": p.pix_fmt,
+            "vfr": p.vfr,
+        }
+        for a, b in ranges
+    ]
+
+
+@pytest.fixture(scope="module")
+def h264(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("lanes") / "indexed.mp4"
+    encode_video(path, indexed_frames(60, (320, 240)), 24)
+    return path
+
+
+def test_cpu_lane_gives_the_frames_of_the_stage_decoder(h264):
+    clips = clip_rows(h264, [(0, 24), (24, 48), (50, 60)])
+    runs = [[clips[k] for k in run] for run in runs_of_one_video(clips)]
+    lanes = LaneDecoder("cpu", SPEC, cpu_workers=2)
+    try:
+        got = lanes.decode(runs)
+    finally:
+        lanes.close()
+    want = decode_run(clips, SPEC)
+    flat = [d for run in got for d in run]
+    assert [d.lane for d in flat] == ["cpu"] * 3 and all(d.device is None for d in flat)
+    for clip, d, (frames, step) in zip(clips, flat, want, strict=True):
+        assert d.error is None
+        np.testing.assert_array_equal(d.host, frames)
+        assert d.step == step
+        idx = sample_indices(clip["start_frame"], clip["end_frame"], SPEC.n_frames)
+        assert [frame_index(f, 180 / 240) for f in d.host] == idx
+    assert lanes.counts()["clips_by_lane"] == {"cpu": 3}
+
+
+def test_auto_on_a_machine_without_nvdec_is_the_cpu_lane(h264, tmp_path):
+    bad = tmp_path / "broken.mp4"
+    bad.write_bytes(h264.read_bytes()[:2000])
+    clips = clip_rows(h264, [(0, 30)]) + [dict(clip_rows(h264, [(0, 30)])[0], clip_id="bad", path=str(bad))]
+    lanes = LaneDecoder("auto", SPEC, nvdec_sessions=2, cpu_workers=1)
+    try:
+        got = lanes.decode([[c] for c in clips])
+    finally:
+        lanes.close()
+    if lanes.nvdec_on:
+        pytest.skip("this machine has NVDEC: the GPU tests cover auto here")
+    assert got[0][0].error is None and got[0][0].lane == "cpu"
+    assert got[1][0].error.startswith("decode failed")  # an error row, and the lane goes on
+
+
+def test_nvdec_without_a_gpu_is_a_config_error():
+    from manifests.configtools import ConfigError
+
+    with pytest.raises(ConfigError, match="score.decode"):
+        ScoreConfig(decode="nvdec")
+    with pytest.raises(ConfigError, match="score.decode"):
+        ScoreConfig(decode="gpu")
+
+
+def test_the_gpu_chain_is_chosen_only_for_a_gpu_actor():
+    from curation.config import load_config
+    from curation.stages.score_lanes import uses_lanes
+
+    repo = Path(__file__).resolve().parent.parent
+    assert not uses_lanes(load_config(repo / "configs/offline.yaml").score)
+    default = load_config(repo / "configs/default.yaml")
+    assert uses_lanes(default.score)
+    cpu = load_config(repo / "configs/default.yaml", ["score.decode=cpu"])
+    assert not uses_lanes(cpu.score)
+    no_gpu = load_config(
+        repo / "configs/default.yaml", ["score.gpu.num_gpus=0", "score.aesthetic.device=cpu"]
+    )
+    assert not uses_lanes(no_gpu.score)
+
+
+# -- on a GPU with NVDEC -----------------------------------------------------------------------
+
+
+def _nvdec_or_skip():
+    from filters.nvdec import unavailable
+
+    why = unavailable()
+    if why:
+        pytest.skip(why)
+
+
+@pytest.mark.gpu
+def test_nvdec_lane_same_indices_and_pixels_as_cpu(tmp_path):
+    _nvdec_or_skip()
+    paths = []
+    for name, size, rotation in (("wide", (1280, 720), 0), ("rotated", (640, 360), 90)):
+        path = tmp_path / f"{name}.mp4"
+        encode_video(path, indexed_frames(72, size), 24, rotation=rotation)
+        paths.append(path)
+    hevc = tmp_path / "hevc.mp4"
+    encode_video(hevc, indexed_frames(48, (640, 360)), 24, codec="libx265")
+    paths.append(hevc)
+    spec = DecodeSpec(8, 360, 60.0)
+    for path in paths:
+        clips = clip_rows(path, [(0, 24), (30, 48)])
+        cpu = decode_run(clips, spec)
+        lanes = LaneDecoder("nvdec", spec, nvdec_sessions=2)
+        try:
+            got = lanes.decode([clips])[0]
+        finally:
+            lanes.close()
+        for clip, d, (frames, step) in zip(clips, got, cpu, strict=True):
+            assert d.error is None, d.error
+            assert d.lane == "nvdec" and d.device is not None and d.device.is_cuda
+            assert d.host.shape == frames.shape and d.step == step
+            np.testing.assert_array_equal(d.device.cpu().numpy(), d.host)
+            scale = min(frames.shape[1:3]) / min(clip["display_width"], clip["display_height"])
+            idx = sample_indices(clip["start_frame"], clip["end_frame"], 8)
+            k = clip["rotation"] // 90  # the patches are top-left as coded: turn frames back
+            assert [frame_index(np.rot90(f, k=k), scale) for f in d.host] == idx, path.name
+            assert [frame_index(np.rot90(f, k=k), scale) for f in frames] == idx, path.name
+            diff = np.abs(d.host.astype(np.int16) - frames.astype(np.int16))
+            # stated tolerance: NVDEC's colour conversion and the area resize against swscale
+            assert diff.mean() < 3.0, (path.name, float(diff.mean()))
+            assert np.percentile(diff, 99) <= 24, (path.name, float(np.percentile(diff, 99)))
+
+
+@pytest.mark.gpu
+def test_auto_sends_av1_to_cpu_and_falls_back_when_nvdec_fails(tmp_path):
+    _nvdec_or_skip()
+    import av
+
+    h264 = tmp_path / "a.mp4"
+    encode_video(h264, indexed_frames(48, (640, 360)), 24)
+    av1 = tmp_path / "b.mkv"
+    codec = next((c for c in ("libsvtav1", "libaom-av1", "libdav1d") if c in av.codecs_available), None)
+    if codec is None:
+        pytest.skip("this PyAV has no AV1 encoder")
+    encode_video(av1, indexed_frames(48, (640, 360)), 24, codec=codec, crf=40)
+    clips = clip_rows(h264, [(0, 24)]) + clip_rows(av1, [(0, 24)])
+    lying = dict(clips[1], clip_id="lying", codec="h264")  # NVDEC is handed AV1 it cannot decode
+    lanes = LaneDecoder("auto", DecodeSpec(8, 180, 60.0), nvdec_sessions=2, cpu_workers=1)
+    try:
+        got = lanes.decode([[clips[0]], [clips[1]], [lying]])
+    finally:
+        lanes.close()
+    assert [run[0].lane for run in got] == ["nvdec", "cpu", "cpu-fallback"]
+    assert all(run[0].error is None for run in got)
+    np.testing.assert_array_equal(got[1][0].host, got[2][0].host)
+    counts = lanes.counts()
+    assert counts["clips_by_lane"] == {"nvdec": 1, "cpu": 1, "cpu-fallback": 1}
+    assert counts["fallback_reasons"]
+
+
+@pytest.mark.gpu
+def test_clip_scores_agree_between_lanes(tmp_path):
+    _nvdec_or_skip()
+    import torch
+
+    from filters.aesthetic import AestheticScorer
+    from filters.config import AestheticConfig
+
+    path = tmp_path / "c.mp4"
+    encode_video(path, render_frames("moving", 96, (1280, 720), seed=3), 24)
+    clips = clip_rows(path, [(0, 32), (32, 64), (64, 96)])
+    spec = DecodeSpec(8, 360, 60.0)
+    cpu = [f for f, _ in decode_run(clips, spec)]
+    lanes = LaneDecoder("nvdec", spec, nvdec_sessions=1)
+    try:
+        gpu = [d.device for d in lanes.decode([clips])[0]]
+    finally:
+        lanes.close()
+    scorer = AestheticScorer(AestheticConfig(clip_model="ViT-B-32", random_init=True, device="cuda"))
+    a, b = scorer.score_batch(cpu), scorer.score_batch(gpu)
+    for x, y in zip(a, b, strict=True):
+        cos = float(np.dot(x["clip_embedding"], y["clip_embedding"]))
+        assert cos > 0.99, cos
+        assert abs(x["aesthetic_mean"] - y["aesthetic_mean"]) < 0.05 * max(1.0, abs(x["aesthetic_mean"]))
+    assert torch.cuda.is_available()
