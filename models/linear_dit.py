@@ -126,16 +126,21 @@ class LinearDiT(nn.Module):
     # ---- public API ----------------------------------------------------------------------------
 
     def forward(
-        self, x, t, text, text_mask=None, attention: str | None = None, block_frames: int | None = None
+        self, x, t, text, text_mask=None, attention: str | None = None, block_frames: int | None = None,
+        text_trimmed: bool = False,
     ):
         """Whole sequence. x (B, C, F, H, W); t (B,) or (B, F) in [0, 1]; text (B, L, text_dim);
         text_mask (B, L) bool or None (all valid). ``attention`` ('full' | 'block_causal') and
-        ``block_frames`` default to the config. Returns the velocity (B, C, F, H, W)."""
+        ``block_frames`` default to the config. ``text_trimmed``: text and mask already went
+        through ``trim_text`` (a sampler does it once per clip), so the call skips it and its
+        device-to-host copy (and can be captured in a CUDA graph). Returns the velocity
+        (B, C, F, H, W)."""
         mode = attention or self.cfg.attention
         if mode not in ATTENTION_MODES:
             raise ValueError(f"attention must be one of {ATTENTION_MODES}, got {mode!r}")
         blocks = (block_frames or self.cfg.block_frames) if mode == "block_causal" else None
-        out, _ = self._run(x, t, text, text_mask, frame_offset=0, block_frames=blocks, state=None)
+        out, _ = self._run(x, t, text, text_mask, frame_offset=0, block_frames=blocks, state=None,
+                           text_trimmed=text_trimmed)
         return out
 
     def init_state(self, batch: int, height: int, width: int, device=None) -> DiTState:
@@ -165,7 +170,8 @@ class LinearDiT(nn.Module):
 
     # ---- shared body ---------------------------------------------------------------------------
 
-    def _run(self, x, t, text, text_mask, frame_offset: int, block_frames: int | None, state):
+    def _run(self, x, t, text, text_mask, frame_offset: int, block_frames: int | None, state,
+             text_trimmed: bool = False):
         cfg = self.cfg
         b, _, f, hh, ww = x.shape
         pt, ph, pw = cfg.patch_size
@@ -175,7 +181,7 @@ class LinearDiT(nn.Module):
             t = t[:, None].expand(b, f)  # (B, F)
         if t.shape != (b, f):
             raise ValueError(f"t must have shape (B,) or (B, F) = {(b, f)}, got {tuple(t.shape)}")
-        if text_mask is None:
+        if text_mask is None and not text_trimmed:
             text_mask = torch.ones(text.shape[:2], dtype=torch.bool, device=text.device)
 
         h = self.patch(x)  # (B, C, F, Hp, Wp)
@@ -186,7 +192,7 @@ class LinearDiT(nn.Module):
 
         t_emb = self.t_embed(t)  # (B, F, C)
         mod = self.t_block(t_emb).unflatten(-1, (6, cfg.hidden))  # (B, F, 6, C)
-        text, mask = trim_text(text, text_mask.bool())
+        text, mask = (text, text_mask) if text_trimmed else trim_text(text, text_mask.bool())
         ctx = self.text_proj(text)  # (B, L', C)
 
         new_states = [] if state is not None else None

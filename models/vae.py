@@ -77,29 +77,18 @@ class WanVAE:
 
     def __init__(
         self,
-        source: str,
+        source: str = "",
         subfolder: str = "vae",
         device="cpu",
         dtype=torch.float32,
         key: str = "train.vae.path",
+        model=None,
     ):
-        if not source:
-            raise MissingWeights(f"{key}: set a local path or hub id of a diffusers Wan2.1 VAE")
-        try:
-            from diffusers import AutoencoderKLWan
-        except ImportError as exc:
-            raise MissingWeights(
-                f"{key}: the Wan VAE needs the 'diffusers' package (pip install diffusers)"
-            ) from exc
-        try:
-            self.model = AutoencoderKLWan.from_pretrained(
-                source, subfolder=subfolder or None, torch_dtype=dtype
-            )
-        except (OSError, ValueError) as exc:
-            raise MissingWeights(
-                f"{key}: could not load a Wan VAE from {source!r} ({exc}); set a local path or hub id"
-            ) from exc
-        self.model.to(device).eval()
+        """Load from ``source``, or wrap an already built ``AutoencoderKLWan`` ``model`` (the
+        sampling bench builds the Wan2.1 architecture with random weights this way)."""
+        if model is None:
+            model = _load_wan(source, subfolder, dtype, key)
+        self.model = model.to(device=device, dtype=dtype).eval().requires_grad_(False)
         cfg = self.model.config
         self.mean = torch.tensor(cfg.latents_mean).view(1, -1, 1, 1, 1)
         self.inv_std = 1.0 / torch.tensor(cfg.latents_std).view(1, -1, 1, 1, 1)
@@ -113,6 +102,23 @@ class WanVAE:
     def decode(self, latent):
         z = latent / self.inv_std.to(latent) + self.mean.to(latent)
         return self.model.decode(z.to(self.model.dtype)).sample.clamp(-1, 1)
+
+
+def _load_wan(source: str, subfolder: str, dtype, key: str):
+    if not source:
+        raise MissingWeights(f"{key}: set a local path or hub id of a diffusers Wan2.1 VAE")
+    try:
+        from diffusers import AutoencoderKLWan
+    except ImportError as exc:
+        raise MissingWeights(
+            f"{key}: the Wan VAE needs the 'diffusers' package (pip install 'reelsift[wan]')"
+        ) from exc
+    try:
+        return AutoencoderKLWan.from_pretrained(source, subfolder=subfolder or None, torch_dtype=dtype)
+    except (OSError, ValueError) as exc:
+        raise MissingWeights(
+            f"{key}: could not load a Wan VAE from {source!r} ({exc}); set a local path or hub id"
+        ) from exc
 
 
 VAES = {"patch": PatchVAE, "wan2.1": WanVAE}

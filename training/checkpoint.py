@@ -144,11 +144,12 @@ def model_config_of(blob: Mapping) -> LinearDiTConfig:
 # Components named by the config (shared with the trainer)
 
 
-def make_vae(cfg: VAEConfig, device="cpu") -> VAE:
-    """The VAE adapter named by train.vae."""
+def make_vae(cfg: VAEConfig, device="cpu", dtype=torch.float32) -> VAE:
+    """The VAE adapter named by train.vae; ``dtype``: a learned VAE's weights (the patch codec has
+    none)."""
     if cfg.kind == "patch":
         return build_vae("patch", channels=cfg.channels, spatial=cfg.spatial)
-    return build_vae(cfg.kind, source=cfg.path, subfolder=cfg.subfolder, device=device)
+    return build_vae(cfg.kind, source=cfg.path, subfolder=cfg.subfolder, device=device, dtype=dtype)
 
 
 def make_text_encoder(cfg: TextEncoderConfig, device="cpu") -> TextEncoder:
@@ -178,9 +179,9 @@ class Inference:
         return self.vae.decode(latents.float() / v.scale + v.shift)
 
 
-def load_for_inference(path: str | Path, device="cpu") -> Inference:
-    """Model (EMA weights if present, eval), VAE and text encoder from a checkpoint file or the
-    newest checkpoint of a folder."""
+def load_for_inference(path: str | Path, device="cpu", vae_dtype=torch.float32) -> Inference:
+    """Model (EMA weights if present, eval), VAE (weights in ``vae_dtype``) and text encoder from a
+    checkpoint file or the newest checkpoint of a folder."""
     blob = load_checkpoint(path)
     cfg = train_config_from_dict(blob["train_config"])
     model = LinearDiT(model_config_of(blob))
@@ -189,7 +190,7 @@ def load_for_inference(path: str | Path, device="cpu") -> Inference:
     model.to(device).eval().requires_grad_(False)
     return Inference(
         model=model,
-        vae=make_vae(cfg.vae, device),
+        vae=make_vae(cfg.vae, device, vae_dtype),
         text_encoder=make_text_encoder(cfg.text_encoder, device),
         cfg=cfg,
         step=int(blob["step"]),

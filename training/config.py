@@ -204,8 +204,10 @@ class OptimConfig:
     """Micro-batches accumulated per optimizer step (>= 1)."""
     ema_decay: float = 0.999
     """EMA decay per optimizer step, in [0, 1); 0 = no EMA."""
-    precision: Literal["bf16", "fp32"] = "bf16"
-    """Autocast dtype on GPU (CPU always runs fp32); weights and optimizer stay fp32."""
+    precision: Literal["bf16", "fp32", "fp8"] = "bf16"
+    """bf16: bf16 autocast on GPU; fp32: none (CPU always runs fp32); fp8: bf16 autocast plus the
+    blocks' linear layers in float8 (torchao, models/fp8.py; H100/H200, needs `reelsift[fp8]`).
+    Weights and optimizer stay fp32 in every case."""
 
     def __post_init__(self):
         check(self.lr > 0, "train.optim.lr", "must be > 0")

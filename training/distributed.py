@@ -49,7 +49,7 @@ def wrap_model(model: LinearDiT, cfg: TrainConfig, info: DistInfo) -> torch.nn.M
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
         mp = None
-        if info.device.type == "cuda" and cfg.optim.precision == "bf16":
+        if info.device.type == "cuda" and cfg.optim.precision in ("bf16", "fp8"):
             mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
         kwargs = {"mp_policy": mp} if mp is not None else {}
         for blk in model.blocks:

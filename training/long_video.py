@@ -29,6 +29,7 @@ import math
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -36,6 +37,7 @@ import torch
 
 from models.linear_dit import BlockState, DiTState
 from models.ops import AttnState
+from training.fast_sample import sample_clip_fast
 from training.sampler import (
     Conditioning,
     Mp4Writer,
@@ -146,6 +148,29 @@ class BlockSampler:
 # End to end: prompt -> mp4 + sidecar JSON
 
 
+class PhaseClock:
+    """Wall seconds per phase of one video (text, denoise, decode, mp4), summed over blocks. On
+    CUDA each phase ends with a synchronize, so queued GPU work is charged to its own phase."""
+
+    def __init__(self, device):
+        self.cuda = str(device).startswith("cuda")
+        self.seconds: dict[str, float] = {}
+        self.started = time.perf_counter()
+
+    @contextmanager
+    def __call__(self, phase: str):
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            if self.cuda:
+                torch.cuda.synchronize()
+            self.seconds[phase] = self.seconds.get(phase, 0.0) + time.perf_counter() - t0
+
+    def rounded(self) -> dict[str, float]:
+        return {k: round(v, 3) for k, v in self.seconds.items()}
+
+
 @dataclass(frozen=True)
 class VideoSpec:
     seconds: float
@@ -183,7 +208,7 @@ def generate_video(*, model, vae, decode: Callable[[torch.Tensor], torch.Tensor]
         mode = "blocks" if cfg.attention == "block_causal" else "clip"
     if mode not in ("blocks", "clip"):
         raise ValueError(f"mode must be auto, blocks or clip, got {mode!r}")
-    if vae.temporal > 1:
+    if vae.temporal > 1 and mode == "blocks":
         log.warning("VAE has temporal factor %d: each block is decoded on its own, so the VAE's causal "
                     "cache restarts at block boundaries", vae.temporal)
 
@@ -192,25 +217,38 @@ def generate_video(*, model, vae, decode: Callable[[torch.Tensor], torch.Tensor]
     blocks = math.ceil(latent_frames / opts.block_frames)
     hw = (spec.height // vae.spatial, spec.width // vae.spatial)
     dtype = model_dtype(model)
-    cond = encode_prompts(text_encoder, [prompt], negative_prompt, opts.cfg_scale, dtype, device)
+    clock = PhaseClock(device)
+    with clock("text"):
+        cond = encode_prompts(text_encoder, [prompt], negative_prompt, opts.cfg_scale, dtype, device)
     generator = torch.Generator().manual_seed(seed)
     out = Path(out)
 
-    started, written, sampler = time.perf_counter(), 0, None
+    written, sampler = 0, None
     with Mp4Writer(out, spec.fps) as writer:
         if mode == "blocks":
             sampler = BlockSampler(model, cond, hw, opts, generator, device)
             chunks = sampler.blocks(blocks)
-        else:  # one clip, decoded in blocks all the same
-            lat = sample_clip(model, cond, (cfg.in_channels, blocks * opts.block_frames, *hw), opts,
-                              generator, device)
-            chunks = iter(lat.split(opts.block_frames, dim=2))
-        for k, x in enumerate(chunks):
-            video = to_uint8_frames(decode(x)[0])  # (T, H, W, 3)
+        else:  # one clip of exactly the latent frames needed
+            with clock("denoise"):
+                lat = (sample_clip_fast if opts.fast else sample_clip)(
+                    model, cond, (cfg.in_channels, latent_frames, *hw), opts, generator, device)
+            # a temporal VAE decodes the clip in one call (its causal cache runs across it); a
+            # per-frame codec decodes it in blocks of frames, the same result in less memory
+            chunks = iter([lat] if vae.temporal > 1 else lat.split(opts.block_frames, dim=2))
+        for k in range(blocks):
+            with clock("denoise"):
+                x = next(chunks, None)
+            if x is None:
+                break
+            with clock("decode"):
+                video = to_uint8_frames(decode(x)[0])  # (T, H, W, 3)
             video = video[: frames - written]  # the last block may run past the requested length
-            writer.write(video)
+            with clock("mp4"):
+                writer.write(video)
             written += len(video)
             log.info("block %d/%d: %d frames written", k + 1, blocks, written)
+        with clock("mp4"):
+            writer.close()
 
     sidecar = {
         "prompt": prompt,
@@ -221,7 +259,8 @@ def generate_video(*, model, vae, decode: Callable[[torch.Tensor], torch.Tensor]
         "video": {**asdict(spec), "frames": written, "latent_frames": latent_frames, "blocks": blocks,
                   "latent_hw": list(hw)},
         "state_bytes": sampler.state_nbytes() if sampler else None,
-        "elapsed_s": round(time.perf_counter() - started, 3),
+        "elapsed_s": round(time.perf_counter() - clock.started, 3),
+        "timings_s": clock.rounded(),
         "device": str(device),
         "dtype": str(dtype).removeprefix("torch."),
         "model_config": asdict(cfg),

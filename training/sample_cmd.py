@@ -2,7 +2,8 @@
 
     reelsift sample --checkpoint runs/demo/checkpoints --prompt "a red kite over a beach" \\
         --seconds 60 --out samples/kite.mp4 [--negative-prompt ..] [--seed 0] [--steps 20] \\
-        [--cfg-scale 4.5] [--solver euler|heun] [--block-frames 10] [--window W]
+        [--cfg-scale 4.5] [--solver euler|heun] [--block-frames 10] [--window W] \\
+        [--dtype auto|bf16|fp32|fp8] [--fast]
 
 Block-causal checkpoints generate block by block in constant memory (see training.long_video);
 full-attention checkpoints generate the clip at once (``--mode`` overrides).
@@ -40,8 +41,11 @@ def register(subparsers) -> None:
     p.add_argument("--width", type=int, default=None, help="pixels (default: the first training bucket)")
     p.add_argument("--fps", type=float, default=None, help="default: 24 / train.data.frame_stride")
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda[:N]")
-    p.add_argument("--dtype", choices=("auto", "bf16", "fp32"), default="auto",
-                   help="model weights' dtype; auto = bf16 on CUDA, fp32 on CPU")
+    p.add_argument("--dtype", choices=("auto", "bf16", "fp32", "fp8"), default="auto",
+                   help="model weights' dtype; auto = bf16 on CUDA, fp32 on CPU; fp8 = bf16 weights with "
+                        "the blocks' linear layers in float8 (torchao; H100/H200)")
+    p.add_argument("--fast", action="store_true",
+                   help="whole-clip mode: compiled blocks and a CUDA-graph step (the first clip compiles)")
     p.add_argument("-v", "--verbose", action="count", default=0, help="log each block (-v)")
 
 
@@ -62,8 +66,17 @@ def cmd_sample(args) -> int:
     except FileNotFoundError as exc:
         print(f"error: --checkpoint: {exc}", file=sys.stderr)
         return 2
-    inf = load_for_inference(path, device=device)
-    model = inf.model.to({"bf16": torch.bfloat16, "fp32": torch.float32}[dtype_name])
+    dtype = torch.float32 if dtype_name == "fp32" else torch.bfloat16
+    inf = load_for_inference(path, device=device, vae_dtype=dtype)
+    model = inf.model.to(dtype)
+    if dtype_name == "fp8":
+        from models.fp8 import MissingPackage, to_fp8
+
+        try:
+            to_fp8(model, key="--dtype")
+        except MissingPackage as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     cfg = inf.cfg
     block_frames = args.block_frames or (
         model.cfg.block_frames if model.cfg.attention == "block_causal" else DEFAULT_BLOCK_FRAMES)
@@ -72,7 +85,7 @@ def cmd_sample(args) -> int:
         opts = SampleOptions(
             steps=args.steps, solver=args.solver, cfg_scale=args.cfg_scale,
             shift=cfg.flow.shift if args.shift is None else args.shift,
-            block_frames=block_frames, window=args.window,
+            block_frames=block_frames, window=args.window, fast=args.fast,
         )
         spec = VideoSpec(seconds=args.seconds, fps=args.fps or 24.0 / cfg.data.frame_stride,
                          height=args.height or bucket_h, width=args.width or bucket_w)

@@ -41,6 +41,10 @@ class SampleOptions:
     """Latent frames per block in block-wise generation (>= 1)."""
     window: int = 0
     """Attend to at most this many previous blocks (>= 0); 0 = all of them (one running sum)."""
+    fast: bool = False
+    """Whole-clip sampling through ``training.fast_sample``: text trimmed once, blocks compiled,
+    the Euler step replayed as a CUDA graph. Same output within bf16 rounding; the first clip of
+    a shape pays the compile (tens of seconds)."""
 
     def __post_init__(self):
         if self.steps < 1:
@@ -209,10 +213,14 @@ class Mp4Writer:
             self.frames += 1
 
     def close(self) -> None:
+        """Flush the encoder and close the file; a second call does nothing."""
+        if self._out is None:
+            return
         if self._stream is not None:
             for packet in self._stream.encode():
                 self._out.mux(packet)
         self._out.close()
+        self._out = None
 
     def __enter__(self):
         return self

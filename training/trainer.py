@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from models.fp8 import to_fp8
 from models.linear_dit import LinearDiT, get_config
 from training.checkpoint import (
     checkpoint_name,
@@ -141,6 +142,8 @@ class Trainer:
                           **cfg.model.overrides())
         with torch.device(self.device):  # initialised where it trains: a 2B model in seconds, not minutes
             model = LinearDiT(mcfg)
+        if cfg.optim.precision == "fp8":  # before compile and checkpointing wrap the blocks
+            to_fp8(model, key="train.optim.precision")
         if compile_blocks if compile_blocks is not None else cfg.model.compile:
             for blk in model.blocks:
                 blk.compile()
@@ -177,7 +180,7 @@ class Trainer:
 
             loader = ShardLoader(cfg, rank=self.info.rank)
         self.loader = loader
-        use_bf16 = self.device.type == "cuda" and o.precision == "bf16"
+        use_bf16 = self.device.type == "cuda" and o.precision in ("bf16", "fp8")
         self.autocast = (partial(torch.autocast, "cuda", dtype=torch.bfloat16) if use_bf16 else nullcontext)
 
     # ---- checkpoint state -------------------------------------------------------------------

@@ -1,0 +1,136 @@
+"""The fast whole-clip sampler (training.fast_sample): batched guidance equals two model calls,
+the static-buffer path equals the plain one (exactly in fp32 on the CPU, within bf16 rounding
+compiled and CUDA-graphed on a GPU), and generate_video's clip mode with phase timings."""
+
+import pytest
+import torch
+
+from models.linear_dit import build
+from training.fast_sample import ClipDenoiser, guided_two_pass, sample_clip_fast
+from training.sampler import Conditioning, SampleOptions, draw_noise, guided, sample_clip, solve, time_grid
+
+GPU = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _model(**kw):
+    torch.manual_seed(0)
+    m = build("tiny", **kw)
+    with torch.no_grad():  # make the zero-initialised temporal conv matter
+        for blk in m.blocks:
+            blk.ffn.t_weight.normal_(0, 0.3)
+    return m.eval().requires_grad_(False)
+
+
+def _rel(a, b):
+    return ((a - b).norm() / b.norm()).item()
+
+
+def _cond(cfg_scale, batch=1, text_dim=64, device="cpu", dtype=torch.float32):
+    """Negative prompts of 2 tokens, prompts of 5: a padded batch, as `encode_prompts` makes it."""
+    g = torch.Generator().manual_seed(1)
+    groups = 1 if cfg_scale == 1.0 else 2
+    text = torch.randn(groups * batch, 6, text_dim, generator=g)
+    mask = torch.ones(groups * batch, 6, dtype=torch.bool)
+    mask[:, 5] = False  # padding every prompt shares: trimmed
+    if groups == 2:
+        mask[:batch, 2:] = False
+    return Conditioning(text.to(device, dtype), mask.to(device), cfg_scale)
+
+
+@pytest.mark.parametrize("cfg_scale", [1.0, 6.0])
+@torch.no_grad()
+def test_batched_guidance_equals_two_passes(cfg_scale):
+    model, cond = _model(), _cond(cfg_scale, batch=2)
+    noise = torch.randn(2, 4, 3, 4, 6, generator=torch.Generator().manual_seed(2))
+    times = time_grid(3, 3.0)
+    call = lambda x, t: model(x, t, cond.text, cond.mask)  # noqa: E731
+    fn_batched, fn_two = guided(call, cond, torch.float32), guided_two_pass(model, cond, torch.float32)
+    # Not bitwise: one batch of 2B rows or two of B changes the BLAS blocking, and the batch pads
+    # the short negative prompt with masked keys that the lone negative pass does not have; the
+    # difference is float32 rounding (~1e-7 relative per call), guidance-amplified over the steps.
+    assert _rel(fn_batched(noise, 0.7), fn_two(noise, 0.7)) < 1e-6
+    batched, two = solve(fn_batched, noise, times), solve(fn_two, noise, times)
+    assert _rel(batched, two) < 5e-6
+    if cfg_scale != 1.0:  # guidance is really applied
+        plain = solve(guided_two_pass(model, _cond(1.0, batch=2), torch.float32), noise, times)
+        assert (plain - batched).abs().max() > 1e-2
+
+
+@pytest.mark.parametrize("solver", ["euler", "heun"])
+@torch.no_grad()
+def test_static_path_equals_plain_path_exactly(solver):
+    model, cond = _model(), _cond(6.0)
+    opts = SampleOptions(steps=4, solver=solver, cfg_scale=6.0, shift=3.0)
+    plain = sample_clip(model, cond, (4, 3, 4, 6), opts, torch.Generator().manual_seed(3), "cpu")
+    den = ClipDenoiser(model, cond, opts, compile=False, graph=False)
+    fast = den(draw_noise((1, 4, 3, 4, 6), torch.Generator().manual_seed(3), "cpu"))
+    assert torch.equal(plain, fast)
+    assert den.cond.text.shape[1] == 5 and not den.graphed  # shared padding trimmed once
+
+
+@pytest.mark.parametrize("precision", ["bf16", pytest.param("fp8", marks=pytest.mark.slow)])
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@torch.no_grad()
+def test_compiled_graphed_path_matches_plain_on_gpu(precision):
+    """2b width at depth 2 on a 480p-like latent crop, bf16 (or fp8 linears): the compiled blocks
+    and the CUDA-graph replay give the plain path's latents within bf16 rounding."""
+    model = build("2b", depth=2, in_channels=16, text_dim=64).cuda().to(torch.bfloat16).eval()
+    if precision == "fp8":
+        from models.fp8 import to_fp8
+
+        to_fp8(model, "--dtype")
+    cond = _cond(6.0, device="cuda", dtype=torch.bfloat16)
+    opts = SampleOptions(steps=6, cfg_scale=6.0, shift=3.0)
+    shape = (16, 5, 30, 52)
+    plain = sample_clip(model, cond, shape, opts, torch.Generator().manual_seed(4), "cuda")
+    den = ClipDenoiser(model, cond, opts)
+    fast = den(draw_noise((1, *shape), torch.Generator().manual_seed(4), "cuda"))
+    assert den.graphed, den.graph_error
+    assert _rel(fast, plain) < 2e-2, _rel(fast, plain)
+    again = den(draw_noise((1, *shape), torch.Generator().manual_seed(4), "cuda"))
+    assert torch.equal(again, fast)  # replays are deterministic
+
+
+def test_clip_mode_samples_exact_latent_frames_with_phase_timings(tmp_path):
+    pytest.importorskip("av")
+    from models.vae import PatchVAE
+    from training.long_video import VideoSpec, generate_video
+
+    model = _model(in_channels=16, text_dim=8)
+    vae = PatchVAE(channels=16, spatial=4)
+    calls = []
+
+    def text_encoder(prompts):
+        calls.append(list(prompts))
+        return torch.randn(len(prompts), 3, 8), torch.ones(len(prompts), 3, dtype=torch.bool)
+
+    def decode(x):
+        calls.append(x.shape[2])
+        return vae.decode(x)
+
+    side = generate_video(model=model, vae=vae, decode=decode, text_encoder=text_encoder, prompt="kite",
+                          out=tmp_path / "a.mp4", spec=VideoSpec(seconds=1.0, fps=7, height=32, width=48),
+                          opts=SampleOptions(steps=2, cfg_scale=6.0, block_frames=3, fast=True),
+                          seed=1, mode="clip")
+    assert calls[0] == ["", "kite"] and calls[1:] == [3, 3, 1]  # 7 latent frames, not 9
+    assert side["video"]["frames"] == 7 and (tmp_path / "a.mp4").stat().st_size > 0
+    assert set(side["timings_s"]) == {"text", "denoise", "decode", "mp4"}
+    assert sum(side["timings_s"].values()) <= side["elapsed_s"] + 1e-3
+
+
+@torch.no_grad()
+def test_fast_sampler_draws_the_same_noise():
+    model, cond = _model(), _cond(1.0)
+    opts = SampleOptions(steps=1, cfg_scale=1.0)
+    a = sample_clip_fast(model, cond, (4, 2, 4, 4), opts, torch.Generator().manual_seed(9), "cpu")
+    b = sample_clip(model, cond, (4, 2, 4, 4), opts, torch.Generator().manual_seed(9), "cpu")
+    assert torch.equal(a, b)
