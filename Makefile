@@ -13,8 +13,11 @@ CKPT    ?= $(ROOT)/checkpoints
 PROMPT  ?= a textured disk drifting across a panning background
 SECONDS ?= 4
 OUT     ?= samples/demo.mp4
+FORMAT  ?= videofolder
+EXPORT  ?= exports/$(FORMAT)
+TIER    ?=
 
-.PHONY: install browser demo demo-data ray-up ray-down run ingest split score dedup filter caption align shard verify summary report status compact train cache-latents sample test test-slow lint clean
+.PHONY: install browser demo demo-data ray-up ray-down run ingest split score dedup filter caption align shard verify summary report status compact export train cache-latents sample test test-slow lint clean
 
 $(VENV)/.installed: pyproject.toml constraints-ci.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -64,6 +67,10 @@ split score dedup filter caption align shard: install
 verify summary status compact: install
 	$(REELSIFT) $@ --root $(ROOT)
 
+# `make export FORMAT=opensora|videofolder|lance [EXPORT=DIR] [TIER=256p]`
+export: install
+	$(REELSIFT) export --root $(ROOT) --format $(FORMAT) --out $(EXPORT) $(if $(TIER),--tier $(TIER))
+
 report: install
 	$(REELSIFT) report --config $(CONFIG) --root $(ROOT) $(SETS)
 
@@ -86,4 +93,4 @@ lint: install
 	$(VENV)/bin/ruff check .
 
 clean:
-	rm -rf runs demo_data
+	rm -rf runs demo_data exports

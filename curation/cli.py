@@ -4,6 +4,8 @@
     reelsift ingest  --config C --input DIR --root R      one stage (split, filter, shard, ...)
     reelsift sql     --root R "SELECT ..." [--format table|csv|json]
     reelsift sql     --root R --named funnel          a query kept in manifests/queries/
+    reelsift sql     --root R "SELECT ..." --format parquet --out FILE
+    reelsift export  --root R --format opensora|videofolder|lance --out DIR [--tier T]
     reelsift status  --root R                         per stage: done/rejected/error/pending
     reelsift report  --config C --root R              R/report/index.html
     reelsift verify  --root R
@@ -80,8 +82,12 @@ def build_parser() -> argparse.ArgumentParser:
         "errors, caption-lengths, ...)",
     )
     p.add_argument("--root", "-r", required=True)
-    p.add_argument("--format", "-f", choices=("table", "csv", "json"), default="table")
+    p.add_argument("--format", "-f", choices=("table", "csv", "json", "parquet"), default="table")
+    p.add_argument("--out", "-o", help="with --format parquet: the file to write (local or s3://)")
     p.add_argument("--max-rows", type=int, default=200, help="rows shown in table format")
+    from curation.export import register as register_export
+
+    register_export(sub)
 
     p = sub.add_parser("verify", help="read every shard back and check it against the table")
     p.add_argument("--root", "-r", required=True)
@@ -258,7 +264,16 @@ def cmd_sql(args) -> int:
         names = ", ".join(queries.names())
         print(f"error: give a SQL query or --named NAME (one of: {names})", file=sys.stderr)
         return 2
+    if (args.format == "parquet") != (args.out is not None):
+        print("error: --format parquet and --out FILE go together", file=sys.stderr)
+        return 2
     try:
+        if args.out is not None:
+            from curation.export import write_parquet
+
+            rows = write_parquet(root, queries.load(args.named) if args.named else args.query, args.out)
+            print(f"wrote {rows} rows to {args.out}")
+            return 0
         table = queries.run(root, args.named) if args.named else query(root, args.query)
     except (ReadOnlyError, queries.UnknownQuery) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -388,11 +403,13 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     long_running = (*STAGES, "run", "train", "cache-latents", "sample")
     _setup_logging(getattr(args, "verbose", 0) + (1 if args.command in long_running else 0))
+    from curation.export import cmd_export
     from training.commands import cmd_cache_latents, cmd_train
     from training.sample_cmd import cmd_sample
 
     handlers = {
         "sql": cmd_sql,
+        "export": cmd_export,
         "verify": cmd_verify,
         "compact": cmd_compact,
         "demo-data": cmd_demo_data,

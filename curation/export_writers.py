@@ -1,0 +1,271 @@
+"""The writers of `reelsift export` (curation/export.py), one per format.
+
+A writer gets the plan rows of one tar with their mp4 bytes (`add`), says which clip files an
+earlier run exported (`done_relation`, a DuckDB relation of `file_name`s) and writes the
+metadata at the end (`finish`). Folder formats record exported file names in journal parts under
+`<out>/.reelsift-export/<format>/`; Lance's own commits are its record.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from manifests import commit, fs
+
+STATE = ".reelsift-export"
+JOURNAL_ROWS = 50_000  # a journal part at least this often (rows) ...
+JOURNAL_S = 10.0  # ... or seconds
+LANCE_BYTES = 64 << 20  # clip bytes buffered before a Lance append
+LANCE_ROWS = 50_000
+DONE = pa.schema([("file_name", pa.string())])
+
+
+@contextlib.contextmanager
+def publishing(final: fs.AnyPath) -> Iterator[str]:
+    """A local temp path to write; when the block succeeds it becomes `final` in one step (a
+    rename, or one upload to S3 that is deleted again if it fails), with no marker beside it:
+    these files are read by other tools."""
+    local = isinstance(final, Path)
+    if local:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = final.parent / f".tmp-{uuid.uuid4().hex}{final.suffix}"
+    else:
+        tmp = Path(tempfile.gettempdir()) / f"reelsift-export-{uuid.uuid4().hex}{final.suffix}"
+    try:
+        yield str(tmp)
+        if local:
+            os.replace(tmp, final)
+        else:
+            ok = False
+            try:
+                with final.open("wb") as dst, open(tmp, "rb") as src:
+                    shutil.copyfileobj(src, dst, 8 << 20)
+                ok = True
+            finally:
+                if not ok:
+                    final.unlink(missing_ok=True)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def put_file(final: fs.AnyPath, data: bytes) -> None:
+    """Write a clip file whole or not at all: temp file and rename, or one PUT on S3."""
+    if isinstance(final, Path):
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = final.parent / f".tmp-{uuid.uuid4().hex}.mp4"
+        try:
+            tmp.write_bytes(data)
+            os.replace(tmp, final)
+        finally:
+            tmp.unlink(missing_ok=True)
+    else:
+        final.write_bytes(data)
+
+
+class _Writer:
+    def __init__(self, out: fs.AnyPath, con, copy_clips: bool):
+        self.out, self.con, self.copy_clips = out, con, copy_clips
+        self.written = 0
+        self.bytes_copied = 0
+
+    def flush(self) -> None:
+        pass
+
+
+class FolderWriter(_Writer):
+    """Clip files under `<out>/videos/`, a journal of the exported file names, and one metadata
+    file (`META`) written by `select` over the exported, still kept clips."""
+
+    META = ""  # the metadata file, under the export folder
+    NAME = ""  # the journal's folder under .reelsift-export/
+    COPY = ""  # DuckDB COPY options of the metadata file
+
+    def __init__(self, out, con, copy_clips):
+        super().__init__(out, con, copy_clips)
+        self.state = out / STATE / self.NAME
+        started = self.state / "started"
+        self.resumed = started.exists()  # an earlier run may have written files it never recorded
+        if not self.resumed:
+            with commit.atomic_write(started) as fh:
+                fh.write(b"")
+        self.pending: list[pa.Array] = []
+        self.pending_rows = 0
+        self.last_flush = time.monotonic()
+
+    def done_relation(self) -> str:
+        parts = commit.committed_glob(self.state, "done-*.parquet")
+        if parts:
+            return fs.parquet_relation(self.con, parts, DONE)
+        name = f"__export_done_{uuid.uuid4().hex[:8]}"
+        self.con.register(name, DONE.empty_table())
+        return name
+
+    def add(self, rows: pa.Table, clips: list[bytes | None]) -> None:
+        names = rows.column("file_name").to_pylist()
+        for name, data in zip(names, clips, strict=True):
+            if data is None:
+                continue
+            target = self.out / name
+            if self.resumed and target.exists():
+                continue
+            put_file(target, data)
+            self.bytes_copied += len(data)
+        self.pending.append(rows.column("file_name"))
+        self.pending_rows += rows.num_rows
+        self.written += rows.num_rows
+        if self.pending_rows >= JOURNAL_ROWS or time.monotonic() - self.last_flush >= JOURNAL_S:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.pending_rows:
+            chunks = [c for col in self.pending for c in col.chunks]
+            table = pa.table({"file_name": pa.chunked_array(chunks, pa.string())})
+            with commit.atomic_write(self.state / f"done-{time.time_ns():020d}.parquet") as fh:
+                pq.write_table(table, fh)
+        self.pending, self.pending_rows, self.last_flush = [], 0, time.monotonic()
+
+    def select(self, exported: str) -> str:
+        raise NotImplementedError
+
+    def finish(self, plan: str) -> int:
+        """Write the metadata of the exported clips the newest decisions still keep, unless an
+        earlier run wrote the same (same clips, same captions) -> its rows."""
+        exported = (f"SELECT p.* FROM ({plan}) p SEMI JOIN {self.done_relation()} x "
+                    "ON x.file_name = p.file_name")
+        rows, digest = self.con.sql(
+            f"SELECT count(*), coalesce(sum(hash(file_name, text)), 0)::VARCHAR FROM ({exported})"
+        ).fetchall()[0]
+        stamp = self.state / "metadata.json"
+        meta = self.out / self.META
+        want = {"rows": rows, "digest": digest}
+        if stamp.exists() and json.loads(stamp.read_text()) == want and meta.exists():
+            return rows
+        with publishing(meta) as tmp:
+            self.con.execute(f"COPY ({self.select(exported)}) TO '{tmp}' {self.COPY}")
+        with commit.atomic_write(stamp) as fh:
+            fh.write(json.dumps(want).encode())
+        return rows
+
+
+class OpenSoraWriter(FolderWriter):
+    """`opensora.csv`: Open-Sora's data columns (path, text, num_frames, height, width,
+    aspect_ratio, fps, resolution, aes, flow, ocr, match) plus `id` and `tier`."""
+
+    META, NAME, COPY = "opensora.csv", "opensora", "(HEADER, DELIMITER ',')"
+
+    def select(self, exported: str) -> str:
+        base = str(self.out.resolve() if isinstance(self.out, Path) else self.out).replace("'", "''")
+        return f"""SELECT '{base}/' || file_name AS path, text, num_frames, height, width,
+                   height / width AS aspect_ratio, fps, height * width AS resolution, aes, flow, ocr,
+                   clip_score AS match, clip_id AS id, tier
+            FROM ({exported}) ORDER BY file_name"""
+
+
+class VideoFolderWriter(FolderWriter):
+    """`metadata.jsonl` beside the clips: `file_name` (relative), `text` and the scores, as
+    HF `datasets`' videofolder loader reads it."""
+
+    META, NAME, COPY = "metadata.jsonl", "videofolder", "(FORMAT json)"
+
+    def select(self, exported: str) -> str:
+        return f"""SELECT file_name, text, clip_id, tier, num_frames, height, width, fps, aes, flow, ocr,
+                   clip_score, source, start_s, end_s
+            FROM ({exported}) ORDER BY file_name"""
+
+
+LANCE = pa.schema([
+    ("file_name", pa.string()), ("clip_id", pa.string()), ("tier", pa.string()), ("text", pa.string()),
+    ("num_frames", pa.int64()), ("height", pa.int64()), ("width", pa.int64()), ("fps", pa.float64()),
+    ("aes", pa.float64()), ("flow", pa.float64()), ("ocr", pa.float64()), ("clip_score", pa.float64()),
+    ("source", pa.string()), ("start_s", pa.float64()), ("end_s", pa.float64()),
+    ("video", pa.large_binary()),  # the mp4 member of the tar, as is
+])
+
+
+def lance_storage_options(uri: fs.AnyPath) -> dict[str, str] | None:
+    """Lance's object-store options for an s3:// dataset: the endpoint and region of the
+    environment (credentials are read from the environment by Lance itself)."""
+    if isinstance(uri, Path):
+        return None
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+    opts = {"region": region}
+    if endpoint:
+        opts.update(endpoint=endpoint, allow_http=str(endpoint.startswith("http://")).lower())
+    return opts
+
+
+class LanceWriter(_Writer):
+    """`<out>/clips.lance`: a row per clip with its mp4 bytes; each append is one Lance commit,
+    so a killed run leaves whole fragments only and the dataset itself says what is done."""
+
+    def __init__(self, out, con, copy_clips):
+        super().__init__(out, con, copy_clips)
+        self.path = out / "clips.lance"
+        self.uri = str(self.path.resolve() if isinstance(self.path, Path) else self.path)
+        self.options = lance_storage_options(self.path)
+        self.buffer: list[pa.Table] = []
+        self.buffered = 0
+
+    def _dataset(self):
+        import lance
+
+        try:
+            return lance.dataset(self.uri, storage_options=self.options)
+        except (ValueError, FileNotFoundError, OSError):  # no dataset there yet
+            return None
+
+    def done_relation(self) -> str:
+        ds = self._dataset()
+        names = ds.to_table(columns=["file_name"]) if ds is not None else DONE.empty_table()
+        name = f"__export_done_{uuid.uuid4().hex[:8]}"
+        self.con.register(name, names)
+        return name
+
+    def add(self, rows: pa.Table, clips: list[bytes | None]) -> None:
+        cols = {f.name: rows.column(f.name).cast(f.type) for f in LANCE if f.name != "video"}
+        cols["video"] = pa.array(clips, pa.large_binary())
+        self.buffer.append(pa.table(cols, schema=LANCE))
+        self.buffered += sum(len(c) for c in clips if c is not None)
+        self.bytes_copied += sum(len(c) for c in clips if c is not None)
+        self.written += rows.num_rows
+        if self.buffered >= LANCE_BYTES or sum(t.num_rows for t in self.buffer) >= LANCE_ROWS:
+            self.flush()
+
+    def flush(self) -> None:
+        import lance
+
+        if not self.buffer:
+            return
+        table = pa.concat_tables(self.buffer)
+        mode = "append" if self._dataset() is not None else "create"
+        lance.write_dataset(table, self.uri, schema=LANCE, mode=mode, storage_options=self.options)
+        self.buffer, self.buffered = [], 0
+
+    def finish(self, plan: str) -> int:
+        """Delete the rows of clips the newest decisions no longer keep -> rows in the dataset."""
+        ds = self._dataset()
+        if ds is None:
+            return 0
+        self.con.register("__lance_names", ds.to_table(columns=["file_name"]))
+        stale = [n for (n,) in self.con.sql(
+            f"SELECT file_name FROM __lance_names x ANTI JOIN ({plan}) p ON p.file_name = x.file_name"
+        ).fetchall()]
+        for i in range(0, len(stale), 1000):
+            quoted = ", ".join("'" + n.replace("'", "''") + "'" for n in stale[i:i + 1000])
+            ds.delete(f"file_name IN ({quoted})")
+        return self._dataset().count_rows()
+
+
+WRITERS = {"opensora": OpenSoraWriter, "videofolder": VideoFolderWriter, "lance": LanceWriter}
