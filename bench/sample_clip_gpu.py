@@ -131,8 +131,8 @@ def warm_up(inf, size, args, device, dtype) -> dict:
     t0 = time.perf_counter()
     cond = encode_prompts(inf.text_encoder, [PROMPT], "", args.cfg_scale, dtype, device)
     opts = SampleOptions(steps=2, cfg_scale=args.cfg_scale, shift=3.0, fast=True)
-    den = ClipDenoiser(inf.model, cond, opts, compile=device.startswith("cuda") and not args.no_compile,
-                       graph=not args.no_graph)
+    den = ClipDenoiser(inf.model, cond, opts, compile=device.startswith("cuda") and not args.plain,
+                       graph=not args.plain)
     den(draw_noise((1, 16, latent_frames_for(args.frames, 4), h // 8, w // 8), torch.Generator(), device))
     sync(device)
     denoise_s = time.perf_counter() - t0
@@ -198,8 +198,6 @@ def main() -> int:
     ap.add_argument("--cfg-scale", type=float, default=6.0)
     ap.add_argument("--plain-steps", type=int, default=3, help="steps timed on the plain path (0 = skip)")
     ap.add_argument("--plain", action="store_true", help="time the plain path instead of the fast one")
-    ap.add_argument("--no-compile", action="store_true")
-    ap.add_argument("--no-graph", action="store_true")
     ap.add_argument("--budget-s", type=float, default=1e9, help="skip cases that would end past this")
     ap.add_argument("--smoke", action="store_true",
                     help="CPU, tiny model/VAE/encoder, 64x96, 9 frames, 3 steps")
