@@ -203,6 +203,8 @@ def main() -> int:
                     help="CPU, tiny model/VAE/encoder, 64x96, 9 frames, 3 steps")
     args = ap.parse_args()
     started = time.perf_counter()
+    if not args.smoke and not torch.cuda.is_available():
+        ap.error("no CUDA device: this bench times a GPU (use --smoke for a CPU check)")
 
     device = "cpu" if args.smoke else "cuda"
     dtype = torch.float32 if args.smoke else torch.bfloat16

@@ -105,7 +105,7 @@ def test_compiled_graphed_path_matches_plain_on_gpu(precision):
     floor = _rel(plain, exact)  # bf16's own error (fp8's for the fp8 model)
     assert 0 < floor < 0.2 and _rel(fast, plain) < max(2 * floor, 1e-2), (_rel(fast, plain), floor)
     again = den(draw_noise((1, *shape), torch.Generator().manual_seed(4), "cuda"))
-    assert torch.equal(again, fast)  # replays are deterministic
+    assert _rel(again, fast) < 1e-6  # a second clip (new capture) repeats the first
 
 
 def test_clip_mode_samples_exact_latent_frames_with_phase_timings(tmp_path):
