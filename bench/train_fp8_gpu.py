@@ -111,7 +111,8 @@ def main() -> int:
     ap.add_argument("--merge-from", default=None,
                     help="folder holding an earlier result of this bench on this card: its runs of the "
                          "other precisions are kept (one precision per device call)")
-    ap.add_argument("--smoke", action="store_true", help="CPU: tiny model at depth 1, 16x3x16x16 latents, 4 steps")
+    ap.add_argument("--smoke", action="store_true",
+                    help="CPU: tiny model, depth 1, 16x3x16x16 latents, 4 steps")
     args = ap.parse_args()
     if not args.smoke and not torch.cuda.is_available():
         ap.error("no CUDA device: this bench times a GPU (use --smoke for a CPU check)")
