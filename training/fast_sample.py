@@ -96,7 +96,7 @@ class ClipDenoiser:
         """noise (B, C, F, H, W) float32 -> clean latents, same shape."""
         times = time_grid(self.opts.steps, self.opts.shift)
         rows = noise.shape[0] * self.cond.groups
-        if self.opts.solver != "euler" or not (self.graph_wanted and noise.is_cuda):
+        if self.opts.solver != "euler" or not (self.graph_wanted and self._can_capture(noise)):
             def fn(x, t):
                 return self._velocity(x, torch.full((rows,), t, dtype=torch.float32, device=x.device))
 
@@ -112,28 +112,36 @@ class ClipDenoiser:
             x.add_(dt_buf * self._velocity(x, t_buf))
 
         pairs = list(zip(times[:-1], times[1:], strict=True))
-        graph, first = None, True
-        for t, t_next in pairs:
+        replay = None
+        for i, (t, t_next) in enumerate(pairs):
             t_buf.fill_(t)
             dt_buf.fill_(t_next - t)
-            if graph is not None:
-                graph.replay()
-                continue
-            if first:  # the first step runs as is on a side stream: it compiles and warms up
-                side = torch.cuda.Stream()
-                side.wait_stream(torch.cuda.current_stream())
-                with torch.cuda.stream(side):
-                    step()
-                torch.cuda.current_stream().wait_stream(side)
-                first = False
+            if replay is not None:
+                replay()
+            elif i == 0:  # the first step runs as is: it compiles and warms up, then is recorded
+                self._warm_step(step)
                 if len(pairs) > 1:
-                    graph = self._capture(step)
-                continue
-            step()  # capture failed: the remaining steps run one by one
+                    replay = self._capture(step)
+            else:
+                step()  # capture failed: the remaining steps run one by one
         return x
 
-    def _capture(self, step) -> torch.cuda.CUDAGraph | None:
-        """Record ``step`` (recording runs nothing); None, with the reason kept, if it fails."""
+    @staticmethod
+    def _can_capture(noise: torch.Tensor) -> bool:
+        return noise.is_cuda
+
+    @staticmethod
+    def _warm_step(step) -> None:
+        """Run ``step`` on a side stream, as CUDA graph capture wants its warm-up."""
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            step()
+        torch.cuda.current_stream().wait_stream(side)
+
+    def _capture(self, step) -> Callable[[], None] | None:
+        """Record ``step`` as a CUDA graph (recording runs nothing) and return its replay; None,
+        with the reason kept, if it cannot be captured."""
         graph = torch.cuda.CUDAGraph()
         try:
             with torch.cuda.graph(graph):
@@ -144,7 +152,7 @@ class ClipDenoiser:
             torch.cuda.synchronize()
             return None
         self.graphed = True
-        return graph
+        return graph.replay
 
 
 def sample_clip_fast(model, cond: Conditioning, latent_shape: tuple[int, int, int, int],
