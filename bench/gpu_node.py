@@ -103,24 +103,15 @@ class Timeline:
         self.stop = threading.Event()
 
     def __enter__(self) -> Timeline:
-        self.smi = subprocess.Popen(
-            [
-                "nvidia-smi",
-                "--query-gpu=utilization.gpu,utilization.decoder,memory.used",
-                "--format=csv,noheader,nounits",
-                "-lms",
-                "500",
-                "-i",
-                "0",
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            text=True,
-        )
-        self.threads = [
-            threading.Thread(target=self._read_smi, daemon=True),
-            threading.Thread(target=self._read_rss, daemon=True),
-        ]
+        query = "--query-gpu=utilization.gpu,utilization.decoder,memory.used"
+        cmd = ["nvidia-smi", query, "--format=csv,noheader,nounits", "-lms", "500", "-i", "0"]
+        try:
+            self.smi = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        except FileNotFoundError:  # a CPU check run
+            self.smi = None
+        self.threads = [threading.Thread(target=self._read_rss, daemon=True)]
+        if self.smi is not None:
+            self.threads.append(threading.Thread(target=self._read_smi, daemon=True))
         for t in self.threads:
             t.start()
         return self
@@ -138,7 +129,8 @@ class Timeline:
 
     def __exit__(self, *exc) -> None:
         self.stop.set()
-        self.smi.terminate()
+        if self.smi is not None:
+            self.smi.terminate()
         for t in self.threads:
             t.join(timeout=5)
 
@@ -182,13 +174,13 @@ def run_facts(root: Path) -> dict:
     }
 
 
-def run(corpus: Path, decode: str, workdir: Path, out: str, budget_s: float) -> dict:
+def run(corpus: Path, decode: str, workdir: Path, out: str, budget_s: float, config: Path, extra: list[str]) -> dict:
     root = workdir / f"root-{decode}"
     shutil.rmtree(root, ignore_errors=True)
     sets = [
         "score.aesthetic.random_init=true",
         "caption.transformers.model=reelsift-random:qwen2.5-vl-7b",
-        f"score.decode={decode}",
+        f"score.decode_lane={decode}", f"caption.decode_lane={decode}",
         *OPEN_BOUNDS,
     ]
     cmd = [
@@ -293,11 +285,13 @@ def main() -> None:
     r.add_argument("--work", type=Path, default=REPO / "runs/gpu_node")
     r.add_argument("--out", default="bench/results")
     r.add_argument("--budget-s", type=float, default=540.0)
+    r.add_argument("--config", type=Path, default=REPO / "configs/default.yaml")
+    r.add_argument("--set", dest="extra", action="append", default=[], help="more overrides (CPU check runs)")
     args = ap.parse_args()
     if args.cmd == "corpus":
         make_corpus(args.out, args.hours)
     else:
-        run(args.corpus, args.decode, args.work, args.out, args.budget_s)
+        run(args.corpus, args.decode, args.work, args.out, args.budget_s, args.config, args.extra)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from filters.config import DedupConfig, FilterConfig, SceneConfig, ScoreConfig
+from filters.config import DecodeLanesConfig, DedupConfig, FilterConfig, SceneConfig, ScoreConfig
 from manifests.configtools import ConfigError, Resources, apply_overrides, build, check, read_yaml
 from models.captioner.config import (
     DEFAULT_PROMPT,
@@ -167,8 +167,14 @@ class CaptionConfig:
     """Scheduling of the frame-decoding operator (CPU)."""
     captioner: Resources = field(default_factory=lambda: Resources(batch_size=8, concurrency=1))
     """Scheduling of the captioner operator; set num_gpus: 1 for the transformers backend on GPU."""
+    decode_lane: str = "auto"
+    """Which lane decodes the frames: auto (on a GPU node, NVDEC and CPU workers inside the
+    captioner's GPU actor; elsewhere the CPU decode operator), cpu, or nvdec (NVDEC only)."""
+    lanes: DecodeLanesConfig = field(default_factory=lambda: DecodeLanesConfig(nvdec_sessions=2, cpu_workers=1))
+    """The decode lanes inside the captioner's GPU actor (decode_lane auto or nvdec on a GPU)."""
 
     def __post_init__(self):
+        check(self.decode_lane in ("auto", "cpu", "nvdec"), "caption.decode_lane", "must be auto, cpu or nvdec")
         check(self.n_frames >= 2, "caption.n_frames", "must be >= 2")
         check(self.short_side >= 28, "caption.short_side", "must be >= 28")
         check(self.timeout_s > 0, "caption.timeout_s", "must be > 0")

@@ -139,7 +139,7 @@ def score(cfg: CurateConfig, root: Path, ray_address: str | None = None) -> Part
     sink.expected = items.num_rows
     if uses_lanes(cfg.score):  # a GPU node: the GPU actor decodes (NVDEC + CPU lanes), CPU scorers follow
         ops = lane_ops(cfg.score)
-        log.info("score: decode %s on the GPU actor (NVDEC and CPU lanes)", cfg.score.decode)
+        log.info("score: decode %s on the GPU actor (NVDEC and CPU lanes)", cfg.score.decode_lane)
     else:
         ops = [(DecodeAndScoreCpu, cfg.score, cfg.score.cpu), (ScoreNeural, cfg.score, cfg.score.gpu)]
     return run_stage("score", ops, None, None, items, sink, ray_address=ray_address, ray_cfg=cfg.ray)

@@ -303,7 +303,7 @@ class DecodeLanesConfig:
     nvdec_sessions: int = 4
     """NVDEC decoder sessions (one thread each) per GPU actor (>= 1); H100/H200 have 7 engines."""
     cpu_workers: int = 4
-    """PyAV decode processes inside the GPU actor with decode: auto (>= 0); each reserves a core."""
+    """PyAV decode processes inside the GPU actor with decode_lane: auto (>= 0); each reserves a core."""
 
     def __post_init__(self):
         check(self.nvdec_sessions >= 1, "lanes.nvdec_sessions", "must be >= 1")
@@ -333,19 +333,19 @@ class ScoreConfig:
     """Scheduling of the decode + CPU-scorer operator (motion, OCR, quality)."""
     gpu: Resources = field(default_factory=lambda: Resources(batch_size=16, concurrency=1))
     """Scheduling of the neural-scorer operator (aesthetic/CLIP); set num_gpus on GPU nodes."""
-    decode: str = "auto"
+    decode_lane: str = "auto"
     """Which lane decodes: auto (on a GPU node, NVDEC and CPU workers at once inside the GPU actor;
     elsewhere the CPU chain, as without a GPU), cpu (PyAV in the CPU scorers' actors), or nvdec
     (NVDEC only: a clip it refuses or fails on is an error row)."""
     lanes: DecodeLanesConfig = field(default_factory=lambda: DecodeLanesConfig())
-    """The decode lanes inside the GPU actor when decode is auto or nvdec on a GPU node."""
+    """The decode lanes inside the GPU actor when decode_lane is auto or nvdec on a GPU node."""
 
     def __post_init__(self):
-        check(self.decode in ("auto", "cpu", "nvdec"), "score.decode", "must be auto, cpu or nvdec")
+        check(self.decode_lane in ("auto", "cpu", "nvdec"), "score.decode_lane", "must be auto, cpu or nvdec")
         check(
-            self.decode != "nvdec"
+            self.decode_lane != "nvdec"
             or (self.gpu.num_gpus > 0 and str(self.aesthetic.device).startswith("cuda")),
-            "score.decode",
+            "score.decode_lane",
             "nvdec needs a GPU actor: set score.gpu.num_gpus > 0 and score.aesthetic.device: cuda",
         )
         check(self.n_frames >= 2, "score.n_frames", "must be >= 2")

