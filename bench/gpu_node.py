@@ -174,13 +174,16 @@ def run_facts(root: Path) -> dict:
     }
 
 
-def run(corpus: Path, decode: str, workdir: Path, out: str, budget_s: float, config: Path, extra: list[str]) -> dict:
+def run(
+    corpus: Path, decode: str, workdir: Path, out: str, budget_s: float, config: Path, extra: list[str]
+) -> dict:
     root = workdir / f"root-{decode}"
     shutil.rmtree(root, ignore_errors=True)
     sets = [
         "score.aesthetic.random_init=true",
         "caption.transformers.model=reelsift-random:qwen2.5-vl-7b",
-        f"score.decode_lane={decode}", f"caption.decode_lane={decode}",
+        f"score.decode_lane={decode}",
+        f"caption.decode_lane={decode}",
         *OPEN_BOUNDS,
     ]
     cmd = [

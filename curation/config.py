@@ -170,11 +170,14 @@ class CaptionConfig:
     decode_lane: str = "auto"
     """Which lane decodes the frames: auto (on a GPU node, NVDEC and CPU workers inside the
     captioner's GPU actor; elsewhere the CPU decode operator), cpu, or nvdec (NVDEC only)."""
-    lanes: DecodeLanesConfig = field(default_factory=lambda: DecodeLanesConfig(nvdec_sessions=2, cpu_workers=1))
+    lanes: DecodeLanesConfig = field(
+        default_factory=lambda: DecodeLanesConfig(nvdec_sessions=2, cpu_workers=1)
+    )
     """The decode lanes inside the captioner's GPU actor (decode_lane auto or nvdec on a GPU)."""
 
     def __post_init__(self):
-        check(self.decode_lane in ("auto", "cpu", "nvdec"), "caption.decode_lane", "must be auto, cpu or nvdec")
+        lanes = ("auto", "cpu", "nvdec")
+        check(self.decode_lane in lanes, "caption.decode_lane", "must be auto, cpu or nvdec")
         check(self.n_frames >= 2, "caption.n_frames", "must be >= 2")
         check(self.short_side >= 28, "caption.short_side", "must be >= 28")
         check(self.timeout_s > 0, "caption.timeout_s", "must be > 0")

@@ -100,7 +100,9 @@ def plan_concurrency(
     batches. When even one actor each asks for more CPUs than the cluster has (a 1-core
     machine, a cluster that lost a node), every request is scaled down by the returned factor.
     """
-    gpu_n = {i: max(1, int(total_gpus // r.num_gpus)) for i, r in enumerate(ops) if r.num_gpus and not r.concurrency}
+    gpu_n = {  # GPU operators without a fixed concurrency: one actor per num_gpus of the cluster
+        i: max(1, int(total_gpus // r.num_gpus)) for i, r in enumerate(ops) if r.num_gpus and not r.concurrency
+    }
     fixed = sum(r.num_cpus * (r.concurrency or gpu_n.get(i, 0)) for i, r in enumerate(ops))
     auto = [r for i, r in enumerate(ops) if not r.concurrency and i not in gpu_n]
     left = max(0.0, total_cpus - fixed)
@@ -356,7 +358,8 @@ def run_stage(
     # process for a metadata task (about 0.7 CPU-seconds and 0.7 s per stage).
     blocks = [items.slice(i, res.batch_size) for i in range(0, items.num_rows, res.batch_size)]
     ds = ray.data.from_blocks(blocks)
-    actors, cpu_factor = plan_concurrency([r for _, _, r in ops], cluster_cpus(), items.num_rows, cluster_gpus())
+    resources = [r for _, _, r in ops]
+    actors, cpu_factor = plan_concurrency(resources, cluster_cpus(), items.num_rows, cluster_gpus())
     for i, ((op_cls, op_cfg, op_res), n) in enumerate(zip(ops, actors, strict=True)):
         if i == len(ops) - 1:
             op_cls = node_tagged(op_cls)

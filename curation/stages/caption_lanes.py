@@ -37,8 +37,15 @@ class CaptionOnLanes(CaptionClips):
             if d.error is not None:
                 rows.append({**row, "status": "error", "error": d.error})
             else:
-                rows.append({**row, "status": "ok", "frames": d.host.tobytes(), "frames_shape": list(d.host.shape),
-                             "sampled_fps": float(clip["fps"]) / d.step})
+                rows.append(
+                    {
+                        **row,
+                        "status": "ok",
+                        "frames": d.host.tobytes(),
+                        "frames_shape": list(d.host.shape),
+                        "sampled_fps": float(clip["fps"]) / d.step,
+                    }
+                )
         return super().__call__(pa.Table.from_pylist(rows, schema=DECODED))
 
     def __del__(self):
@@ -60,6 +67,7 @@ def uses_lanes(cfg: CaptionConfig) -> bool:
 def lane_ops(cfg: CaptionConfig) -> list[tuple[type, Any, Resources]]:
     workers = cfg.lanes.cpu_workers if cfg.decode_lane == "auto" else 0
     c = cfg.captioner
-    res = Resources(num_cpus=c.num_cpus + workers, num_gpus=c.num_gpus, concurrency=c.concurrency,
-                    batch_size=c.batch_size)
+    res = Resources(
+        num_cpus=c.num_cpus + workers, num_gpus=c.num_gpus, concurrency=c.concurrency, batch_size=c.batch_size
+    )
     return [(CaptionOnLanes, cfg, res)]
