@@ -101,7 +101,9 @@ def plan_concurrency(
     machine, a cluster that lost a node), every request is scaled down by the returned factor.
     """
     gpu_n = {  # GPU operators without a fixed concurrency: one actor per num_gpus of the cluster
-        i: max(1, int(total_gpus // r.num_gpus)) for i, r in enumerate(ops) if r.num_gpus and not r.concurrency
+        i: max(1, int(total_gpus // r.num_gpus))
+        for i, r in enumerate(ops)
+        if r.num_gpus and not r.concurrency
     }
     fixed = sum(r.num_cpus * (r.concurrency or gpu_n.get(i, 0)) for i, r in enumerate(ops))
     auto = [r for i, r in enumerate(ops) if not r.concurrency and i not in gpu_n]
