@@ -130,8 +130,11 @@ class LaneDecoder:
         self.threads.append(t)
 
     def _new_pool(self) -> None:
-        # forkserver: workers never inherit this process's CUDA context or threads
-        self.pool = ProcessPoolExecutor(self.cpu_workers or 1, mp_context=mp.get_context("forkserver"))
+        # forkserver: workers never inherit this process's CUDA context or threads. No preload of
+        # __main__ (in a Ray actor that is Ray's worker script): the work function is importable.
+        ctx = mp.get_context("forkserver")
+        ctx.set_forkserver_preload([])
+        self.pool = ProcessPoolExecutor(self.cpu_workers or 1, mp_context=ctx)
 
     # -- the public calls ------------------------------------------------------------------
     def submit(self, runs: list[list[dict]]) -> list[_Job]:
@@ -207,6 +210,8 @@ class LaneDecoder:
                 )
 
     def _nvdec_run(self, dec, clips: list[dict]) -> list[Decoded]:
+        import torch
+
         from curation.stages.score import sample_indices
         from filters.nvdec import NvdecError, host_copy, resize_on_device
 
@@ -220,8 +225,10 @@ class LaneDecoder:
         if time.monotonic() - t0 > self.spec.timeout_s * len(clips):
             raise NvdecError("decoding took longer than the time limit")
         size = even_size(int(first["display_width"]), int(first["display_height"]), self.spec.short_side)
-        frames = resize_on_device(frames, size, int(first.get("rotation") or 0))
-        host = host_copy(frames)
+        # on the session's own stream: threads never meet on the default stream
+        with torch.cuda.stream(dec.stream):
+            frames = resize_on_device(frames, size, int(first.get("rotation") or 0))
+            host = host_copy(frames)  # waits for this stream only
         pos = {i: k for k, i in enumerate(wanted)}
         out = []
         for clip, idx in zip(clips, idx_per_clip, strict=True):

@@ -66,6 +66,8 @@ class DecodeOnLanesNeural:
         self.model_lock = threading.Lock()
 
     def __call__(self, batch: pa.Table) -> pa.Table:
+        import torch
+
         clips = batch.to_pylist()
         rows: list[dict[str, Any] | None] = [None] * len(clips)
         todo = []
@@ -88,6 +90,9 @@ class DecodeOnLanesNeural:
                     if d.error is None:
                         chunk.append((k, d))
             if chunk:
+                for _, d in chunk:
+                    if d.device is not None:  # made on a decode session's stream, read on this one
+                        d.device.record_stream(torch.cuda.current_stream(d.device.device))
                 with self.model_lock:
                     on_device = self.scorer.encoder.preprocess_on_device
                     scores = self.scorer.score_batch(
