@@ -226,15 +226,16 @@ class LaneDecoder:
             raise NvdecError("decoding took longer than the time limit")
         size = even_size(int(first["display_width"]), int(first["display_height"]), self.spec.short_side)
         # on the session's own stream: threads never meet on the default stream
+        pos = {i: k for k, i in enumerate(wanted)}
+        sels = [[pos[i] for i in idx] for idx in idx_per_clip]
         with torch.cuda.stream(dec.stream):
             frames = resize_on_device(frames, size, int(first.get("rotation") or 0))
-            host = host_copy(frames)  # waits for this stream only
-        pos = {i: k for k, i in enumerate(wanted)}
+            device = [frames[sel] for sel in sels]
+            host = host_copy(frames)  # waits for this stream only (the slices above included)
         out = []
-        for clip, idx in zip(clips, idx_per_clip, strict=True):
-            sel = [pos[i] for i in idx]
+        for clip, idx, sel, dev in zip(clips, idx_per_clip, sels, device, strict=True):
             step = (int(clip["end_frame"]) - int(clip["start_frame"])) / len(idx)
-            out.append(Decoded(host=host[sel], device=frames[sel], step=step, lane="nvdec"))
+            out.append(Decoded(host=host[sel], device=dev, step=step, lane="nvdec"))
         return out
 
     def _cpu_loop(self) -> None:
