@@ -95,16 +95,19 @@ def make_corpus(out: Path, hours: float) -> dict:
 
 # -- measuring ---------------------------------------------------------------------------------
 class Timeline:
-    """nvidia-smi (GPU %, NVDEC %, memory) and the process tree's RSS, stamped, every ~0.5 s."""
+    """nvidia-smi per GPU (busy %, NVDEC %, memory) and the process tree's RSS, stamped, every
+    ~0.5 s, for the GPUs in `gpus`."""
 
-    def __init__(self):
-        self.gpu: list[tuple[float, int, int, int]] = []
+    def __init__(self, gpus: list[int]):
+        self.gpus = gpus
+        self.gpu: list[tuple[float, int, int, int, int]] = []  # (t, index, busy %, NVDEC %, MiB)
         self.rss: list[tuple[float, int]] = []
         self.stop = threading.Event()
 
     def __enter__(self) -> Timeline:
-        query = "--query-gpu=utilization.gpu,utilization.decoder,memory.used"
-        cmd = ["nvidia-smi", query, "--format=csv,noheader,nounits", "-lms", "500", "-i", "0"]
+        query = "--query-gpu=index,utilization.gpu,utilization.decoder,memory.used"
+        ids = ",".join(map(str, self.gpus))
+        cmd = ["nvidia-smi", query, "--format=csv,noheader,nounits", "-lms", "500", "-i", ids]
         try:
             self.smi = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         except FileNotFoundError:  # a CPU check run
@@ -119,7 +122,7 @@ class Timeline:
     def _read_smi(self) -> None:
         for line in self.smi.stdout:
             parts = [p.strip() for p in line.split(",")]
-            if len(parts) == 3 and all(p.isdigit() for p in parts):
+            if len(parts) == 4 and all(p.isdigit() for p in parts):
                 self.gpu.append((time.monotonic(), *map(int, parts)))
 
     def _read_rss(self) -> None:
@@ -135,16 +138,29 @@ class Timeline:
             t.join(timeout=5)
 
     def window(self, t0: float, t1: float) -> dict:
-        g = np.array([s[1:] for s in self.gpu if t0 <= s[0] <= t1]) if self.gpu else np.zeros((0, 3))
+        g = np.array([s[1:] for s in self.gpu if t0 <= s[0] <= t1]) if self.gpu else np.zeros((0, 4))
         r = [b for t, b in self.rss if t0 <= t <= t1]
         out = {"peak_rss_gib": round(max(r) / 2**30, 2) if r else None}
         if len(g):
+            per = {int(i): g[g[:, 0] == i] for i in np.unique(g[:, 0])}
             out |= {
-                "gpu_busy_pct": round(float(g[:, 0].mean()), 1),
-                "dec_busy_pct": round(float(g[:, 1].mean()), 1),
-                "gpu_mem_max_gib": round(float(g[:, 2].max()) / 1024, 1),
+                "gpu_busy_pct": round(float(g[:, 1].mean()), 1),  # mean over GPUs and samples
+                "dec_busy_pct": round(float(g[:, 2].mean()), 1),
+                "gpu_mem_max_gib": round(float(g[:, 3].max()) / 1024, 1),
             }
+            if len(per) > 1:
+                out["gpu_busy_pct_per_gpu"] = [
+                    round(float(v[:, 1].mean()), 1) for _, v in sorted(per.items())
+                ]
         return out
+
+
+def visible_gpus() -> int:
+    try:
+        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, check=False).stdout
+    except FileNotFoundError:
+        return 0
+    return sum(1 for line in out.splitlines() if line.startswith("GPU "))
 
 
 def stage_metrics(root: Path) -> dict[str, dict]:
@@ -161,9 +177,9 @@ def run_facts(root: Path) -> dict:
     from manifests.db import connect
 
     con: duckdb.DuckDBPyConnection = connect(root)
-    hours = con.sql("SELECT sum(duration_s) / 3600 FROM videos WHERE status = 'ok'").fetchone()[0] or 0.0
-    clips = con.sql("SELECT count(*) FROM clips WHERE status = 'ok'").fetchone()[0]
-    kept = con.sql("SELECT count(*) FROM decisions WHERE keep").fetchone()[0]
+    hours = con.sql("SELECT sum(duration_s) / 3600 FROM videos WHERE status = 'ok'").fetchall()[0][0] or 0.0
+    clips = con.sql("SELECT count(*) FROM clips WHERE status = 'ok'").fetchall()[0][0]
+    kept = con.sql("SELECT count(*) FROM decisions WHERE keep").fetchall()[0][0]
     lanes = dict(con.sql("SELECT coalesce(decode_lane, '?'), count(*) FROM scores GROUP BY ALL").fetchall())
     return {
         "input_hours": round(float(hours), 3),
@@ -175,9 +191,18 @@ def run_facts(root: Path) -> dict:
 
 
 def run(
-    corpus: Path, decode: str, workdir: Path, out: str, budget_s: float, config: Path, extra: list[str]
+    corpus: Path,
+    decode: str,
+    workdir: Path,
+    out: str,
+    budget_s: float,
+    config: Path,
+    extra: list[str],
+    gpus: int,
 ) -> dict:
-    root = workdir / f"root-{decode}"
+    """One `reelsift run`; `gpus` > 0 limits Ray to the first `gpus` GPUs (CUDA_VISIBLE_DEVICES)."""
+    label = decode if not gpus else f"{decode}-{gpus}gpu"
+    root = workdir / f"root-{label}"
     shutil.rmtree(root, ignore_errors=True)
     sets = [
         "score.aesthetic.random_init=true",
@@ -185,6 +210,7 @@ def run(
         f"score.decode_lane={decode}",
         f"caption.decode_lane={decode}",
         *OPEN_BOUNDS,
+        *extra,
     ]
     cmd = [
         sys.executable,
@@ -192,7 +218,7 @@ def run(
         "curation.cli",
         "run",
         "--config",
-        str(REPO / "configs/default.yaml"),
+        str(config),
         "--input",
         str(corpus),
         "--root",
@@ -201,13 +227,15 @@ def run(
     for s in sets:
         cmd += ["--set", s]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    env.pop("RAY_ADDRESS", None)  # embedded Ray: 1 GPU and the node's cores
+    env.pop("RAY_ADDRESS", None)  # embedded Ray: the node's GPUs and cores
+    if gpus:
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, range(gpus)))
     marks = lambda line: line[3:].strip() if line.startswith("== ") else None  # noqa: E731
-    with Timeline() as tl:
+    with Timeline(list(range(gpus or visible_gpus()))) as tl:
         t_start = time.monotonic()
         cmd = ["timeout", str(int(budget_s)), *cmd]
         u = run_measured(cmd, env=env, mark=marks, linger_s=20.0)
-    (workdir / f"run-{decode}.log").write_text(u.output)
+    (workdir / f"run-{label}.log").write_text(u.output)
     bounds = [*u.marks, ("end", u.wall_s, u.cpu_s)]
     metrics = stage_metrics(root)
     stages = []
@@ -228,6 +256,7 @@ def run(
     bound = max(stages, key=lambda r: r["wall_s"]) if stages else None
     result = {
         "decode": decode,
+        "gpus": gpus or visible_gpus(),
         "returncode": u.returncode,
         "wall_s": round(u.wall_s, 1),
         "cpu_s": round(u.cpu_s, 1),
@@ -244,7 +273,7 @@ def run(
     res = Result("gpu_node", out=out)
     if res.path.exists():
         res.data["runs"] = json.loads(res.path.read_text()).get("runs", {})
-    res.data.setdefault("runs", {})[decode] = result
+    res.data.setdefault("runs", {})[label] = result
     corpus_info = corpus / "corpus.json"
     if corpus_info.exists():
         res.data["corpus"] = json.loads(corpus_info.read_text())
@@ -289,12 +318,13 @@ def main() -> None:
     r.add_argument("--out", default="bench/results")
     r.add_argument("--budget-s", type=float, default=540.0)
     r.add_argument("--config", type=Path, default=REPO / "configs/default.yaml")
+    r.add_argument("--gpus", type=int, default=0, help="use the first N GPUs (0: all); for scaling runs")
     r.add_argument("--set", dest="extra", action="append", default=[], help="more overrides (CPU check runs)")
     args = ap.parse_args()
     if args.cmd == "corpus":
         make_corpus(args.out, args.hours)
     else:
-        run(args.corpus, args.decode, args.work, args.out, args.budget_s, args.config, args.extra)
+        run(args.corpus, args.decode, args.work, args.out, args.budget_s, args.config, args.extra, args.gpus)
 
 
 if __name__ == "__main__":
