@@ -90,8 +90,19 @@ class LaneDecoder:
     """See the module docstring. `counts()` gives clips per lane and the NVDEC session counters."""
 
     def __init__(
-        self, mode: str, spec: DecodeSpec, nvdec_sessions: int = 4, cpu_workers: int = 4, gpu_id: int = 0
+        self,
+        mode: str,
+        spec: DecodeSpec,
+        nvdec_sessions: int = 4,
+        cpu_workers: int = 4,
+        gpu_id: int = 0,
+        sessions: list | None = None,
+        cpu_takes_nvdec_jobs: bool = True,
     ):
+        """`sessions`: the NVDEC decoders to use (objects with `frames(path, indices)` and
+        `stream`); by default `nvdec_sessions` new `filters.nvdec.NvdecDecoder`s on `gpu_id`
+        when NVDEC is usable here. `cpu_takes_nvdec_jobs`: idle CPU workers also decode files
+        NVDEC could take, so the two lanes' rates add (False: only what NVDEC refuses or fails)."""
         from filters import nvdec
 
         if mode not in MODES:
@@ -104,15 +115,17 @@ class LaneDecoder:
         self.lock = threading.Lock()
         self.threads: list[threading.Thread] = []
         self.sessions = None
-        why = nvdec.unavailable(gpu_id) if mode != "cpu" else "decode: cpu"
+        if mode == "cpu":
+            why = "decode_lane: cpu"
+        else:
+            why = None if sessions is not None else nvdec.unavailable(gpu_id)
         if why and mode == "nvdec":
-            raise RuntimeError(
-                f"score/caption decode: nvdec was asked for but {why}; use decode: auto or cpu"
-            )
+            raise RuntimeError(f"decode_lane: nvdec was asked for but {why}; use decode_lane: auto or cpu")
         self.nvdec_on = why is None
         if why and mode == "auto":
             log.info("decode: NVDEC not used (%s); CPU lane only", why)
         self.cpu_on = mode != "nvdec" or not self.nvdec_on
+        self.cpu_steals = cpu_takes_nvdec_jobs and self.nvdec_on
         self.pool: ProcessPoolExecutor | None = None
         self.cpu_workers = max(1, cpu_workers) if self.cpu_on else 0
         if self.cpu_on:
@@ -120,8 +133,10 @@ class LaneDecoder:
             for i in range(self.cpu_workers):
                 self._start(self._cpu_loop, f"cpu-lane-{i}")
         if self.nvdec_on:
-            self.sessions = nvdec.DecoderSet(nvdec_sessions, gpu_id)
-            for i, dec in enumerate(self.sessions.all):
+            if sessions is None:
+                sessions = [nvdec.NvdecDecoder(gpu_id) for _ in range(nvdec_sessions)]
+            self.sessions = sessions
+            for i, dec in enumerate(self.sessions):
                 self._start(self._nvdec_loop, f"nvdec-lane-{i}", dec)
 
     def _start(self, fn, name: str, *args) -> None:
@@ -151,7 +166,7 @@ class LaneDecoder:
             elif self.cpu_on:
                 self.cpu_jobs.put(job)
             else:  # nvdec strict: a refused clip is an error row
-                msg = f"decode: nvdec refuses this clip ({refused}); use decode: auto"
+                msg = f"decode_lane nvdec refuses this clip ({refused}); use decode_lane: auto"
                 self._done(job, [Decoded(error=msg) for _ in clips])
         return jobs
 
@@ -170,8 +185,14 @@ class LaneDecoder:
             out: dict[str, Any] = {"clips_by_lane": dict(self.lanes)}
             if self.fallback_reasons:
                 out["fallback_reasons"] = dict(self.fallback_reasons.most_common(5))
-        if self.sessions is not None:
-            out["nvdec_sessions"] = self.sessions.counts()
+        if self.sessions:
+            out["nvdec_sessions"] = {
+                "sessions": len(self.sessions),
+                **{
+                    k: sum(getattr(d, k, 0) for d in self.sessions)
+                    for k in ("created", "reconfigured", "frames_decoded")
+                },
+            }
         return out
 
     def close(self) -> None:
@@ -245,7 +266,7 @@ class LaneDecoder:
                 job = self.cpu_jobs.get_nowait()
             except queue.Empty:
                 try:
-                    job = self.jobs.get(timeout=0.005) if self.nvdec_on else self.cpu_jobs.get()
+                    job = self.jobs.get(timeout=0.005) if self.cpu_steals else self.cpu_jobs.get()
                 except queue.Empty:
                     continue
             if job is None:

@@ -14,7 +14,6 @@ sessions in different threads never wait on each other through the default strea
 
 from __future__ import annotations
 
-import threading
 from typing import Any
 
 import numpy as np
@@ -160,47 +159,13 @@ class NvdecDecoder:
         self.decoder, self.path = None, None
 
 
-class DecoderSet:
-    """A fixed set of NVDEC sessions shared by threads: `with set.borrow() as dec: ...`."""
-
-    def __init__(self, n: int, gpu_id: int = 0):
-        self.free = [NvdecDecoder(gpu_id) for _ in range(n)]
-        self.all = list(self.free)
-        self.cond = threading.Condition()
-
-    def borrow(self):
-        return _Borrowed(self)
-
-    def counts(self) -> dict[str, int]:
-        return {
-            "sessions": len(self.all),
-            "created": sum(d.created for d in self.all),
-            "reconfigured": sum(d.reconfigured for d in self.all),
-            "frames_decoded": sum(d.frames_decoded for d in self.all),
-        }
-
-
-class _Borrowed:
-    def __init__(self, owner: DecoderSet):
-        self.owner, self.dec = owner, None
-
-    def __enter__(self) -> NvdecDecoder:
-        with self.owner.cond:
-            while not self.owner.free:
-                self.owner.cond.wait()
-            self.dec = self.owner.free.pop()
-        return self.dec
-
-    def __exit__(self, *exc) -> None:
-        with self.owner.cond:
-            self.owner.free.append(self.dec)
-            self.owner.cond.notify()
-
-
 def host_copy(frames) -> np.ndarray:
-    """CUDA uint8 tensor -> numpy array (through pinned memory)."""
+    """uint8 tensor -> numpy array (a CUDA tensor through pinned memory, waiting for the
+    current stream only)."""
     import torch
 
+    if not frames.is_cuda:
+        return frames.numpy()
     host = torch.empty(frames.shape, dtype=frames.dtype, pin_memory=True)
     host.copy_(frames, non_blocking=True)
     torch.cuda.current_stream(frames.device).synchronize()

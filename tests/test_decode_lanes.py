@@ -262,3 +262,129 @@ def test_caption_on_lanes_matches_the_cpu_decode_operator(h264, monkeypatch):
     got = seen[0]
     for name in ("clip_id", "status", "frames", "frames_shape", "sampled_fps"):
         assert got.column(name).to_pylist() == want.column(name).to_pylist(), name
+
+
+# -- the NVDEC lane's scheduling, resize and fallback, on the CPU ------------------------------
+# `PyAvSession` stands in for the hardware decoder only: it returns the frames at the indices it
+# is asked for, as a tensor in coded orientation, as an NVDEC session does. Everything after it
+# (the queue shared with CPU workers, index mapping, the on-device resize and rotation, the copy
+# to the host, the fallback of failed files, the counts) is the lane's real code.
+
+
+class PyAvSession:
+    stream = None  # torch.cuda.stream(None) is a no-op on the CPU
+
+    def __init__(self, fail_on: str = "\0"):
+        self.fail_on, self.frames_decoded, self.created, self.reconfigured = fail_on, 0, 1, 0
+
+    def frames(self, path: str, indices: list[int]):
+        import torch
+
+        from filters.nvdec import NvdecError
+        from filters.video import iter_frames
+
+        if self.fail_on in path:
+            raise NvdecError("NVDEC: stand-in session refuses this file")
+        p = probe(path)
+        got = dict(iter_frames(path, min(indices), max(indices) + 1, p.fps, indices=indices))
+        self.frames_decoded += len(indices)
+        return torch.from_numpy(np.stack([got[i] for i in indices]))
+
+
+def test_nvdec_lane_logic_with_a_stand_in_session(h264, tmp_path):
+    rotated = tmp_path / "rotated.mp4"
+    encode_video(rotated, indexed_frames(48, (320, 240)), 24, rotation=90)
+    broken_for_nvdec = tmp_path / "bad.mp4"
+    broken_for_nvdec.write_bytes(h264.read_bytes())
+    av1_like = dict(clip_rows(h264, [(0, 24)])[0], clip_id="vp9", codec="vp9")
+    clips = clip_rows(h264, [(0, 24), (24, 48)]) + clip_rows(rotated, [(0, 48)])
+    clips += clip_rows(broken_for_nvdec, [(0, 24)]) + [av1_like]
+    runs = [[clips[0], clips[1]], [clips[2]], [clips[3]], [clips[4]]]
+    # CPU workers only take what NVDEC refuses or fails on: every lane below is deterministic
+    session = PyAvSession(fail_on="bad.mp4")
+    lanes = LaneDecoder("auto", SPEC, cpu_workers=1, sessions=[session], cpu_takes_nvdec_jobs=False)
+    try:
+        got = lanes.decode(runs)
+    finally:
+        lanes.close()
+    flat = [d for run in got for d in run]
+    assert [d.lane for d in flat] == ["nvdec", "nvdec", "nvdec", "cpu-fallback", "cpu"]
+    want = [f for run in runs for f, _ in decode_run(run, SPEC)]
+    for clip, d, frames in zip(clips, flat, want, strict=True):
+        assert d.error is None and d.host.shape == frames.shape
+        k = clip["rotation"] // 90
+        scale = min(frames.shape[1:3]) / min(clip["display_width"], clip["display_height"])
+        idx = sample_indices(clip["start_frame"], clip["end_frame"], SPEC.n_frames)
+        assert [frame_index(np.rot90(f, k=k), scale) for f in d.host] == idx
+        diff = np.abs(d.host.astype(np.int16) - frames.astype(np.int16))
+        assert diff.mean() < 3.0, float(diff.mean())  # the GPU path's area resize vs swscale
+    counts = lanes.counts()
+    assert counts["clips_by_lane"] == {"nvdec": 3, "cpu-fallback": 1, "cpu": 1}
+    assert counts["nvdec_sessions"]["frames_decoded"] == 8 + 8 + 8  # one pass for the run of two
+    assert list(counts["fallback_reasons"]) == ["NVDEC: stand-in session refuses this file"]
+
+
+def test_nvdec_strict_turns_refusals_and_failures_into_errors(h264, tmp_path):
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(h264.read_bytes())
+    clips = [dict(clip_rows(h264, [(0, 24)])[0], codec="av1"), clip_rows(bad, [(0, 24)])[0]]
+    lanes = LaneDecoder("nvdec", SPEC, sessions=[PyAvSession(fail_on="bad.mp4")])
+    try:
+        (refused,), (failed,) = lanes.decode([[c] for c in clips])
+    finally:
+        lanes.close()
+    assert "nvdec refuses this clip (codec av1" in refused.error and "decode_lane: auto" in refused.error
+    assert failed.error.startswith("decode failed (nvdec)")
+
+
+def test_gpu_node_chain_gives_the_rows_of_the_cpu_chain(h264):
+    """DecodeOnLanesNeural -> CpuScorers against DecodeAndScoreCpu -> ScoreNeural on the same
+    clips: the same score columns (here both decode on the CPU lane, CLIP on the CPU)."""
+    import pyarrow as pa
+
+    from curation.stages.score import DecodeAndScoreCpu, ScoreNeural
+    from curation.stages.score_lanes import CpuScorers, DecodeOnLanesNeural
+    from filters.config import AestheticConfig, DecodeLanesConfig
+
+    cfg = ScoreConfig(
+        short_side=120,
+        aesthetic=AestheticConfig(clip_model="reelsift-tiny", random_init=True, device="cpu"),
+        lanes=DecodeLanesConfig(nvdec_sessions=1, cpu_workers=1),
+    )
+    clips = [dict(c, size_bytes=None, ingested_at=None) for c in clip_rows(h264, [(0, 24), (24, 60)])]
+    batch = pa.Table.from_pylist(clips)
+    gpu_op = DecodeOnLanesNeural(cfg)
+    try:
+        lanes_rows = CpuScorers(cfg)(gpu_op(batch)).to_pylist()
+    finally:
+        gpu_op.lanes.close()
+    cpu_rows = ScoreNeural(cfg)(DecodeAndScoreCpu(cfg)(batch)).to_pylist()
+    assert [r["status"] for r in lanes_rows] == ["ok", "ok"]
+    for a, b in zip(lanes_rows, cpu_rows, strict=True):
+        for key in a:
+            if isinstance(a[key], float) or isinstance(b[key], float):
+                assert a[key] == pytest.approx(b[key], rel=1e-5), key
+            elif key != "created_at":
+                assert a[key] == b[key], key
+
+
+def test_in_auto_idle_cpu_workers_take_nvdec_jobs_too(h264):
+    """Both lanes drain one queue: with a slow NVDEC stand-in, the CPU workers decode some of the
+    files NVDEC could take, so the rates add."""
+    import time
+
+    class Slow(PyAvSession):
+        def frames(self, path, indices):
+            time.sleep(0.3)
+            return super().frames(path, indices)
+
+    clips = clip_rows(h264, [(i, i + 6) for i in range(0, 48, 6)])
+    lanes = LaneDecoder("auto", SPEC, cpu_workers=2, sessions=[Slow()])
+    try:
+        got = lanes.decode([[c] for c in clips])
+    finally:
+        lanes.close()
+    by_lane = lanes.counts()["clips_by_lane"]
+    assert all(run[0].error is None for run in got)
+    assert by_lane.get("nvdec", 0) >= 1 and by_lane.get("cpu", 0) >= 1, by_lane
+    assert sum(by_lane.values()) == len(clips)
