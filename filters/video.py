@@ -296,25 +296,34 @@ def iter_frames(
         if seek_s > 0:
             container.seek(int((seek_s + t0) / tb), stream=stream, backward=True, any_frame=False)
         counter = None
+        ctx = stream.codec_context
+        index = lambda pts: int(math.floor((pts * tb - t0) * fps + 0.5))  # noqa: E731
+        # With `indices`, a packet whose picture is not wanted is decoded only if other pictures
+        # reference it (FFmpeg's skip_frame NONREF): the same frames come out, fewer are decoded.
+        # Indices then come from packet timestamps; a stream without them decodes everything.
+        skip = wanted is not None
         try:
-            for frame in container.decode(stream):
-                if deadline is not None and time.monotonic() > deadline:
-                    raise DecodeTimeout(f"decoding took longer than the time limit: {path}")
-                if frame.pts is not None:
-                    idx = int(math.floor((frame.pts * tb - t0) * fps + 0.5))
-                else:
-                    idx = 0 if counter is None else counter + 1
-                counter = idx
-                if idx < start_frame:
-                    continue
-                if idx > last_wanted or idx >= end_frame:
-                    break
-                if wanted is not None and idx not in wanted:
-                    continue
-                if yuv:
-                    yield idx, scaler.reformat(frame, width=width, height=height, format="yuv420p")
-                else:
-                    yield idx, _upright(frame, width, height, rotation, scaler)
+            for packet in container.demux(stream):
+                if skip:
+                    if packet.pts is None:
+                        skip, ctx.skip_frame = packet.size == 0, "DEFAULT"
+                    else:
+                        ctx.skip_frame = "DEFAULT" if index(packet.pts) in wanted else "NONREF"
+                for frame in ctx.decode(packet):
+                    if deadline is not None and time.monotonic() > deadline:
+                        raise DecodeTimeout(f"decoding took longer than the time limit: {path}")
+                    idx = index(frame.pts) if frame.pts is not None else 0 if counter is None else counter + 1
+                    counter = idx
+                    if idx < start_frame:
+                        continue
+                    if idx > last_wanted or idx >= end_frame:
+                        return
+                    if wanted is not None and idx not in wanted:
+                        continue
+                    if yuv:
+                        yield idx, scaler.reformat(frame, width=width, height=height, format="yuv420p")
+                    else:
+                        yield idx, _upright(frame, width, height, rotation, scaler)
         except av.error.FFmpegError as exc:
             raise VideoDecodeError(path, _explain(exc)) from exc
 

@@ -388,3 +388,21 @@ def test_in_auto_idle_cpu_workers_take_nvdec_jobs_too(h264):
     assert all(run[0].error is None for run in got)
     assert by_lane.get("nvdec", 0) >= 1 and by_lane.get("cpu", 0) >= 1, by_lane
     assert sum(by_lane.values()) == len(clips)
+
+
+@pytest.mark.parametrize("codec,preset", [("libx264", "medium"), ("libx265", "fast")])
+def test_sampled_decode_skips_unreferenced_pictures_and_stays_frame_exact(tmp_path, codec, preset):
+    """iter_frames with `indices` skips pictures nothing references (B-frames here): the frames
+    it yields are the ones a full decode gives at those indices."""
+    from filters.video import iter_frames
+
+    path = tmp_path / "b.mp4"
+    encode_video(path, indexed_frames(60, (320, 240)), 24, codec=codec, preset=preset)
+    full = dict(iter_frames(path, 0, 60, 24.0))
+    for a, b, n in ((0, 60, 8), (7, 41, 5), (30, 60, 3)):
+        idx = sample_indices(a, b, n)
+        got = dict(iter_frames(path, a, b, 24.0, indices=idx))
+        assert sorted(got) == idx
+        for i in idx:
+            np.testing.assert_array_equal(got[i], full[i])
+            assert frame_index(got[i], 1.0) == i
