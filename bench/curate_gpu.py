@@ -40,7 +40,6 @@ from bench.curate_gpu_parts import (  # noqa: E402
     GpuSampler,
     build_vlm,
     cpu_topology,
-    decode_skip_nonref,
     make_clips,
     over,
     rate,
@@ -173,10 +172,9 @@ def bench_clip(cfg: BenchConfig, files: list[dict], res: Result, workdir: Path) 
             res.write()
     enc.preprocess_on_device = True
 
-    # end to end: decode pool -> submit batch k+1 while the GPU runs batch k -> rows. Also with
-    # a decode that skips unsampled non-reference frames (same frames; a proposal, not the pipeline)
-    variant = functools.partial(decode_skip_nonref, cfg=score_cfg)
-    runs = [("decode_samples", decode, cfg.clips_per_call), ("skip_nonref", variant, cfg.clips_per_call[-1:])]
+    # end to end: decode pool -> submit batch k+1 while the GPU runs batch k -> rows. decode_samples
+    # skips unsampled non-reference pictures itself (filters/video.iter_frames), as the pipeline does
+    runs = [("decode_samples", decode, cfg.clips_per_call)]
     for name, fn, cbs in runs:
         with DecodePool(fn, cfg.e2e_workers) as pool:
             for _ in pool.batches(clips[: 2 * cfg.e2e_workers], batch_size=cfg.e2e_workers):

@@ -220,40 +220,6 @@ def build_vlm(sizes: dict, device: str, dtype):
     return model, processor
 
 
-def decode_skip_nonref(clip: dict, cfg) -> tuple[np.ndarray, float]:
-    """The score stage's `decode_samples` output, but packets of frames that are neither sampled
-    nor referenced by other frames are not decoded (FFmpeg AVDISCARD_NONREF, set per packet).
-    A measured proposal for filters/video.py, not what the pipeline runs; clips from frame 0."""
-    import math
-
-    from curation.stages.score import sample_indices
-    from filters.video import _upright, even_size, open_video
-
-    start, end, fps = int(clip["start_frame"]), int(clip["end_frame"]), float(clip["fps"])
-    assert start == 0, "bench clips start at frame 0 (no seek)"
-    wanted = set(sample_indices(start, end, cfg.n_frames))
-    size = even_size(int(clip["display_width"]), int(clip["display_height"]), cfg.short_side)
-    frames: dict[int, np.ndarray] = {}
-    with open_video(clip["path"]) as container:
-        stream = container.streams.video[0]
-        ctx, tb = stream.codec_context, float(stream.time_base)
-        t0 = float(stream.start_time * stream.time_base) if stream.start_time is not None else 0.0
-
-        def index(pts) -> int:
-            return int(math.floor((pts * tb - t0) * fps + 0.5))
-
-        for packet in container.demux(stream):
-            if packet.pts is not None:
-                ctx.skip_frame = "DEFAULT" if index(packet.pts) in wanted else "NONREF"
-            for frame in ctx.decode(packet if packet.size else None):
-                i = index(frame.pts)
-                if i in wanted:
-                    frames[i] = _upright(frame, *size, int(clip["rotation"] or 0))
-            if len(frames) == len(wanted):
-                break
-    return np.stack([frames[i] for i in sorted(frames)]), (end - start) / len(wanted)
-
-
 def tables(res) -> None:
     clip = res.data.get("clip", {})
     rows = [(f"decode, {r['workers']} procs", r["clips_per_s"], "-") for r in clip.get("decode", [])]
