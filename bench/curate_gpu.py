@@ -56,6 +56,7 @@ def bench_clip(cfg: BenchConfig, files: list[dict], res: Result, workdir: Path) 
     from filters.aesthetic import AestheticScorer
     from filters.config import AestheticConfig, ScoreConfig
     from filters.decode_pool import DecodePool
+    from filters.video import DecodeSpec
     from models.clip_preprocess import cpu_preprocess
 
     t_phase, budget = time.monotonic(), cfg.budget_s["clip"]
@@ -69,7 +70,7 @@ def bench_clip(cfg: BenchConfig, files: list[dict], res: Result, workdir: Path) 
         preprocess="device",
     )
     score_cfg = ScoreConfig(aesthetic=acfg)  # n_frames 8, short_side 360: the score stage's defaults
-    decode = functools.partial(decode_samples, cfg=score_cfg)
+    decode = functools.partial(decode_samples, spec=DecodeSpec.of(score_cfg))
     with timed(sync_cuda=True) as t:
         scorer = AestheticScorer(acfg)
     enc = scorer.encoder
@@ -216,6 +217,7 @@ def bench_caption(cfg: BenchConfig, files: list[dict], res: Result, workdir: Pat
 
     from curation.stages.score import decode_samples
     from filters.config import ScoreConfig
+    from filters.video import DecodeSpec
     from models.captioner import (
         DEFAULT_PROMPT,
         CaptionInput,
@@ -256,7 +258,7 @@ def bench_caption(cfg: BenchConfig, files: list[dict], res: Result, workdir: Pat
     dcfg = ScoreConfig(n_frames=8, short_side=cfg.caption_short_side)  # caption stage defaults
     batch_max = max(max(cfg.vlm_batches), cfg.generate_baseline[0])
     with ThreadPoolExecutor(16) as pool:
-        decoded = list(pool.map(lambda c: decode_samples(c, dcfg), files))
+        decoded = list(pool.map(lambda c: decode_samples(c, DecodeSpec.of(dcfg)), files))
     items = [
         CaptionInput(c["clip_id"], c["path"], f, c["fps"] / s)
         for c, (f, s) in zip(files, decoded, strict=True)

@@ -19,7 +19,7 @@ from bench.harness import Result  # noqa: E402
 from curation.config import load_config  # noqa: E402
 from curation.guard import Guard  # noqa: E402
 from curation.stages.score import decode_run, runs_of_one_video  # noqa: E402
-from filters.video import probe  # noqa: E402
+from filters.video import DecodeSpec, probe  # noqa: E402
 
 
 def cpu() -> float:
@@ -54,7 +54,7 @@ def main() -> None:
     ]
     t = cpu()
     for run in runs:
-        decode_run(run, cfg)
+        decode_run(run, DecodeSpec.of(cfg))
     direct = cpu() - t
     t, w = cpu(), time.monotonic()
     guard = Guard()

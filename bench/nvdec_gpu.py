@@ -123,7 +123,8 @@ def _timed_threads(fn, threads: int) -> dict:
 
 
 def run_lane(clips: list[dict], mode: str, sessions: int, cpu_workers: int) -> dict:
-    from curation.decode_lanes import DecodeSpec, LaneDecoder
+    from curation.decode_lanes import LaneDecoder
+    from filters.video import DecodeSpec
 
     lanes = LaneDecoder(mode, DecodeSpec(8, 360, 300.0), nvdec_sessions=sessions, cpu_workers=cpu_workers)
     try:

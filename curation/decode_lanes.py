@@ -32,28 +32,12 @@ from typing import Any
 
 import numpy as np
 
-from filters.video import DecodeTimeout, VideoDecodeError, even_size
+from filters.video import DecodeSpec, DecodeTimeout, VideoDecodeError, even_size
 
 log = logging.getLogger("reelsift")
 
 MODES = ("auto", "cpu", "nvdec")
 GRACE_S = 30.0
-
-
-@dataclass(frozen=True)
-class DecodeSpec:
-    """What a stage needs decoded from each clip."""
-
-    n_frames: int
-    """Frames sampled evenly over the clip (`sample_indices`)."""
-    short_side: int
-    """Working resolution: short side of the returned frames (never upscaled), pixels."""
-    timeout_s: float
-    """Per-clip decode time limit, seconds."""
-
-    @classmethod
-    def of(cls, cfg: Any) -> DecodeSpec:
-        return cls(int(cfg.n_frames), int(cfg.short_side), float(cfg.timeout_s))
 
 
 @dataclass

@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import av
 import numpy as np
@@ -131,6 +132,23 @@ class Probe:
         if self.rotation % 180 == 90:
             return self.height, self.width
         return self.width, self.height
+
+
+@dataclass(frozen=True)
+class DecodeSpec:
+    """What a stage needs decoded from each clip (score and caption build one from their config)."""
+
+    n_frames: int
+    """Frames sampled evenly over the clip (`sample_indices`)."""
+    short_side: int
+    """Working resolution: short side of the returned frames (never upscaled), pixels."""
+    timeout_s: float
+    """Per-clip decode time limit, seconds."""
+
+    @classmethod
+    def of(cls, cfg: Any) -> DecodeSpec:
+        return cls(int(cfg.n_frames), int(cfg.short_side), float(cfg.timeout_s))
+
 
 
 def _explain(exc: Exception) -> str:

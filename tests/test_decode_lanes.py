@@ -12,11 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from curation.decode_lanes import DecodeSpec, LaneDecoder
+from curation.decode_lanes import LaneDecoder
 from curation.demo_frames import encode_video, render_frames
 from curation.stages.score import decode_run, runs_of_one_video, sample_indices
 from filters.config import ScoreConfig
-from filters.video import probe
+from filters.video import DecodeSpec, probe
 
 SPEC = DecodeSpec(n_frames=8, short_side=180, timeout_s=60.0)
 

@@ -106,6 +106,7 @@ def embedded(tmp_path_factory):
     from curation.stages.score import decode_samples
     from filters.aesthetic import AestheticConfig, AestheticScorer
     from filters.config import ScoreConfig
+    from filters.video import DecodeSpec
     from tests.media import make_video, read_frames
 
     d = tmp_path_factory.mktemp("dedup")
@@ -129,7 +130,7 @@ def embedded(tmp_path_factory):
                 display_height=H,
                 rotation=0,
             ),
-            cfg,
+            DecodeSpec.of(cfg),
         )[0]
         for n in names
     ]

@@ -20,7 +20,7 @@ import pyarrow as pa
 
 from curation.config import CaptionConfig  # noqa: F401  (re-exported for callers)
 from curation.stages.score import decode_samples
-from filters.video import DecodeTimeout, VideoDecodeError
+from filters.video import DecodeSpec, DecodeTimeout, VideoDecodeError
 from manifests import fs
 from manifests.db import connect
 from manifests.schemas import CAPTIONS
@@ -67,6 +67,7 @@ class DecodeForCaption:
 
         cv2.setNumThreads(1)
         self.cfg = cfg
+        self.spec = DecodeSpec.of(cfg)
         self.needs_frames = BACKENDS[cfg.backend].needs_frames
 
     def __call__(self, batch: pa.Table) -> pa.Table:
@@ -82,7 +83,7 @@ class DecodeForCaption:
         if not self.needs_frames:
             return row
         try:
-            frames, step = decode_samples(clip, self.cfg)
+            frames, step = decode_samples(clip, self.spec)
         except (VideoDecodeError, DecodeTimeout) as exc:
             return {**row, "status": "error", "error": f"decode failed: {exc}"}
         return {

@@ -11,8 +11,9 @@ from typing import Any
 import pyarrow as pa
 
 from curation.config import CaptionConfig
-from curation.decode_lanes import DecodeSpec, LaneDecoder
+from curation.decode_lanes import LaneDecoder
 from curation.stages.caption import DECODED, CaptionClips
+from filters.video import DecodeSpec
 from manifests.configtools import Resources
 
 

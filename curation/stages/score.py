@@ -22,7 +22,7 @@ from filters.motion import MotionScorer
 from filters.nsfw import NsfwScorer
 from filters.ocr import OcrScorer
 from filters.quality import QualityScorer
-from filters.video import DecodeTimeout, VideoDecodeError, even_size, iter_frames, source_changed
+from filters.video import DecodeSpec, DecodeTimeout, VideoDecodeError, even_size, iter_frames, source_changed
 from manifests.schemas import SCORES
 
 FRAME_FIELDS = [pa.field("frames", pa.binary()), pa.field("frames_shape", pa.list_(pa.int32()))]
@@ -36,9 +36,9 @@ def sample_indices(start: int, end: int, n: int) -> list[int]:
     return sorted({start + int((i + 0.5) * length / n) for i in range(n)})
 
 
-def decode_samples(clip: dict, cfg: ScoreConfig) -> tuple[np.ndarray, float]:
+def decode_samples(clip: dict, spec: DecodeSpec) -> tuple[np.ndarray, float]:
     """-> (frames (T, H, W, 3) uint8 at the working resolution, source frames per sample)."""
-    return decode_run([clip], cfg)[0]
+    return decode_run([clip], spec)[0]
 
 
 # Clips of one video closer than this many seconds are decoded in one pass: decoding through
@@ -46,7 +46,7 @@ def decode_samples(clip: dict, cfg: ScoreConfig) -> tuple[np.ndarray, float]:
 JOIN_GAP_S = 4.0
 
 
-def decode_run(clips: list[dict], cfg: ScoreConfig) -> list[tuple[np.ndarray, float]]:
+def decode_run(clips: list[dict], spec: DecodeSpec) -> list[tuple[np.ndarray, float]]:
     """Sampled frames of clips of ONE video, in order of start, in one forward decode pass.
 
     Same frames as one decode per clip (each would seek to the keyframe before its start and
@@ -57,12 +57,12 @@ def decode_run(clips: list[dict], cfg: ScoreConfig) -> list[tuple[np.ndarray, fl
     wanted: dict[int, list[int]] = {}  # frame index -> positions in `clips` that sample it
     idx_per_clip = []
     for k, clip in enumerate(clips):
-        idx = sample_indices(int(clip["start_frame"]), int(clip["end_frame"]), cfg.n_frames)
+        idx = sample_indices(int(clip["start_frame"]), int(clip["end_frame"]), spec.n_frames)
         idx_per_clip.append(idx)
         for i in idx:
             wanted.setdefault(i, []).append(k)
-    size = even_size(int(first["display_width"]), int(first["display_height"]), cfg.short_side)
-    deadline = time.monotonic() + cfg.timeout_s * len(clips)
+    size = even_size(int(first["display_width"]), int(first["display_height"]), spec.short_side)
+    deadline = time.monotonic() + spec.timeout_s * len(clips)
     got: dict[int, np.ndarray] = {}
     for i, frame in iter_frames(
         first["path"],
@@ -111,6 +111,7 @@ class DecodeAndScoreCpu:
 
         cv2.setNumThreads(1)  # one actor per core; the scheduler gives the parallelism
         self.cfg = cfg
+        self.spec = DecodeSpec.of(cfg)
         self.guard = Guard()
         self.scorers = [
             MotionScorer(cfg.motion),
@@ -136,7 +137,7 @@ class DecodeAndScoreCpu:
 
     def _decode(self, clips: list[dict]) -> list[tuple[np.ndarray, float]]:
         """decode_run in the guard's child process, with a hard limit of timeout_s per clip."""
-        return self.guard.call(decode_run, (clips, self.cfg), self.cfg.timeout_s * len(clips) + GRACE_S)
+        return self.guard.call(decode_run, (clips, self.spec), self.spec.timeout_s * len(clips) + GRACE_S)
 
     @staticmethod
     def _changed(clip: dict, rows: list, k: int) -> bool:

@@ -18,14 +18,14 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from curation.decode_lanes import DecodeSpec, LaneDecoder
+from curation.decode_lanes import LaneDecoder
 from curation.stages.score import CPU_SCHEMA, runs_of_one_video
 from filters.config import ScoreConfig
 from filters.motion import MotionScorer
 from filters.nsfw import NsfwScorer
 from filters.ocr import OcrScorer
 from filters.quality import QualityScorer
-from filters.video import source_changed
+from filters.video import DecodeSpec, source_changed
 from manifests.configtools import Resources
 from manifests.schemas import SCORES
 
