@@ -18,6 +18,7 @@ Every command takes `--set key=value` (repeatable) to override config keys.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import sys
@@ -25,10 +26,21 @@ from pathlib import Path
 
 from manifests import fs
 from manifests.configtools import ConfigError, InputError
+from manifests.lease import LeaseHeld
 
 log = logging.getLogger("reelsift")
 
 STAGES = ("ingest", "split", "score", "dedup", "filter", "caption", "align", "shard")
+WRITES = dict(ingest="videos", split="clips", score="scores", dedup="duplicates", filter="decisions",
+              refilter="decisions", caption="captions", align="alignment", shard="shards")
+"""The table each step writes: the step holds its lease (manifests/lease.py) while it runs."""
+
+
+def _lease_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--lock-wait", type=float, default=0.0, metavar="SECONDS",
+                   help="wait this long for another command writing the same table (default: exit 2 at once)")
+    p.add_argument("--force-unlock", action="store_true",
+                   help="break the table's lease first: only when its holder is known to be dead")
 
 
 def _common(p: argparse.ArgumentParser, *, root: bool = True, config: bool = True) -> None:
@@ -57,11 +69,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="run every curation stage in order")
     _common(p)
+    _lease_flags(p)
     p.add_argument("--input", "-i", required=True, help="folder, glob or list file of videos")
 
     for stage in STAGES:
         p = sub.add_parser(stage, help=f"run the {stage} stage")
         _common(p)
+        _lease_flags(p)
         if stage == "ingest":
             p.add_argument("--input", "-i", required=True, help="folder, glob or list file of videos")
         if stage == "filter":
@@ -103,6 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--root", "-r", required=True)
     p.add_argument("--table", action="append", default=None, help="only this table (repeatable)")
+    _lease_flags(p)
 
     p = sub.add_parser("summary", help="counts per status and hours in/out of a run root")
     p.add_argument("--root", "-r", required=True)
@@ -184,6 +199,16 @@ def _existing_root(text: str) -> Path | fs.S3Path:
     return root
 
 
+def _lease(args, root, step: str):
+    """The lease of the table `step` writes (none for a dry run: readers never wait)."""
+    from manifests import lease
+
+    if getattr(args, "dry_run", False):
+        return contextlib.nullcontext()
+    return lease.hold(root, WRITES[step], command=f"reelsift {args.command}", wait_s=args.lock_wait,
+                      force=args.force_unlock)
+
+
 def cmd_stage(args) -> int:
     from curation import pipeline
 
@@ -193,9 +218,17 @@ def cmd_stage(args) -> int:
     if args.command == "run":
         for name, step in pipeline.stages(cfg, root, args.input, args.ray_address):
             print(f"== {name}", flush=True)
-            step()
+            with _lease(args, root, name):
+                step()
         print_summary(root)
         return 0
+    with _lease(args, root, args.command):
+        return _one_stage(args, cfg, root)
+
+
+def _one_stage(args, cfg, root) -> int:
+    from curation import pipeline
+
     if args.command == "ingest":
         pipeline.ingest(cfg, root, args.input, args.ray_address)
     elif args.command == "split":
@@ -353,14 +386,10 @@ def cmd_verify(args) -> int:
 
 
 def cmd_compact(args) -> int:
-    from manifests.compact import CompactionRunning, compact
+    from manifests.compact import compact
 
     root = _existing_root(args.root)
-    try:
-        done = compact(root, args.table)
-    except CompactionRunning as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    done = compact(root, args.table, wait_s=args.lock_wait, force=args.force_unlock)
     for c in done:
         if c.skipped:
             print(f"{c.table:11s} {c.parts_before} part(s): nothing to compact")
@@ -429,6 +458,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except fs.StorageError as exc:
         print(f"error (storage): {exc}", file=sys.stderr)
+        return 2
+    except LeaseHeld as exc:
+        print(f"error (busy): {exc}", file=sys.stderr)
         return 2
 
 

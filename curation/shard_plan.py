@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 from curation.config import ShardConfig
 from curation.runner import DiskFull, is_disk_full
 from filters.policy import FilterConfig
-from manifests import fs
+from manifests import fs, fs_read
 from manifests.commit import atomic_write
 from manifests.configtools import ConfigError
 from manifests.db import connect
@@ -178,7 +178,7 @@ def _plan(root, filt: FilterConfig, cfg: ShardConfig, memory_limit: str) -> pa.T
 def read_group(plan: str, group_index: int) -> list[dict]:
     """The plan rows of one writer task, in clip_id order (read by the writer, not the driver),
     each with `meta`: the clip's manifest rows {clip, video, scores, decision} as JSON values."""
-    filesystem, path = fs.arrow_fs(plan)
+    filesystem, path = fs_read.arrow_fs(plan)
     rows = pq.read_table(path, filters=[("group_index", "=", group_index)], filesystem=filesystem).to_pylist()
     for r in rows:
         meta = {name: r.pop(f"meta_{name}") for name in ("clip", "video", "scores", "decision")}

@@ -20,7 +20,7 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 
-from manifests import fs
+from manifests import fs, fs_read
 from manifests.schemas import TABLES
 from manifests.store import Table
 
@@ -40,7 +40,7 @@ def _read(parts: list, con: duckdb.DuckDBPyConnection | None = None, schema: pa.
     """SQL that reads `parts`: DuckDB's `read_parquet` for local parts; for parts on S3 an Arrow
     dataset registered with `con` (manifests/fs.py: no httpfs, nothing downloaded)."""
     if con is not None and any(fs.is_s3(p) for p in parts):
-        return fs.parquet_relation(con, parts, schema)
+        return fs_read.parquet_relation(con, parts, schema)
     return f"read_parquet([{', '.join(_quote(p) for p in parts)}], union_by_name=true)"
 
 

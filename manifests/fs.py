@@ -20,26 +20,23 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
-import functools
 import io
 import os
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
-READ_BUFFER = 1 << 20  # bytes per ranged GET when decoding: a 2-4 MB mp4 takes a few requests
-SECRET_ENV = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ACCESS_KEY_ID")
-CREDENTIALS_HINT = (
-    "credentials come from AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY (or AWS_PROFILE and "
-    "~/.aws/credentials), the server from AWS_ENDPOINT_URL, the region from AWS_REGION"
+from manifests.s3client import (
+    CREDENTIALS_HINT,
+    RangeReader,
+    StorageError,
+    explain,
+    redact,
+    retrying,
+    s3_filesystem,
 )
 
-
-class StorageError(OSError):
-    """An object-store call failed after the client's retries; the message says what to check."""
-
-
+READ_BUFFER = 1 << 20  # bytes per ranged GET when decoding: a 2-4 MB mp4 takes a few requests
 RETRYABLE = "storage error (a re-run retries it): "
 
 
@@ -51,85 +48,6 @@ def retryable(exc: StorageError) -> str:
 
 def is_retryable(error: str | None) -> bool:
     return bool(error) and error.startswith(RETRYABLE)
-
-
-@dataclass(frozen=True)
-class S3Options:
-    """Client behaviour; credentials are deliberately not here (they come from the AWS chain)."""
-
-    max_attempts: int = 5
-    """tries per request, first included (AWS standard retry: jittered exponential backoff)"""
-    connect_timeout_s: float = 5.0
-    """seconds to open a connection"""
-    request_timeout_s: float = 30.0
-    """seconds a request may wait for bytes before it is retried"""
-
-
-def redact(text: str) -> str:
-    """`text` with the value of every credential variable of the environment replaced by ***."""
-    for name in SECRET_ENV:
-        value = os.environ.get(name)
-        if value and len(value) >= 4:
-            text = text.replace(value, "***")
-    return text
-
-
-def s3_filesystem(options: S3Options = S3Options()):
-    """The process's S3 client for `options` and the current endpoint (one per worker process;
-    never pickled). Credentials are left to the AWS SDK's own chain; the endpoint of an
-    S3-compatible server is the standard `AWS_ENDPOINT_URL_S3` or `AWS_ENDPOINT_URL`."""
-    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
-    return _client(options, endpoint, region)
-
-
-@functools.lru_cache(maxsize=8)
-def _client(options: S3Options, endpoint: str | None, region: str | None):
-    import pyarrow.fs as pafs
-
-    kw = {}
-    if endpoint:
-        scheme, _, host = endpoint.rpartition("://")
-        kw = dict(endpoint_override=host.rstrip("/"), scheme=scheme or "https")
-    return pafs.S3FileSystem(
-        region=region,
-        retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=options.max_attempts),
-        connect_timeout=options.connect_timeout_s,
-        request_timeout=options.request_timeout_s,
-        allow_delayed_open=True,  # a small object is one PUT, sent when it is closed
-        **kw,
-    )
-
-
-def retrying(fn, *args, attempts: int = 3, backoff_s: float = 0.25, **kw):
-    """`fn(*args, **kw)`, called again after an OSError (not FileNotFoundError), with backoff.
-
-    For idempotent object-store calls (stat, list, read, delete, a whole-buffer PUT). The SDK
-    retries too, but gives up early under a sustained error rate (its retry quota runs dry)
-    and not at all when a 503's body is longer than the range asked for."""
-    for attempt in range(attempts):
-        try:
-            return fn(*args, **kw)
-        except FileNotFoundError:
-            raise
-        except OSError:
-            if attempt == attempts - 1:
-                raise
-            time.sleep(backoff_s * 2**attempt)
-
-
-def _explain(exc: Exception, url: str, op: str) -> StorageError:
-    text = redact(str(exc))
-    low = text.lower()
-    if "nosuchbucket" in low or "bucket" in low and "not found" in low or "no_such_bucket" in low:
-        hint = "the bucket does not exist: create it, or fix the URL or AWS_ENDPOINT_URL"
-    elif any(s in low for s in ("access_denied", "accessdenied", "invalidaccess", "signature", "forbidden")):
-        hint = f"access denied: check the credentials ({CREDENTIALS_HINT})"
-    elif any(s in low for s in ("connect", "resolve", "timed out", "timeout", "network", "curl")):
-        hint = f"no answer after retries: check AWS_ENDPOINT_URL and the network ({CREDENTIALS_HINT})"
-    else:
-        hint = CREDENTIALS_HINT
-    return StorageError(f"{url}: {op} failed: {text}. Hint: {hint}")
 
 
 class S3Path:
@@ -219,7 +137,7 @@ class S3Path:
         except FileNotFoundError:
             raise
         except OSError as exc:
-            raise _explain(exc, str(self), op) from exc
+            raise explain(exc, str(self), op) from exc
 
     def _info(self):
         fs = s3_filesystem()
@@ -361,12 +279,6 @@ def check_root(root: str | os.PathLike | S3Path) -> None:
                                f"or AWS_ENDPOINT_URL ({CREDENTIALS_HINT})")
 
 
-def arrow_fs(path: str | os.PathLike | S3Path) -> tuple[object | None, str]:
-    """(filesystem, path) for pyarrow reads: (None, local path) or (S3 with retried reads, bucket/key)."""
-    p = upath(path)
-    return (retrying_s3(), p._path) if isinstance(p, S3Path) else (None, str(p))
-
-
 def rmtree(path: str | os.PathLike | S3Path) -> None:
     """Delete a folder (a key prefix on S3) and everything under it; missing is fine."""
     p = upath(path)
@@ -378,12 +290,19 @@ def rmtree(path: str | os.PathLike | S3Path) -> None:
         shutil.rmtree(p, ignore_errors=True)
 
 
-# Reading helpers live in manifests/fs_read.py; callers use them as `fs.open_input` and so on.
-from manifests.fs_read import (  # noqa: E402, F401  (re-exported)
-    open_input,
-    open_stream,
-    parquet_dataset,
-    parquet_relation,
-    retrying_s3,
-    wds_open,
-)
+def open_input(path: str | os.PathLike | S3Path, buffer_size: int = READ_BUFFER) -> BinaryIO:
+    """A seekable binary reader: a local file, or ranged GETs through a read buffer on S3
+    (PyAV's `av.open(fileobj)` decodes from it without downloading the object first)."""
+    p = upath(path)
+    if isinstance(p, Path):
+        return open(p, "rb")
+    f = p._call("open", s3_filesystem().open_input_file, p._path)
+    return io.BufferedReader(RangeReader(f, str(p)), buffer_size=buffer_size)
+
+
+def open_stream(path: str | os.PathLike | S3Path, buffer_size: int = 4 * READ_BUFFER) -> BinaryIO:
+    """A forward-only reader (tars read front to back): one streaming GET on S3."""
+    p = upath(path)
+    if isinstance(p, Path):
+        return open(p, "rb")
+    return p._call("open", s3_filesystem().open_input_stream, p._path, buffer_size=buffer_size)

@@ -3,80 +3,16 @@ streaming reads for tars, Parquet datasets and DuckDB relations over parts on S3
 
 from __future__ import annotations
 
-import io
 import itertools
 import os
-from pathlib import Path
 from typing import BinaryIO
 
-from manifests.fs import READ_BUFFER, S3Path, _explain, is_s3, retrying, s3_filesystem, upath
-
-
-class _RangeReader(io.RawIOBase):
-    """Seekable raw reader over an S3 object: every `readinto` is one ranged GET."""
-
-    def __init__(self, f, url: str):
-        self._f, self.url = f, url
-        self._size = f.size()  # known from opening; no request
-        self.requests = 0
-        self.bytes_fetched = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def readinto(self, b) -> int:
-        if self._f.tell() >= self._size:
-            return 0
-        pos = self._f.tell()
-        try:
-            data = retrying(lambda: self._f.read_at(len(b), pos))
-        except OSError as exc:
-            raise _explain(exc, self.url, "read") from exc
-        self._f.seek(pos + len(data))
-        n = len(data)
-        b[:n] = data
-        self.requests += 1
-        self.bytes_fetched += n
-        return n
-
-    def seek(self, offset: int, whence: int = 0) -> int:
-        return self._f.seek(offset, whence)
-
-    def tell(self) -> int:
-        return self._f.tell()
-
-    def size(self) -> int:
-        return self._size
-
-    def close(self) -> None:
-        if not self.closed:
-            self._f.close()
-        super().close()
-
-
-def open_input(path: str | os.PathLike | S3Path, buffer_size: int = READ_BUFFER) -> BinaryIO:
-    """A seekable binary reader: a local file, or ranged GETs through a read buffer on S3
-    (PyAV's `av.open(fileobj)` decodes from it without downloading the object first)."""
-    p = upath(path)
-    if isinstance(p, Path):
-        return open(p, "rb")
-    f = p._call("open", s3_filesystem().open_input_file, p._path)
-    return io.BufferedReader(_RangeReader(f, str(p)), buffer_size=buffer_size)
-
-
-def open_stream(path: str | os.PathLike | S3Path, buffer_size: int = 4 * READ_BUFFER) -> BinaryIO:
-    """A forward-only reader (tars read front to back): one streaming GET on S3."""
-    p = upath(path)
-    if isinstance(p, Path):
-        return open(p, "rb")
-    return p._call("open", s3_filesystem().open_input_stream, p._path, buffer_size=buffer_size)
+from manifests.fs import S3Path, is_s3, open_stream, upath
+from manifests.s3client import RangeReader, retrying, s3_filesystem
 
 
 def retrying_s3():
-    """The S3 client as a pyarrow filesystem whose reads go through `_RangeReader` (retried,
+    """The S3 client as a pyarrow filesystem whose reads go through `RangeReader` (retried,
     like every read of this layer); Parquet datasets and DuckDB scans read through it."""
     import pyarrow.fs as pafs
 
@@ -103,7 +39,7 @@ def retrying_s3():
             import pyarrow as pa
 
             f = retrying(self.s3.open_input_file, path)
-            return pa.PythonFile(_RangeReader(f, f"s3://{path}"), mode="r")
+            return pa.PythonFile(RangeReader(f, f"s3://{path}"), mode="r")
 
         def open_input_stream(self, path):
             return self.open_input_file(path)
@@ -152,3 +88,9 @@ def wds_open(url: str, mode: str = "rb", bufsize: int = 8192, **kw) -> BinaryIO:
     if mode != "rb":
         raise ValueError(f"{url}: shards are read-only here (mode {mode!r})")
     return open_stream(url)
+
+
+def arrow_fs(path: str | os.PathLike | S3Path) -> tuple[object | None, str]:
+    """(filesystem, path) for pyarrow reads: (None, local path) or (S3 with retried reads, bucket/key)."""
+    p = upath(path)
+    return (retrying_s3(), p._path) if isinstance(p, S3Path) else (None, str(p))

@@ -16,7 +16,7 @@ _REASONS = pa.list_(pa.string())
 
 VIDEOS = pa.schema(
     [
-        pa.field("video_id", pa.string(), nullable=False),  # blake2b-128 of the file bytes
+        pa.field("video_id", pa.string()),  # blake2b-128 of the file bytes; NULL if unreadable
         pa.field("path", pa.string(), nullable=False),  # absolute input path
         pa.field("status", pa.string(), nullable=False),
         pa.field("error", pa.string()),

@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from manifests import commit, fs
+from manifests import commit, fs, fs_read
 from manifests.schemas import TABLES
 
 
@@ -118,7 +118,7 @@ class Table:
         parts = self.parts()
         if not parts:
             return None
-        return fs.parquet_dataset(parts, self.schema)
+        return fs_read.parquet_dataset(parts, self.schema)
 
     def read(self, columns: list[str] | None = None, filter=None) -> pa.Table:
         """All rows (every version of a key), or an empty table with the schema."""

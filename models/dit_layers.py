@@ -5,17 +5,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from models import ops
+from models.dit_config import LinearDiTConfig
 from models.ops.naive import AttnState
-
-if TYPE_CHECKING:
-    from models.linear_dit import LinearDiTConfig
 
 # --------------------------------------------------------------------------------------------
 # Geometry and state

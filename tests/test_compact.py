@@ -7,6 +7,7 @@ import sys
 import threading
 import time
 
+import duckdb
 import numpy as np
 import pyarrow as pa
 
@@ -63,7 +64,7 @@ def test_compact_keeps_newest_and_merges(tmp_path):
     before = state(root)
     assert before["decisions"]["run"] == "run2" and before["decisions"]["n"] == N
     assert query(root, "SELECT count(*) AS n FROM decisions_history").to_pylist()[0]["n"] == 3 * N
-    out = {c.table: c for c in compact(root)}
+    out = {c.table: c for c in compact(root, keep_s=0)}
     assert (out["decisions"].rows_before, out["decisions"].rows_after) == (3 * N, N)
     assert (out["clips"].rows_before, out["clips"].rows_after) == (N, N)  # not newest-wins: merged only
     assert state(root) == before
@@ -80,6 +81,32 @@ def test_compact_keeps_newest_and_merges(tmp_path):
     assert (
         query(root, "SELECT count(*) AS n FROM decisions WHERE filter_run = 'run3'").to_pylist()[0]["n"] == 10
     )
+
+
+def on_disk(root, table: str) -> dict[str, int]:
+    """The table's parquet files by what the manifest says of them: read now, or replaced."""
+    t = Table(root, table)
+    read, retired = {p.name for p in t.parts()}, set(t.manifest().get("retired", {}))
+    files = [p.name for p in (root / table).glob("*.parquet")]
+    assert set(files) <= read | retired, "a file neither read nor kept as replaced"
+    return {k: v for k, v in (("read", len(read)), ("replaced", len(set(files) & retired))) if v}
+
+
+def test_replaced_parts_stay_readable_until_a_later_compaction(tmp_path):
+    """A reader that listed the parts just before a compaction (a stage's first query) still
+    reads them after it; they go once they are `keep_s` old."""
+    from manifests.db import _read
+
+    root = make_root(tmp_path)
+    before = Table(root, "decisions").parts()
+    compact(root, ["decisions"])
+    assert on_disk(root, "decisions") == {"read": 1, "replaced": len(before)}
+    con = duckdb.connect()
+    old = con.sql(f"SELECT count(*) FROM {_read(before, con, Table(root, 'decisions').schema)}").fetchall()
+    assert old == [(3 * N,)]  # the listed parts are all still there
+    compact(root, ["decisions"], keep_s=0)  # nothing new to merge; tidies what is old enough
+    assert on_disk(root, "decisions") == {"read": 1}
+    assert state(root)["decisions"]["n"] == N
 
 
 def test_reader_sees_old_or_new_set_never_a_mix(tmp_path):
@@ -138,6 +165,6 @@ def test_sigkill_during_compact_loses_nothing(tmp_path):
         subprocess.run(cmd(root), cwd=REPO, check=True, capture_output=True)
         assert state(root) == expected
         for table in ("decisions", "clips"):
-            assert len(list((root / table).glob("*.parquet"))) == 1
+            assert on_disk(root, table)["read"] == 1  # the rest is kept unread a while
             assert not list((root / table).glob(".tmp-*"))
     assert kills >= 2  # the kills landed while compaction ran

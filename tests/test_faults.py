@@ -55,6 +55,22 @@ def test_every_listed_input_gets_a_row_and_no_fifo_is_opened(tmp_path):
     }
 
 
+def test_an_error_row_hashes_readable_bytes_and_leaves_unreadable_ones_null(tmp_path):
+    """video_id is the hash of the bytes even when they are not a video; a path whose bytes
+    cannot be read gets NULL, never the empty string."""
+    from curation.stages.ingest import IngestStage
+    from filters.video import file_hash
+
+    junk = tmp_path / "junk.mp4"
+    junk.write_bytes(b"not a video at all" * 100)
+    os.symlink(tmp_path / "gone.mp4", tmp_path / "dangling.mp4")
+    stage = IngestStage(CFG.ingest)
+    bad = stage.one(str(junk))
+    assert bad["status"] == "error" and bad["video_id"] == file_hash(junk)
+    gone = stage.one(str(tmp_path / "dangling.mp4"))
+    assert gone["status"] == "error" and gone["video_id"] is None
+
+
 def _ingest_as_nobody(path: str, conn) -> None:
     os.setgid(65534)
     os.setuid(65534)

@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from manifests import commit, fs
+from manifests import commit, fs, fs_read
 from tests.s3server import BUCKET, SECRET_KEY
 
 REPO = Path(__file__).resolve().parents[1]
@@ -174,12 +174,12 @@ def test_duckdb_reads_parquet_parts_on_s3_without_extensions(prefix):
             pq.write_table(t, fh)
     parts = commit.committed_glob(prefix, "part-*.parquet")
     con = duckdb.connect(":memory:")
-    rel = fs.parquet_relation(con, parts, schema)
+    rel = fs_read.parquet_relation(con, parts, schema)
     rows = con.sql(f"SELECT clip_id, score, note FROM {rel} WHERE score > 0.2 ORDER BY clip_id").fetchall()
     assert rows == [("b", 0.9, None), ("c", 0.5, "n")]
     loaded = con.sql("SELECT extension_name FROM duckdb_extensions() WHERE loaded").fetchall()
     assert ("httpfs",) not in loaded
-    local = fs.parquet_relation(con, [Path("/x/part-0.parquet")])
+    local = fs_read.parquet_relation(con, [Path("/x/part-0.parquet")])
     assert local.startswith("read_parquet(['/x/part-0.parquet']")
 
 
@@ -190,7 +190,7 @@ def test_webdataset_reads_a_tar_by_s3_url(prefix):
     with commit.atomic_write(url) as fh, wds.TarWriter(fh) as tar:
         for i in range(3):
             tar.write({"__key__": f"k{i}", "txt": f"caption {i}", "json": {"i": i}})
-    wds.gopen_schemes["s3"] = fs.wds_open
+    wds.gopen_schemes["s3"] = fs_read.wds_open
     got = [(s["__key__"], s["txt"].decode()) for s in wds.WebDataset([str(url)], shardshuffle=False)]
     assert got == [("k0", "caption 0"), ("k1", "caption 1"), ("k2", "caption 2")]
 

@@ -94,3 +94,72 @@ def test_a_stage_small_enough_to_run_inline_imports_no_ray(tmp_path):
     mods = modules_after(code)
     assert "curation.inline" in mods, "the stage ran inline"
     assert not packages(mods, "ray"), "an inline stage imported Ray"
+
+
+def import_graph(packages: tuple[str, ...]) -> dict[str, set[str]]:
+    """module -> first-party modules it imports anywhere in its source (top level, inside a
+    function, under TYPE_CHECKING): a lazy import is still a dependency."""
+    import ast
+
+    files = {m: ROOT / (m.replace(".", "/") + ".py") for p in packages for m in all_modules(p)}
+    files |= {m: ROOT / m.replace(".", "/") / "__init__.py" for m in files
+              if not files[m].exists()}
+
+    def resolve(name: str) -> str | None:
+        while name and name not in files:
+            name = name.rpartition(".")[0]
+        return name or None
+
+    graph: dict[str, set[str]] = {}
+    for mod, path in files.items():
+        deps = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                deps |= {resolve(a.name) for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                deps |= {resolve(f"{node.module}.{a.name}") for a in node.names}
+        graph[mod] = deps - {None, mod}
+    return graph
+
+
+def circles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan, iterative)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found = []
+    for start in graph:
+        if start in index:
+            continue
+        work = [(start, iter(sorted(graph[start])))]
+        index[start] = low[start] = len(index)
+        stack.append(start)
+        while work:
+            v, deps = work[-1]
+            w = next(deps, None)
+            if w is None:
+                work.pop()
+                if work:
+                    low[work[-1][0]] = min(low[work[-1][0]], low[v])
+                if low[v] == index[v]:
+                    comp = stack[stack.index(v):]
+                    del stack[stack.index(v):]
+                    if len(comp) > 1:
+                        found.append(sorted(comp))
+            elif w not in index:
+                index[w] = low[w] = len(index)
+                stack.append(w)
+                work.append((w, iter(sorted(graph[w]))))
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+    return found
+
+
+def test_no_import_circles():
+    graph = import_graph(("manifests", "filters", "models", "curation", "training", "bench"))
+    assert circles(graph) == [], "modules that import each other (directly or in a ring)"
+
+
+def test_circle_finder_sees_a_lazy_ring():
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}, "e": {"e2"}, "e2": set()}
+    assert circles(graph) == [["a", "b", "c"]]

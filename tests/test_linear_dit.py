@@ -4,7 +4,8 @@ causality, constant state size, gradients and initialisation."""
 import pytest
 import torch
 
-from models.linear_dit import CONFIGS, LinearDiT, build, get_config
+from models.dit_config import CONFIGS
+from models.linear_dit import LinearDiT, build, get_config
 
 
 @pytest.fixture(scope="module")

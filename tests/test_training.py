@@ -21,12 +21,12 @@ from manifests.configtools import ConfigError
 from training.config import load_train_config
 from training.data import (
     ShardLoader,
-    cache_latents,
     cover_size,
     make_caption,
     measure_throughput,
     nearest_bucket,
 )
+from training.latents import cache_latents
 
 REPO = Path(__file__).resolve().parents[1]
 OFFLINE = REPO / "configs" / "offline.yaml"
@@ -152,6 +152,30 @@ def test_loader_workers_split_shards(run_root):
     assert tp.samples == 5 and tp.frames == 40 and tp.samples_per_s > 0
 
 
+def _uneven_workers(run_root, *overrides):
+    """Two workers over shards [g0, g0, g1]: worker 0 reads g0 and g1 (7 batches), worker 1
+    reads g0 (4), so worker 1 runs out and worker 0 then makes every batch alone."""
+    tier = run_root / "shards" / "256p"
+    urls = f"data.urls=[{tier / 'g0-000.tar'},{tier / 'g0-000.tar'},{tier / 'g1-000.tar'}]"
+    return _cfg(run_root, urls, "data.shard_shuffle=false", "data.num_workers=2",
+                "data.drop_last=false", "data.batch_size=1", *overrides)
+
+
+@pytest.mark.parametrize("k", [3, 10])
+def test_loader_resume_with_two_workers_is_exact(run_root, k):
+    """Resuming after k batches gives exactly the rest of the uninterrupted epoch, in order,
+    also after a worker ran out (k=10: the old count-based skip repeated a batch there)."""
+    from training.data import Position
+
+    loader = ShardLoader(_uneven_workers(run_root))
+    full = [(b.worker, b.keys) for b in loader.epoch(0)]
+    assert [w for w, _ in full] == [0, 1] * 4 + [0] * 3
+    seen = [w for w, _ in full[:k]]
+    pos = Position([seen.count(0), seen.count(1)], seen[-1])
+    rest = [(b.worker, b.keys) for b in loader.epoch(0, skip=pos) if not b.filler]
+    assert rest == full[k:]
+
+
 def test_latent_cache_matches_online_vae(run_root, tmp_path):
     import shutil
 
@@ -266,6 +290,22 @@ def test_resume_continues_the_same_loss_curve(run_root, tmp_path, one_thread):
     assert a["data_state"] == b["data_state"]
     for k in a["ema"]:
         torch.testing.assert_close(a["ema"][k], b["ema"][k], atol=1e-5, rtol=1e-4)
+
+
+def test_resume_with_two_data_workers_continues_the_same_loss_curve(run_root, tmp_path, one_thread):
+    from training.trainer import Trainer
+
+    def cfg_for(out):
+        return _uneven_workers(run_root, f"checkpoint.dir={out}", "checkpoint.every=3", "steps=6",
+                               "optim.grad_accum=2")
+
+    full = Trainer(cfg_for(tmp_path / "a")).fit()
+    Trainer(cfg_for(tmp_path / "b")).fit(steps=3)
+    resumed = Trainer(cfg_for(tmp_path / "b"), resume=True)
+    assert resumed.data_state.per_worker and resumed.step == 3
+    rest = resumed.fit()
+    assert [s for s, _ in rest.losses] == [4, 5, 6]
+    np.testing.assert_allclose([v for _, v in rest.losses], [v for _, v in full.losses[3:]], rtol=1e-4)
 
 
 @pytest.mark.slow

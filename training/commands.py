@@ -1,5 +1,5 @@
 """`reelsift train` and `reelsift cache-latents`: thin layers over Trainer(cfg).fit() and
-training.data.cache_latents. Wired into curation/cli.py with `register(sub)`.
+training.latents.cache_latents. Wired into curation/cli.py with `register(sub)`.
 
     reelsift train --config C --root R [--set k=v ...] [--resume] [--steps N] [--out DIR]
     reelsift cache-latents --config C --root R [--set k=v ...] [--overwrite]
@@ -72,7 +72,7 @@ def cmd_train(args) -> int:
 
 
 def cmd_cache_latents(args) -> int:
-    from training.data import cache_latents
+    from training.latents import cache_latents
 
     stats = cache_latents(_load(args), device=args.device, overwrite=args.overwrite)
     print(json.dumps(stats))

@@ -28,7 +28,7 @@ from manifests.configtools import ConfigError, apply_overrides, build, check, re
 @dataclass(frozen=True)
 class ModelConfig:
     name: str = "tiny"
-    """Named LinearDiT config (models.linear_dit.CONFIGS: tiny, 600m, 2b)."""
+    """Named LinearDiT config (models.dit_config.CONFIGS: tiny, 600m, 2b)."""
     depth: int | None = None
     """Override: transformer blocks (>= 1); null = the named config's."""
     heads: int | None = None
@@ -60,7 +60,7 @@ class ModelConfig:
               "train.model.head_dim", "must be a positive even number")
 
     def overrides(self) -> dict:
-        """The non-null overrides, as keyword arguments of models.linear_dit.get_config."""
+        """The non-null overrides, as keyword arguments of models.dit_config.get_config."""
         keys = ("depth", "heads", "head_dim", "attention", "block_frames", "attn_backend")
         return {k: getattr(self, k) for k in keys if getattr(self, k) is not None}
 

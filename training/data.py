@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from manifests import fs
+from manifests import fs, fs_read
 from manifests.commit import committed_glob
 from manifests.configtools import ConfigError
 from training.config import DataConfig, TrainConfig, VAEConfig
@@ -113,6 +113,10 @@ class Batch:
     """float (B, C, F, h, w) raw VAE latents when reading latent shards"""
     stats: dict = field(default_factory=dict)
     """counts since the previous batch of this worker: failed, too_short"""
+    worker: int = 0
+    """the DataLoader worker that made it (0 without workers)"""
+    filler: bool = False
+    """a resume's placeholder that puts the workers' turns back in order: not a batch, not counted"""
 
     @property
     def size(self) -> int:
@@ -184,12 +188,37 @@ def bucket_batches(items: Iterator[Item], batch_size: int, drop_last: bool) -> I
         yield from (g for g in pending.values() if g)
 
 
-def skip_batches(batches: Iterator[list[Item]], total: int) -> Iterator[list[Item]]:
-    """Drop this worker's share of the first `total` batches (DataLoader takes batches from its
-    workers round-robin, so worker w of W produced batches w, w + W, ...)."""
+@dataclass
+class Position:
+    """How far into an epoch a consumer got, per DataLoader worker: resuming from it gives the
+    batches an uninterrupted run would have seen next, in the same order.
+
+    DataLoader takes batches from its workers in turn (0, 1, ..., W-1, 0, ...), and a worker
+    that has run out drops out of the turn. So the position is how many batches each worker
+    made, plus which worker made the last one: on resume each worker skips its own count, and
+    the workers whose turn already came in the current round first send one filler batch each,
+    so that the next real batch comes from the worker after the last one."""
+
+    per_worker: list[int] = field(default_factory=list)
+    last_worker: int = -1
+
+    @property
+    def batches(self) -> int:
+        return sum(self.per_worker)
+
+
+def skip_batches(batches: Iterator[list[Item]], skip: int | Position) -> Iterator[list[Item]]:
+    """Drop the batches of this worker that a consumer already had. `skip` is a Position (exact
+    at any worker count), or a batch count (exact without workers; with workers it assumes
+    that none has run out yet)."""
     info = torch.utils.data.get_worker_info()
     w, n = (info.id, info.num_workers) if info is not None else (0, 1)
-    mine = len(range(w, total, n))
+    if isinstance(skip, Position):
+        mine = skip.per_worker[w] if w < len(skip.per_worker) else 0
+        if skip.batches and w < (skip.last_worker + 1) % n:
+            yield []  # this worker's turn in the current round already came: a filler
+    else:
+        mine = len(range(w, skip, n))
     for i, batch in enumerate(batches):
         if i >= mine:
             yield batch
@@ -203,6 +232,10 @@ class Decode:
         self.span = (cfg.data.num_frames - 1) * cfg.data.frame_stride + 1
 
     def __call__(self, items: list[Item]) -> Batch:
+        info = torch.utils.data.get_worker_info()
+        worker = info.id if info is not None else 0
+        if not items:
+            return Batch(keys=[], captions=[], tier="", worker=worker, filler=True)
         latents = self.data.source == "latents"
         tensors, kept = [], []
         for item in items:
@@ -215,7 +248,7 @@ class Decode:
         stats = dict(self.counters)
         self.counters.update(failed=0, too_short=0)
         batch = Batch(keys=[i.key for i in kept], captions=[i.caption for i in kept],
-                      tier=items[0].tier, stats=stats)
+                      tier=items[0].tier, stats=stats, worker=worker)
         if tensors:
             stacked = torch.from_numpy(np.stack(tensors))
             if latents:
@@ -257,11 +290,11 @@ def _counters() -> dict:
     return {"failed": 0, "too_short": 0}
 
 
-def build_pipeline(cfg: TrainConfig, urls: list[str], epoch: int, skip: int = 0, rank: int = 0):
+def build_pipeline(cfg: TrainConfig, urls: list[str], epoch: int, skip: int | Position = 0, rank: int = 0):
     """The webdataset pipeline of one epoch, yielding Batch objects (see module docstring)."""
     import webdataset as wds
 
-    wds.gopen_schemes["s3"] = fs.wds_open  # s3:// shards stream through manifests/fs.py
+    wds.gopen_schemes["s3"] = fs_read.wds_open  # s3:// shards stream through manifests/fs.py
     data = cfg.data
     urls = list(urls)
     if data.shard_shuffle:
@@ -279,7 +312,7 @@ def build_pipeline(cfg: TrainConfig, urls: list[str], epoch: int, skip: int = 0,
     stages += [
         wds.map(Prepare(cfg, epoch, counters)),
         functools.partial(bucket_batches, batch_size=data.batch_size, drop_last=data.drop_last),
-        functools.partial(skip_batches, total=skip),
+        functools.partial(skip_batches, skip=skip),
         wds.map(Decode(cfg, counters)),
     ]
     return wds.DataPipeline(*stages)
@@ -305,8 +338,12 @@ class ShardLoader:
         self.cfg, self.rank = cfg, rank
         self.urls = shard_urls(cfg.data)
 
-    def epoch(self, epoch: int, skip: int = 0) -> Iterator[Batch]:
-        """Batches of `epoch`, leaving out the first `skip` (already trained on)."""
+    def epoch(self, epoch: int, skip: int | Position = 0) -> Iterator[Batch]:
+        """Batches of `epoch`, leaving out those before `skip` (a Position, or a batch count)."""
+        if isinstance(skip, Position) and len(skip.per_worker) > max(self.cfg.data.num_workers, 1):
+            log.warning("resuming with train.data.num_workers=%d, saved with %d workers: the skipped "
+                        "batches are counted, not matched", self.cfg.data.num_workers, len(skip.per_worker))
+            skip = skip.batches
         pipe = build_pipeline(self.cfg, self.urls, epoch, skip, self.rank)
         if self.cfg.data.num_workers == 0:
             return iter(pipe)
@@ -354,10 +391,3 @@ def measure_throughput(cfg: TrainConfig, max_batches: int = 50, epochs: int = 1)
             if batches >= max_batches:
                 break
     return Throughput(batches, samples, frames, failed, time.perf_counter() - t0)
-
-
-def cache_latents(cfg: TrainConfig, device: str = "cpu", overwrite: bool = False) -> dict:
-    """See training.latents.cache_latents (kept here so `training.data.cache_latents` still works)."""
-    from training.latents import cache_latents as run
-
-    return run(cfg, device, overwrite)

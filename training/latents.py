@@ -15,7 +15,7 @@ import random
 import numpy as np
 import torch
 
-from manifests import fs
+from manifests import fs, fs_read
 from manifests.commit import atomic_write, committed_glob
 from training.config import TrainConfig
 from training.data import _count_tar_error, _tier_of, shard_urls
@@ -41,7 +41,7 @@ def cache_latents(cfg: TrainConfig, device: str = "cpu", overwrite: bool = False
     data = cfg.data
     vae = make_vae(cfg.vae, device)
     root = fs.upath(data.root)
-    wds.gopen_schemes["s3"] = fs.wds_open
+    wds.gopen_schemes["s3"] = fs_read.wds_open
     stats = {"tars": 0, "written": 0, "skipped_tars": 0, "failed": 0}
     for url in shard_urls(data, source="video"):
         src = fs.upath(url)

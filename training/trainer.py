@@ -23,7 +23,7 @@ import logging
 import math
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
@@ -95,16 +95,44 @@ class TextCache:
 
 @dataclass
 class DataState:
-    """Where this process's loader is: resumes skip `batches_in_epoch` batches of `epoch`."""
+    """Where this process's loader is: resumes skip `batches_in_epoch` batches of `epoch`, or,
+    with DataLoader workers, each worker's own count (`per_worker`, `last_worker`: see
+    training.data.Position)."""
 
     epoch: int = 0
     batches_in_epoch: int = 0
     samples_seen: int = 0
     failed: int = 0
+    per_worker: list[int] = field(default_factory=list)
+    last_worker: int = -1
 
     def as_dict(self) -> dict:
         return dict(epoch=self.epoch, batches_in_epoch=self.batches_in_epoch,
-                    samples_seen=self.samples_seen, failed=self.failed)
+                    samples_seen=self.samples_seen, failed=self.failed,
+                    per_worker=list(self.per_worker), last_worker=self.last_worker)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> DataState:
+        ints = {k: int(d[k]) for k in ("epoch", "batches_in_epoch", "samples_seen", "failed", "last_worker")
+                if k in d}
+        return cls(**ints, per_worker=[int(n) for n in d.get("per_worker", [])])
+
+    def consumed(self, batch) -> None:
+        self.batches_in_epoch += 1
+        worker = getattr(batch, "worker", None)  # loaders other than ShardLoader: counted only
+        if worker is not None:
+            self.per_worker += [0] * (worker + 1 - len(self.per_worker))
+            self.per_worker[worker] += 1
+            self.last_worker = worker
+
+    def skip(self):
+        """What the loader leaves out of `epoch`: a per-worker Position once batches told which
+        worker made them, else the batch count (a loader without workers, a checkpoint from before)."""
+        if not self.per_worker:
+            return self.batches_in_epoch
+        from training.data import Position
+
+        return Position(list(self.per_worker), self.last_worker)
 
 
 @dataclass
@@ -195,8 +223,7 @@ class Trainer:
                         len(ranks), self.info.world, ranks[0].get("epoch", 0))
             return DataState(epoch=int(ranks[0].get("epoch", 0)) + 1,
                              samples_seen=int(ranks[0].get("samples_seen", 0)))
-        mine = ranks[self.info.rank]
-        return DataState(**{k: int(mine.get(k, 0)) for k in DataState().as_dict()})
+        return DataState.from_dict(ranks[self.info.rank])
 
     def _load_optimizer(self, state: dict) -> None:
         if self._fsdp():
@@ -244,9 +271,11 @@ class Trainer:
         ds = self.data_state
         while True:
             got = 0
-            for batch in self.loader.epoch(ds.epoch, skip=ds.batches_in_epoch):
+            for batch in self.loader.epoch(ds.epoch, skip=ds.skip()):
+                if getattr(batch, "filler", False):
+                    continue
                 got += 1
-                ds.batches_in_epoch += 1
+                ds.consumed(batch)
                 ds.failed += sum(batch.stats.values())
                 if batch.size:
                     ds.samples_seen += batch.size
@@ -257,7 +286,7 @@ class Trainer:
                     f"usable samples than train.data.batch_size={self.cfg.data.batch_size} (per bucket), "
                     "or fewer shards than processes x data.num_workers")
             ds.epoch += 1
-            ds.batches_in_epoch = 0
+            ds.batches_in_epoch, ds.per_worker, ds.last_worker = 0, [], -1
 
     @torch.no_grad()
     def micro_batch(self, batch, generator: torch.Generator) -> MicroBatch:

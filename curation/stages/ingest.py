@@ -96,8 +96,13 @@ def _walk(top: Path, exts: tuple[str, ...], recursive: bool) -> list[str]:
 
 
 def hash_and_probe(path: str, probe_frames: int):
-    """(video_id, Probe) of one file: runs in the guard's child process."""
-    return file_hash(path), probe(path, probe_frames)
+    """(video_id, Probe or the VideoDecodeError of a file that does not decode) of one file:
+    runs in the guard's child process. A file whose bytes read still gets its hash."""
+    video_id = file_hash(path)
+    try:
+        return video_id, probe(path, probe_frames)
+    except VideoDecodeError as exc:
+        return video_id, exc
 
 
 class IngestStage:
@@ -111,7 +116,8 @@ class IngestStage:
         return rows_to_table([self.one(str(p)) for p in batch["path"]], VIDEOS)
 
     def one(self, path: str) -> dict:
-        row: dict = {"path": path, "video_id": "", "status": "error"}
+        # video_id stays NULL where the bytes could not be read (or the read timed out)
+        row: dict = {"path": path, "video_id": None, "status": "error"}
         problem = file_problem(path)  # never opens a FIFO or a device
         if problem:
             row["error"] = problem
@@ -121,6 +127,8 @@ class IngestStage:
             row["video_id"], info = self.guard.call(
                 hash_and_probe, (path, self.cfg.probe_frames), self.cfg.timeout_s
             )
+            if isinstance(info, VideoDecodeError):
+                raise info
         except VideoDecodeError as exc:
             row["error"] = exc.reason
             return row
