@@ -15,6 +15,7 @@ from collections.abc import Iterable
 
 import av
 import numpy as np
+from av.video.reformatter import VideoReformatter
 
 from training.config import DataConfig
 
@@ -93,13 +94,18 @@ def decode_clip(mp4: bytes, indices: list[int], size: tuple[int, int]) -> np.nda
     size = (width, height) -> uint8 (T, H, W, 3). Raises SampleError."""
     wanted, last = set(indices), indices[-1]
     frames = []
+    # Our own scaler, not PyAV's per-thread one: a DataLoader worker forked after the parent
+    # scaled a frame inherits that one with a swscale thread pool whose threads did not survive
+    # the fork, and reconfiguring it waits for them forever.
+    scaler = VideoReformatter()
     try:
         with av.open(io.BytesIO(mp4), mode="r") as container:
             stream = container.streams.video[0]
             stream.thread_type = "AUTO"
             for i, frame in enumerate(container.decode(stream)):
                 if i in wanted:
-                    frames.append(frame.to_ndarray(format="rgb24", width=size[0], height=size[1]))
+                    rgb = scaler.reformat(frame, width=size[0], height=size[1], format="rgb24")
+                    frames.append(rgb.to_ndarray())
                 if i >= last:
                     break
     except (av.error.FFmpegError, IndexError) as exc:
