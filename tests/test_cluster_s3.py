@@ -20,8 +20,8 @@ from manifests import fs
 from manifests.store import Table
 from tests.media import make_video
 from tests.procs import run_command
+from tests.raycluster import TwoNodes
 from tests.s3server import BUCKET
-from tests.test_cluster import RAY, _free_port, _kill_cluster, _kill_worker_node
 
 REPO = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
@@ -30,28 +30,14 @@ SETS = ["split.resources.batch_size=1", "ingest.resources.batch_size=1", "score.
 
 
 @pytest.fixture
-def s3_cluster(s3_server, tmp_path):
+def s3_cluster(s3_server):
     """(address, env) of a head and a worker node with separate temp dirs; the AWS variables of
     the S3 server are in the environment of both, as a cloud cluster's instance role would be."""
-    head_dir, worker_dir = Path("/tmp") / f"rsh{os.getpid()}", Path("/tmp") / f"rsw{os.getpid()}"
-    port = _free_port()
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=os.urandom(16).hex())
-    common = ["--node-ip-address=127.0.0.1", "--num-cpus=1", "--disable-usage-stats",
-              "--object-store-memory=200000000"]
-    head = [RAY, "start", "--head", f"--port={port}", "--include-dashboard=false",
-            f"--temp-dir={head_dir}", *common]
-    worker = [RAY, "start", f"--address=127.0.0.1:{port}", '--resources={"reelsift_worker": 1}',
-              f"--temp-dir={worker_dir}", *common]
-    (worker_dir / "tmp").mkdir(parents=True, exist_ok=True)
+    nodes = TwoNodes(str(os.getpid()), dict(os.environ))
     try:
-        for cmd, extra in ((head, {}), (worker, {"TMPDIR": str(worker_dir / "tmp")})):
-            out = subprocess.run(cmd, env={**env, **extra}, capture_output=True, text=True, timeout=180)
-            assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
-        yield f"127.0.0.1:{port}", env
+        yield nodes.start(), nodes
     finally:
-        _kill_cluster(head_dir)
-        _kill_cluster(worker_dir)
+        nodes.stop()
 
 
 def keys(root) -> dict[str, list]:
@@ -69,7 +55,8 @@ def nodes_in_metrics(root) -> set[str]:
 
 
 def test_two_nodes_one_bucket_survive_a_node_death_mid_score(s3_cluster, tmp_path):
-    address, cluster_env = s3_cluster
+    address, nodes = s3_cluster
+    cluster_env = nodes.env
     local = tmp_path / "in"
     for i in range(6):
         make_video(local / f"v{i}.mp4", n_frames=96, size=(320, 256), kind="cuts", cuts=(48,), seed=i)
@@ -91,7 +78,7 @@ def test_two_nodes_one_bucket_survive_a_node_death_mid_score(s3_cluster, tmp_pat
         time.sleep(0.2)
     assert proc.poll() is None, "the run ended before score wrote anything: " + proc.stderr.read()[-2000:]
     ingest_split_nodes = nodes_in_metrics(root)
-    assert _kill_worker_node() == 1
+    assert nodes.kill_worker_raylet() == 1
     try:
         proc.wait(timeout=900)
     except subprocess.TimeoutExpired:
