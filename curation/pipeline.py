@@ -223,8 +223,11 @@ def shard(cfg: CurateConfig, root: Path, ray_address: str | None = None) -> Part
 
 def caption(cfg: CurateConfig, root: Path, ray_address: str | None = None) -> PartSink:
     from curation.stages.caption import caption as run
+    from curation.stages.caption_lanes import lane_ops, uses_lanes
 
-    return run(cfg, root, ray_address)
+    # a GPU node: the captioner's actor decodes on the NVDEC and CPU lanes
+    ops = lane_ops(cfg.caption) if uses_lanes(cfg.caption) else None
+    return run(cfg, root, ray_address, ops=ops)
 
 
 def align(cfg: CurateConfig, root: Path, ray_address: str | None = None) -> PartSink:

@@ -162,8 +162,11 @@ def pending_clips(root: Path, cfg: CaptionConfig) -> pa.Table:
 
 
 def run_caption(
-    root: str | Path, cfg: CaptionConfig, *, ray_address: str | None = None, ray_cfg: Any = None
+    root: str | Path, cfg: CaptionConfig, *, ray_address: str | None = None, ray_cfg: Any = None,
+    ops: list | None = None,
 ) -> PartSink:
+    """Caption the pending clips with the operator chain `ops` (default: a CPU decode operator,
+    then the captioner; on a GPU node `pipeline.caption` passes caption_lanes.lane_ops)."""
     from curation.runner import PartSink, run_stage
 
     root = fs.upath(root)
@@ -185,12 +188,7 @@ def run_caption(
     )
     t0 = time.monotonic()
     sink = PartSink(table, rows=64)
-    from curation.stages.caption_lanes import lane_ops, uses_lanes
-
-    if uses_lanes(cfg):  # a GPU node: the captioner's actor decodes on the NVDEC and CPU lanes
-        ops = lane_ops(cfg)
-    else:
-        ops = [(DecodeForCaption, cfg, cfg.decode), (CaptionClips, cfg, cfg.captioner)]
+    ops = ops or [(DecodeForCaption, cfg, cfg.decode), (CaptionClips, cfg, cfg.captioner)]
     run_stage("caption", ops, None, None, items, sink, ray_address=ray_address, ray_cfg=ray_cfg)
     if sink.counts.get("error"):
         log.warning(
@@ -202,6 +200,6 @@ def run_caption(
     return sink
 
 
-def caption(cfg: Any, root: Path, ray_address: str | None = None) -> PartSink:
+def caption(cfg: Any, root: Path, ray_address: str | None = None, ops: list | None = None) -> PartSink:
     """Pipeline step: `cfg` is the CurateConfig (uses cfg.caption and cfg.ray)."""
-    return run_caption(root, cfg.caption, ray_address=ray_address, ray_cfg=cfg.ray)
+    return run_caption(root, cfg.caption, ray_address=ray_address, ray_cfg=cfg.ray, ops=ops)
