@@ -48,7 +48,7 @@ def once_each(root, table: str, column: str) -> list:
     return values
 
 
-@pytest.fixture(params=["disk", "s3"])
+@pytest.fixture(params=["disk", pytest.param("s3", marks=pytest.mark.slow)])  # S3: 20-40 s each
 def where(request, tmp_path):
     """(folder of input folders, run root) on local disk or on S3."""
     local = tmp_path / "in"
