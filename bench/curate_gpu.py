@@ -37,7 +37,6 @@ from bench.curate_gpu_parts import (  # noqa: E402
     QWEN25_VL_7B,
     SMOKE_VLM,
     BenchConfig,
-    GpuSampler,
     build_vlm,
     cpu_topology,
     make_clips,
@@ -46,6 +45,7 @@ from bench.curate_gpu_parts import (  # noqa: E402
     smoke_config,
     tables,
 )
+from bench.gpu_sampler import GpuSampler  # noqa: E402
 from bench.harness import Result, timed  # noqa: E402
 
 
@@ -137,7 +137,7 @@ def bench_clip(cfg: BenchConfig, files: list[dict], res: Result, workdir: Path) 
         for _ in range(2):
             scorer.head(enc.model.encode_image(x, normalize=True).float())
         reps = 2 if cfg.smoke else 10
-        with GpuSampler(workdir) as smi, timed(sync_cuda=True) as t:
+        with GpuSampler() as smi, timed(sync_cuda=True) as t:
             for _ in range(reps):
                 scorer.head(enc.model.encode_image(x, normalize=True).float())
     per_s = len(x) * reps / t.seconds
@@ -156,7 +156,7 @@ def bench_clip(cfg: BenchConfig, files: list[dict], res: Result, workdir: Path) 
             if over(t_phase, budget, res, f"clip.model {path} cb={cb}"):
                 continue
             scorer.score_batch(frames[:cb])  # warm-up (shapes, allocator)
-            with GpuSampler(workdir) as smi, timed(sync_cuda=True) as t:
+            with GpuSampler() as smi, timed(sync_cuda=True) as t:
                 for i in range(0, len(frames) - cb + 1, cb):
                     scorer.score_batch(frames[i : i + cb])
             n = (len(frames) // cb) * cb
@@ -184,7 +184,7 @@ def bench_clip(cfg: BenchConfig, files: list[dict], res: Result, workdir: Path) 
                 if over(t_phase, budget, res, f"clip.end_to_end {name} cb={cb}"):
                     continue
                 n, errors, waiting = 0, 0, None
-                with GpuSampler(workdir) as smi, timed(sync_cuda=True) as t:
+                with GpuSampler() as smi, timed(sync_cuda=True) as t:
                     for batch in pool.batches(clips, batch_size=cb):
                         ok = [d.frames for d in batch if d.error is None]
                         errors += len(batch) - len(ok)
@@ -278,7 +278,7 @@ def bench_caption(cfg: BenchConfig, files: list[dict], res: Result, workdir: Pat
         if over(t_phase, budget, res, f"caption.fast bs={bs}"):
             continue
         try:
-            with GpuSampler(workdir) as smi, timed(sync_cuda=True) as t_all:
+            with GpuSampler() as smi, timed(sync_cuda=True) as t_all:
                 with timed(sync_cuda=True) as t_proc:
                     inputs = cap.inputs(items[:bs], prompts[:bs])
                 ids = cap.decoder.generate(inputs, new)
@@ -318,7 +318,7 @@ def bench_caption(cfg: BenchConfig, files: list[dict], res: Result, workdir: Pat
     if not over(t_phase, budget, res, f"caption.generate bs={bs}"):
         model.generation_config.min_new_tokens = n_new
         inputs = cap.inputs(items[:bs], prompts[:bs])
-        with GpuSampler(workdir) as smi, timed(sync_cuda=True) as t, torch.inference_mode():
+        with GpuSampler() as smi, timed(sync_cuda=True) as t, torch.inference_mode():
             ids = model.generate(**inputs, do_sample=False, max_new_tokens=n_new)
         n_tok = bs * (ids.shape[1] - inputs["input_ids"].shape[1])
         out["runs"].append(

@@ -9,13 +9,10 @@ count is recorded); the video clips are rendered test scenes, x264 CRF 23.
 from __future__ import annotations
 
 import os
-import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import numpy as np
 
 from models.captioner.common import RANDOM_SIZES
 
@@ -120,51 +117,6 @@ def sync() -> None:
 
     if torch.cuda.is_available():
         torch.cuda.synchronize()
-
-
-class GpuSampler:
-    """nvidia-smi utilization.gpu / memory.used every 100 ms while the `with` block runs."""
-
-    def __init__(self, workdir: Path):
-        self.path = workdir / f"smi_{time.monotonic_ns()}.csv"
-        self.proc, self.stats = None, {}
-
-    def __enter__(self):
-        try:
-            self.proc = subprocess.Popen(
-                [
-                    "nvidia-smi",
-                    "--query-gpu=utilization.gpu,memory.used",
-                    "--format=csv,noheader,nounits",
-                    "-lms",
-                    "100",
-                    "-i",
-                    "0",
-                ],
-                stdout=self.path.open("w"),
-                stderr=subprocess.DEVNULL,
-            )
-        except FileNotFoundError:  # CPU smoke run
-            self.proc = None
-        return self
-
-    def __exit__(self, *exc):
-        if self.proc is None:
-            return
-        self.proc.terminate()
-        self.proc.wait()
-        rows = []
-        for line in self.path.read_text().splitlines():
-            parts = [p.strip() for p in line.split(",")]
-            if len(parts) == 2 and all(p.isdigit() for p in parts):
-                rows.append((int(parts[0]), int(parts[1])))
-        if rows:
-            util, mem = np.array(rows).T
-            self.stats = {
-                "gpu_busy_pct": round(float(util.mean()), 1),
-                "mem_used_mib_max": int(mem.max()),
-                "smi_samples": len(rows),
-            }
 
 
 def make_clips(cfg: BenchConfig, workdir: Path) -> list[dict]:

@@ -2,7 +2,7 @@
 
     with GpuSampler() as s:
         work()
-    s.stats   # {"gpu_busy_pct", "dec_busy_pct", "dec_busy_pct_max", "mem_used_mib_max", "samples"}
+    s.stats   # {"gpu_busy_pct", "dec_busy_pct", "dec_busy_pct_max", "mem_used_mib_max", "smi_samples"}
 
 On a machine without nvidia-smi the stats stay empty (CPU smoke runs).
 """
@@ -61,5 +61,5 @@ class GpuSampler:
                 "dec_busy_pct": round(float(dec.mean()), 1),
                 "dec_busy_pct_max": int(dec.max()),
                 "mem_used_mib_max": int(mem.max()),
-                "samples": len(rows),
+                "smi_samples": len(rows),
             }

@@ -101,6 +101,11 @@ def runs_of_one_video(clips: list[dict]) -> list[list[int]]:
     return runs
 
 
+def cpu_scorers(cfg: ScoreConfig) -> list:
+    """The scorers that run on the CPU over each clip's decoded frames, in column order."""
+    return [MotionScorer(cfg.motion), OcrScorer(cfg.ocr), QualityScorer(cfg.quality), NsfwScorer(cfg.nsfw)]
+
+
 class DecodeAndScoreCpu:
     """Batch of clip rows -> score rows with the CPU scores and the decoded frames."""
 
@@ -113,12 +118,7 @@ class DecodeAndScoreCpu:
         self.cfg = cfg
         self.spec = DecodeSpec.of(cfg)
         self.guard = Guard()
-        self.scorers = [
-            MotionScorer(cfg.motion),
-            OcrScorer(cfg.ocr),
-            QualityScorer(cfg.quality),
-            NsfwScorer(cfg.nsfw),
-        ]
+        self.scorers = cpu_scorers(cfg)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         clips = batch.to_pylist()

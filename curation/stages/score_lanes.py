@@ -19,12 +19,8 @@ import numpy as np
 import pyarrow as pa
 
 from curation.decode_lanes import LaneDecoder
-from curation.stages.score import CPU_SCHEMA, runs_of_one_video
+from curation.stages.score import CPU_SCHEMA, cpu_scorers, runs_of_one_video
 from filters.config import ScoreConfig
-from filters.motion import MotionScorer
-from filters.nsfw import NsfwScorer
-from filters.ocr import OcrScorer
-from filters.quality import QualityScorer
 from filters.video import DecodeSpec, source_changed
 from manifests.configtools import Resources
 from manifests.schemas import SCORES
@@ -134,12 +130,7 @@ class CpuScorers:
         import cv2
 
         cv2.setNumThreads(1)  # one actor per core; the scheduler gives the parallelism
-        self.scorers = [
-            MotionScorer(cfg.motion),
-            OcrScorer(cfg.ocr),
-            QualityScorer(cfg.quality),
-            NsfwScorer(cfg.nsfw),
-        ]
+        self.scorers = cpu_scorers(cfg)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         rows = batch.to_pylist()

@@ -184,6 +184,28 @@ def vlm_parts(text: dict, vision: dict, pixels: dict | None = None):
     return processor, config
 
 
+_TINY = dict(  # reelsift-tiny: two layers of width 32, its own small vocabulary
+    text=dict(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=4096,
+        rope_parameters={"rope_type": "default", "mrope_section": [2, 3, 3], "rope_theta": 10000.0},
+    ),
+    vision=dict(
+        depth=2,
+        hidden_size=32,
+        intermediate_size=64,
+        num_heads=2,
+        out_hidden_size=32,
+        fullatt_block_indexes=[1],
+        window_size=56,
+    ),
+)
+
+
 def build_tiny_vlm(path: str | Path, seed: int = 0) -> str:
     """Write a tiny random Qwen2.5-VL (~0.1 M parameters) + processor to `path`; returns it.
 
@@ -195,24 +217,8 @@ def build_tiny_vlm(path: str | Path, seed: int = 0) -> str:
     from transformers import Qwen2_5_VLForConditionalGeneration
 
     processor, config = vlm_parts(
-        text=dict(
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            num_key_value_heads=1,
-            max_position_embeddings=4096,
-            rope_parameters={"rope_type": "default", "mrope_section": [2, 3, 3], "rope_theta": 10000.0},
-        ),
-        vision=dict(
-            depth=2,
-            hidden_size=32,
-            intermediate_size=64,
-            num_heads=2,
-            out_hidden_size=32,
-            fullatt_block_indexes=[1],
-            window_size=56,
-        ),
+        text=_TINY["text"],
+        vision=_TINY["vision"],
         pixels=dict(min_pixels=28 * 28 * 4, max_pixels=28 * 28 * 16),
     )
     setattr(config, UNTRAINED_ATTR, True)
@@ -254,26 +260,9 @@ _QWEN25_VL_7B = dict(  # Qwen/Qwen2.5-VL-7B-Instruct config.json
         tokens_per_second=2,
     ),
 )
-_SMOKE = dict(  # the 7B vocabulary, tiny layers (CPU tests)
-    text=dict(
-        vocab_size=152064,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        max_position_embeddings=32768,
-        rope_parameters={"rope_type": "default", "mrope_section": [2, 3, 3], "rope_theta": 1e4},
-    ),
-    vision=dict(
-        depth=2,
-        hidden_size=32,
-        intermediate_size=64,
-        num_heads=2,
-        out_hidden_size=32,
-        fullatt_block_indexes=[1],
-        window_size=56,
-    ),
+_SMOKE = dict(  # the 7B vocabulary and positions, reelsift-tiny's layers (CPU tests)
+    text={**_TINY["text"], "vocab_size": 152064, "max_position_embeddings": 32768},
+    vision=_TINY["vision"],
 )
 RANDOM_SIZES = {"qwen2.5-vl-7b": _QWEN25_VL_7B, "qwen2.5-vl-smoke": _SMOKE}
 
