@@ -140,11 +140,12 @@ def export(
         "ORDER BY shard, key"
     ).to_arrow_reader(BATCH_ROWS)
     missing = 0
-    for tar, rows in _tars(todo):
-        names = dict(zip(rows.column("key").to_pylist(), range(rows.num_rows), strict=True))
+    batches = _tars(todo) if copy_clips else ((None, pa.Table.from_batches([b])) for b in todo)
+    for tar, rows in batches:
         if not copy_clips:
             writer.add(rows, [None] * rows.num_rows)
             continue
+        names = dict(zip(rows.column("key").to_pylist(), range(rows.num_rows), strict=True))
         found = {}
         for key, data in tar_members(root / tar, set(names)):
             found[names[key]] = data

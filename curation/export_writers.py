@@ -216,7 +216,7 @@ class LanceWriter(_Writer):
         self.uri = str(self.path.resolve() if isinstance(self.path, Path) else self.path)
         self.options = lance_storage_options(self.path)
         self.buffer: list[pa.Table] = []
-        self.buffered = 0
+        self.buffered = self.buffered_rows = 0
 
     def _dataset(self):
         import lance
@@ -237,10 +237,12 @@ class LanceWriter(_Writer):
         cols = {f.name: rows.column(f.name).cast(f.type) for f in LANCE if f.name != "video"}
         cols["video"] = pa.array(clips, pa.large_binary())
         self.buffer.append(pa.table(cols, schema=LANCE))
-        self.buffered += sum(len(c) for c in clips if c is not None)
-        self.bytes_copied += sum(len(c) for c in clips if c is not None)
+        size = sum(len(c) for c in clips if c is not None)
+        self.buffered += size
+        self.buffered_rows += rows.num_rows
+        self.bytes_copied += size
         self.written += rows.num_rows
-        if self.buffered >= LANCE_BYTES or sum(t.num_rows for t in self.buffer) >= LANCE_ROWS:
+        if self.buffered >= LANCE_BYTES or self.buffered_rows >= LANCE_ROWS:
             self.flush()
 
     def flush(self) -> None:
@@ -251,7 +253,7 @@ class LanceWriter(_Writer):
         table = pa.concat_tables(self.buffer)
         mode = "append" if self._dataset() is not None else "create"
         lance.write_dataset(table, self.uri, schema=LANCE, mode=mode, storage_options=self.options)
-        self.buffer, self.buffered = [], 0
+        self.buffer, self.buffered, self.buffered_rows = [], 0, 0
 
     def finish(self, plan: str) -> int:
         """Delete the rows of clips the newest decisions no longer keep -> rows in the dataset."""
