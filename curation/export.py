@@ -10,9 +10,9 @@
 * `lance`: one Lance dataset `DIR/clips.lance`: the clip's mp4 bytes (`video`) and the metadata.
 
 Clip files are the shard tars' mp4 members, copied byte for byte (no re-encode): each tar is
-read once, front to back. The plan (kept clips with a tar, their caption and scores) is one
-DuckDB query streamed in batches, so memory stays bounded at any size. A kept clip that no tar
-holds yet is counted and left out (run `reelsift shard` first).
+read once, front to back. The plan (kept clips with a tar, their caption and scores) is a
+DuckDB temp table (it spills to disk) streamed in batches, so memory stays bounded at any size.
+A kept clip that no tar holds yet is counted and left out (run `reelsift shard` first).
 
 Resumable: the clip files (and Lance fragments) a run has written are recorded under
 `DIR/.reelsift-export/`, and a re-run plans only the rest; a run killed between recording
@@ -54,30 +54,38 @@ def _lit(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
-def kept_sql(tier: str | None) -> str:
-    """One row per kept clip whose current tar holds it (the clip at its decided tier), with the
-    columns every format writes. `file_name` (relative to the export folder) is the export key."""
+PLAN = "export_plan"
+# The plan's columns beyond the kept clip and its tar, added one join at a time: each step holds
+# one hash table, so DuckDB stays within its memory limit at any size (all joins in one query
+# hold every build side at once, and ran out of memory at 10^6 clips).
+PLAN_STEPS = (
+    ("c.video_id, c.path AS source, c.start_s, c.end_s",
+     "JOIN clips c ON c.clip_id = p.clip_id AND c.status = 'ok'"),
+    ("coalesce(cap.caption, p.shard_caption, '') AS text",
+     "LEFT JOIN captions cap ON cap.clip_id = p.clip_id AND cap.status = 'ok'"),
+    ("s.aesthetic_mean::DOUBLE AS aes, s.motion_mean::DOUBLE AS flow, s.ocr_area::DOUBLE AS ocr",
+     "LEFT JOIN scores s ON s.clip_id = p.clip_id AND s.status = 'ok'"),
+    ("a.clip_score::DOUBLE AS clip_score",
+     "LEFT JOIN alignment a ON a.clip_id = p.clip_id AND a.status = 'ok'"),
+)
+
+
+def build_plan(con, tier: str | None) -> str:
+    """Create the temp table `PLAN`: one row per kept clip whose current tar holds it (at its
+    decided tier) with the columns every format writes; `file_name` (relative to the export
+    folder) is the export key. `text` is the newest caption (the tar's where that row is an error)."""
     where = f"AND d.tier = {_lit(tier)}" if tier else ""
-    return f"""
+    con.execute(f"""CREATE OR REPLACE TEMP TABLE {PLAN} AS
         SELECT d.clip_id, d.tier, sh.shard, sh.key,
                'videos/' || d.tier || '/' || substr(d.clip_id, 1, 2) || '/' || d.clip_id || '.mp4'
                    AS file_name,
-               coalesce(cap.caption, sh.caption, '') AS text,
-               sh.n_frames::BIGINT AS num_frames, sh.height::BIGINT AS height, sh.width::BIGINT AS width,
-               sh.fps::DOUBLE AS fps, sh.bytes::BIGINT AS bytes,
-               s.aesthetic_mean::DOUBLE AS aes, s.motion_mean::DOUBLE AS flow, s.ocr_area::DOUBLE AS ocr,
-               a.clip_score::DOUBLE AS clip_score, c.video_id, c.path AS source, c.start_s, c.end_s
-        FROM decisions d
-        JOIN shards sh ON sh.clip_id = d.clip_id AND sh.status = 'ok' AND sh.tier = d.tier
-        JOIN clips c ON c.clip_id = d.clip_id
-        LEFT JOIN (SELECT clip_id, arg_max(caption, created_at) AS caption FROM captions_history
-                   WHERE status = 'ok' GROUP BY clip_id) cap ON cap.clip_id = d.clip_id
-        LEFT JOIN (SELECT clip_id, any_value(aesthetic_mean) AS aesthetic_mean,
-                          any_value(motion_mean) AS motion_mean, any_value(ocr_area) AS ocr_area
-                   FROM scores WHERE status = 'ok' GROUP BY clip_id) s ON s.clip_id = d.clip_id
-        LEFT JOIN alignment a ON a.clip_id = d.clip_id AND a.status = 'ok'
-        WHERE d.keep {where}
-    """
+               sh.caption AS shard_caption, sh.n_frames::BIGINT AS num_frames, sh.height::BIGINT AS height,
+               sh.width::BIGINT AS width, sh.fps::DOUBLE AS fps, sh.bytes::BIGINT AS bytes
+        FROM decisions d JOIN shards sh ON sh.clip_id = d.clip_id AND sh.status = 'ok' AND sh.tier = d.tier
+        WHERE d.keep {where}""")
+    for columns, join in PLAN_STEPS:
+        con.execute(f"CREATE OR REPLACE TEMP TABLE {PLAN} AS SELECT p.*, {columns} FROM {PLAN} p {join}")
+    return PLAN
 
 
 def _unsharded(con, tier: str | None) -> int:
@@ -134,10 +142,10 @@ def export(
     con.execute("SET preserve_insertion_order = false")
     writer = WRITERS[fmt](out, con, copy_clips)
     done = writer.done_relation()  # file names exported before, as a SQL relation
-    plan = kept_sql(tier)
+    plan = build_plan(con, tier)
     todo = con.sql(
-        f"SELECT * FROM ({plan}) p WHERE NOT EXISTS (SELECT 1 FROM {done} x WHERE x.file_name = p.file_name) "
-        "ORDER BY shard, key"
+        f"SELECT {writer.STREAM} FROM {plan} p ANTI JOIN {done} x ON x.file_name = p.file_name "
+        + ("ORDER BY shard, key" if copy_clips else "")  # each tar is read once, front to back
     ).to_arrow_reader(BATCH_ROWS)
     missing = 0
     batches = _tars(todo) if copy_clips else ((None, pa.Table.from_batches([b])) for b in todo)

@@ -74,6 +74,8 @@ def put_file(final: fs.AnyPath, data: bytes) -> None:
 
 
 class _Writer:
+    STREAM = "*"  # the plan columns `add` gets
+
     def __init__(self, out: fs.AnyPath, con, copy_clips: bool):
         self.out, self.con, self.copy_clips = out, con, copy_clips
         self.written = 0
@@ -87,6 +89,7 @@ class FolderWriter(_Writer):
     """Clip files under `<out>/videos/`, a journal of the exported file names, and one metadata
     file (`META`) written by `select` over the exported, still kept clips."""
 
+    STREAM = "p.file_name, p.shard, p.key"
     META = ""  # the metadata file, under the export folder
     NAME = ""  # the journal's folder under .reelsift-export/
     COPY = ""  # DuckDB COPY options of the metadata file
@@ -141,7 +144,7 @@ class FolderWriter(_Writer):
     def finish(self, plan: str) -> int:
         """Write the metadata of the exported clips the newest decisions still keep, unless an
         earlier run wrote the same (same clips, same captions) -> its rows."""
-        exported = (f"SELECT p.* FROM ({plan}) p SEMI JOIN {self.done_relation()} x "
+        exported = (f"SELECT p.* FROM {plan} p SEMI JOIN {self.done_relation()} x "
                     "ON x.file_name = p.file_name")
         rows, digest = self.con.sql(
             f"SELECT count(*), coalesce(sum(hash(file_name, text)), 0)::VARCHAR FROM ({exported})"
@@ -262,7 +265,7 @@ class LanceWriter(_Writer):
             return 0
         self.con.register("__lance_names", ds.to_table(columns=["file_name"]))
         stale = [n for (n,) in self.con.sql(
-            f"SELECT file_name FROM __lance_names x ANTI JOIN ({plan}) p ON p.file_name = x.file_name"
+            f"SELECT file_name FROM __lance_names x ANTI JOIN {plan} p ON p.file_name = x.file_name"
         ).fetchall()]
         for i in range(0, len(stale), 1000):
             quoted = ", ".join("'" + n.replace("'", "''") + "'" for n in stale[i:i + 1000])
