@@ -164,10 +164,35 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _setup_logging(verbose: int) -> None:
-    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("reelsift").setLevel(logging.INFO if verbose <= 1 else logging.DEBUG)
+# The libraries' own switches for their chatter (progress bars, advisory and import-time warnings);
+# set (unless the user set them) when no -v is given, so Ray workers inherit them too.
+QUIET_LIBRARIES = {
+    "TRANSFORMERS_VERBOSITY": "error",
+    "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+    "HF_HUB_VERBOSITY": "error",
+    "TORCH_LOGS": "-all",
+    "PYTHONWARNINGS": "ignore",
+}
+
+
+def _setup_logging(verbose: int, long_running: bool = False) -> None:
+    """reelsift's log at INFO for long-running commands (WARNING otherwise); every other library
+    only at ERROR unless -v (INFO) or -vv (DEBUG) is given."""
+    ours = logging.DEBUG if verbose >= 2 else logging.INFO if verbose or long_running else logging.WARNING
+    theirs = logging.DEBUG if verbose >= 2 else logging.INFO if verbose else logging.ERROR
+    logging.basicConfig(level=theirs, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("reelsift").setLevel(ours)
+    # a library's logger may set its own level; what it passes up is held to `theirs` here
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(lambda r: r.name.startswith("reelsift") or r.levelno >= theirs)
+    if not verbose:
+        import os
+        import warnings
+
+        for name, value in QUIET_LIBRARIES.items():
+            os.environ.setdefault(name, value)
+        warnings.simplefilter("ignore")
 
 
 def _load(args):
@@ -211,9 +236,11 @@ def _lease(args, root, step: str):
 
 def cmd_stage(args) -> int:
     from curation import pipeline
+    from curation.weights import prefetch
 
     cfg = _load(args)
     root = _root(args.root)
+    prefetch(cfg, STAGES if args.command == "run" else (args.command,))  # before any work starts
     root.mkdir(parents=True, exist_ok=True)
     if args.command == "run":
         for name, step in pipeline.stages(cfg, root, args.input, args.ray_address):
@@ -431,7 +458,7 @@ def cmd_demo_data(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     long_running = (*STAGES, "run", "train", "cache-latents", "sample")
-    _setup_logging(getattr(args, "verbose", 0) + (1 if args.command in long_running else 0))
+    _setup_logging(getattr(args, "verbose", 0), args.command in long_running)
     from curation.export import cmd_export
     from training.commands import cmd_cache_latents, cmd_train
     from training.sample_cmd import cmd_sample

@@ -37,6 +37,12 @@ LOCAL_SYSTEM_CONFIG = {
 }
 
 
+def ray_log_level() -> int:
+    """Ray's own log level: its warnings only when the CLI's -v lets other libraries speak
+    (the root logger at INFO or below), otherwise errors only."""
+    return max(logging.WARNING, logging.getLogger().getEffectiveLevel())
+
+
 def init_ray(cfg: RayConfig, address: str | None = None) -> None:
     """Join `address` / RAY_ADDRESS / cfg.address if given, else start an embedded local Ray."""
     import ray
@@ -46,7 +52,7 @@ def init_ray(cfg: RayConfig, address: str | None = None) -> None:
         address = address or os.environ.get("RAY_ADDRESS") or cfg.address
         if address:
             try:
-                ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
+                ray.init(address=address, log_to_driver=False, logging_level=ray_log_level())
             except ConnectionError as exc:
                 raise InputError(
                     f"cannot join the Ray cluster at {address!r} ({exc}). Start one on this "
@@ -62,14 +68,14 @@ def init_ray(cfg: RayConfig, address: str | None = None) -> None:
                 object_store_memory=cfg.object_store_mb * 1024 * 1024,
                 include_dashboard=False,
                 log_to_driver=False,
-                logging_level=logging.WARNING,
+                logging_level=ray_log_level(),
                 _system_config=LOCAL_SYSTEM_CONFIG,
             )
     ctx = DataContext.get_current()
     # Ray Data prints its progress as INFO log lines when stdout is not a terminal; keep those
     # out of logs unless progress is asked for on a terminal. PartSink logs its own progress.
     show = cfg.progress and sys.stdout.isatty()
-    logging.getLogger("ray.data").setLevel(logging.INFO if show else logging.WARNING)
+    logging.getLogger("ray.data").setLevel(logging.INFO if show else ray_log_level())
     ctx.enable_progress_bars = show
     ctx.print_on_execution_start = False
     ctx.enable_operator_progress_bars = show

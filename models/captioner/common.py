@@ -137,7 +137,8 @@ def synthetic_tokenizer():
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=512, special_tokens=_TINY_SPECIAL, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+        vocab_size=512, special_tokens=_TINY_SPECIAL, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,  # its progress display leaves blank lines in a log
     )
     corpus = [DEFAULT_PROMPT, "A person walks a brown dog through a sunlit park."] * 4
     tok.train_from_iterator(corpus, trainer)
