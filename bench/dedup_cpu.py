@@ -32,7 +32,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.harness import Result  # noqa: E402  (after sys.path)
-from filters.dedup import DedupConfig, find_groups  # noqa: E402
+from filters.config import DedupConfig  # noqa: E402
+from filters.dedup import find_groups  # noqa: E402
 
 
 def _unit(x: np.ndarray) -> np.ndarray:

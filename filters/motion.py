@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 import pyarrow as pa
 
-from filters.config import MotionConfig  # noqa: F401  (the config lives in filters/config.py)
+from filters.config import MotionConfig
 
 _PRESETS = {
     "ultrafast": cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST,

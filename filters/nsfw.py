@@ -26,7 +26,7 @@ import cv2
 import numpy as np
 import pyarrow as pa
 
-from filters.config import NsfwConfig  # noqa: F401  (the config lives in filters/config.py)
+from filters.config import NsfwConfig
 
 EXPOSED = (
     "FEMALE_BREAST_EXPOSED",

@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 import pyarrow as pa
 
-from filters.config import OcrConfig  # noqa: F401  (the config lives in filters/config.py)
+from filters.config import OcrConfig
 
 
 class OcrScorer:

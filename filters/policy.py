@@ -2,8 +2,8 @@
 
 Scorers measure; this module decides. Tiers are tried from the highest source requirement
 down; a clip lands in the first tier whose every bound it passes. Each failed bound becomes a
-reason string `<score>=<value><op><bound>@<tier>`, e.g. `ocr_area=0.083>0.02@720p`, so a query
-can count why clips missed each tier.
+reason string `<score>=<value><op><bound>@<tier>`, e.g. `ocr_area=0.083>0.02@720p` (the format
+lives in manifests/reasons.py), so a query can count why clips missed each tier.
 """
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from filters.config import Bound, FilterConfig, TierConfig  # noqa: F401  (the config lives in filters/config.py)
+from filters.config import FilterConfig, TierConfig
+from manifests import reasons as reason
 
 
 @dataclass(frozen=True)
@@ -23,25 +24,21 @@ class Decision:
     reasons: list[str]
 
 
-def _fmt(value: float) -> str:
-    return f"{value:.4g}"
-
-
 def check_tier(name: str, tier: TierConfig, source_short_side: int, scores: Mapping[str, Any]) -> list[str]:
     """Reasons the clip fails `tier` (empty when it passes)."""
     reasons = []
     if source_short_side < tier.min_source_short_side:
-        reasons.append(f"short_side={source_short_side}<{tier.min_source_short_side}@{name}")
+        reasons.append(reason.short_side(source_short_side, tier.min_source_short_side, name))
     for col, bound in tier.bounds.items():
         value = scores.get(col)
         if value is None or (isinstance(value, float) and math.isnan(value)):
-            reasons.append(f"{col}=missing@{name}")
+            reasons.append(reason.missing(col, name))
             continue
         value = float(value)
         if bound.min is not None and value < bound.min:
-            reasons.append(f"{col}={_fmt(value)}<{_fmt(bound.min)}@{name}")
+            reasons.append(reason.bound(col, value, "<", bound.min, name))
         if bound.max is not None and value > bound.max:
-            reasons.append(f"{col}={_fmt(value)}>{_fmt(bound.max)}@{name}")
+            reasons.append(reason.bound(col, value, ">", bound.max, name))
     return reasons
 
 

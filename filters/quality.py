@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 import pyarrow as pa
 
-from filters.config import QualityConfig  # noqa: F401  (the config lives in filters/config.py)
+from filters.config import QualityConfig
 
 
 class QualityScorer:

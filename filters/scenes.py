@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from filters.config import SceneConfig  # noqa: F401  (the config lives in filters/config.py)
+from filters.config import SceneConfig
 from manifests import fs
 
 _SWS = "AREA"  # swscale filter for the detector's small frames

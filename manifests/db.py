@@ -20,8 +20,9 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 
-from manifests import fs, fs_read
+from manifests import fs, fs_read, reasons
 from manifests.schemas import TABLES
+from manifests.sqltext import literal
 from manifests.store import Table
 
 
@@ -32,16 +33,12 @@ class ReadOnlyError(PermissionError):
 _ALLOWED = {"SELECT", "EXPLAIN"}
 
 
-def _quote(path: Path) -> str:
-    return "'" + str(path).replace("'", "''") + "'"
-
-
 def _read(parts: list, con: duckdb.DuckDBPyConnection | None = None, schema: pa.Schema | None = None) -> str:
     """SQL that reads `parts`: DuckDB's `read_parquet` for local parts; for parts on S3 an Arrow
     dataset registered with `con` (manifests/fs.py: no httpfs, nothing downloaded)."""
     if con is not None and any(fs.is_s3(p) for p in parts):
         return fs_read.parquet_relation(con, parts, schema)
-    return f"read_parquet([{', '.join(_quote(p) for p in parts)}], union_by_name=true)"
+    return f"read_parquet([{', '.join(literal(p) for p in parts)}], union_by_name=true)"
 
 
 def newest_sql(
@@ -121,16 +118,18 @@ def bound(con: duckdb.DuckDBPyConnection, memory_limit: str = MEMORY_LIMIT) -> d
 
 
 def connect(root: str | Path, memory_limit: str = MEMORY_LIMIT) -> duckdb.DuckDBPyConnection:
-    """In-memory DuckDB with a view per table of `root` (parts are read at query time).
+    """In-memory DuckDB with a view per table of `root` (parts are read at query time), and the
+    macro `reason_head(r)` (manifests/reasons.py).
 
     Bounded: DuckDB works within `memory_limit` and spills to the system temp folder, so a query
     over 10^7 clips costs disk, not the driver's memory."""
     root = fs.upath(root)
     con = bound(duckdb.connect(":memory:"), memory_limit)
     spill = Path(tempfile.gettempdir()) / f"reelsift-duckdb-{os.getuid()}"
-    con.execute(f"SET temp_directory = {_quote(spill)}")
+    con.execute(f"SET temp_directory = {literal(spill)}")
     for name in TABLES:
         table_views(con, Table(root, name))
+    con.execute(reasons.MACRO)  # reason_head(r): the key a reason is counted under
     return con
 
 

@@ -9,6 +9,7 @@ from typing import BinaryIO
 
 from manifests.fs import S3Path, is_s3, open_stream, upath
 from manifests.s3client import RangeReader, retrying, s3_filesystem
+from manifests.sqltext import literal
 
 
 def retrying_s3():
@@ -76,7 +77,7 @@ def parquet_relation(con, parts: list, schema=None) -> str:
     and column projections are pushed down into ranged reads. `schema` (the table's) fills
     columns an older part lacks, as `union_by_name` does for local parts."""
     if not any(is_s3(p) for p in parts):
-        quoted = ", ".join("'" + str(p).replace("'", "''") + "'" for p in parts)
+        quoted = ", ".join(literal(p) for p in parts)
         return f"read_parquet([{quoted}], union_by_name=true)"
     name = f"__s3_parts_{next(_relations)}"
     con.register(name, parquet_dataset(parts, schema))

@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow as pa
 import yaml
 
-from filters.policy import Bound, FilterConfig, TierConfig
+from filters.config import Bound, FilterConfig, TierConfig
 from manifests.schemas import CLIPS, DUPLICATES, SCORES
 from manifests.store import Table
 

@@ -12,9 +12,11 @@ from types import SimpleNamespace
 import pyarrow as pa
 import pytest
 
-from curation.stages.align import AlignConfig, align, pending_alignments, pre_align_filter
+from curation.config import AlignConfig
+from curation.stages.align import align, pending_alignments
 from filters.aesthetic import AestheticConfig
-from filters.policy import Bound, FilterConfig, TierConfig, decide
+from filters.config import Bound, FilterConfig, TierConfig
+from filters.policy import decide, pre_align_filter
 from manifests.configtools import ConfigError, build
 from manifests.db import connect
 from manifests.schemas import CAPTIONS, SCORES

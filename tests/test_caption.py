@@ -23,7 +23,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from curation.stages.caption import CaptionClips, CaptionConfig, DecodeForCaption, caption, pending_clips
+from curation.config import CaptionConfig
+from curation.stages.caption import CaptionClips, DecodeForCaption, caption, pending_clips
 from manifests.configtools import ConfigError, Resources, build
 from manifests.db import connect
 from manifests.schemas import CAPTIONS

@@ -16,7 +16,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from filters.dedup import DedupConfig, find_groups, pick_kept
+from filters.config import DedupConfig
+from filters.dedup import find_groups, pick_kept
 from manifests.configtools import ConfigError, build
 from manifests.schemas import CLIPS, SCORES
 from manifests.store import Table, rows_to_table

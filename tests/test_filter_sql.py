@@ -7,6 +7,7 @@ duplicates, rejected/error clips, and a bounded column that no stored part has.
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -14,8 +15,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from curation.stages.filter import FilterSummary, candidates_sql, run_filter
-from filters.policy import Bound, Decision, FilterConfig, TierConfig, decide
+from curation.candidates import candidates_sql
+from curation.stages.filter import FilterSummary, run_filter
+from filters.config import Bound, FilterConfig, TierConfig
+from filters.policy import Decision, decide
 from manifests.db import connect, query
 from manifests.schemas import ALIGNMENT, CLIPS, DUPLICATES, SCORES
 from manifests.store import Table, rows_to_table
@@ -159,7 +162,7 @@ def make_root(root, *, drop_nsfw: bool = False):
 def reference(root, cfg, dedup=True) -> dict[str, Decision]:
     con = connect(root)
     out = {}
-    for rec in con.sql(candidates_sql(con, cfg, dedup)).to_arrow_table().to_pylist():
+    for rec in con.sql(candidates_sql(con, cfg, dedup=dedup)).to_arrow_table().to_pylist():
         dup_of = rec.pop("duplicate_of")
         d = decide(int(rec.pop("short_side") or 0), rec, cfg)
         if dup_of is not None:
@@ -227,3 +230,21 @@ def test_dry_run_writes_nothing_and_counts_the_same(tmp_path):
         wet.reasons,
     )
     assert pa.types.is_timestamp(Table(root, "decisions").read().schema.field("created_at").type)
+
+
+def test_dry_run_diff_files_dedup_reasons_under_the_key_filter_counts(tmp_path, capsys):
+    """`filter --dry-run` with the config that made the current decisions changes nothing: the
+    stored `duplicate_of=<id>` reasons count under `duplicate_of`, as filter counts them (not
+    `duplicate_of@`)."""
+    from curation.cli import main
+
+    root = make_root(tmp_path)
+    argv = ["filter", "--config", "configs/offline.yaml", "--root", str(root), "--set", "dedup.enabled=true"]
+    assert main(argv) == 0
+    capsys.readouterr()
+    assert main([*argv, "--dry-run"]) == 0
+    out = capsys.readouterr()
+    assert json.loads(out.out)["reasons"]["duplicate_of"] > 0
+    assert "duplicate_of@" not in out.err
+    assert "reasons of rejected clips: unchanged" in out.err
+    assert query(root, "SELECT count(DISTINCT filter_run) AS n FROM decisions_history").column("n")[0].as_py() == 1

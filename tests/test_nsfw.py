@@ -12,7 +12,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from filters.nsfw import NsfwConfig, NsfwScorer
+from filters.config import NsfwConfig
+from filters.nsfw import NsfwScorer
 from manifests.configtools import ConfigError, build
 from models.clip import MissingWeights
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from filters.policy import FilterConfig, decide
+from filters.config import FilterConfig
+from filters.policy import decide
 from manifests.configtools import build
 
 CFG = build(

@@ -11,8 +11,9 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from filters.policy import Bound, FilterConfig, TierConfig
+from filters.config import Bound, FilterConfig, TierConfig
 from manifests import queries
+from manifests.db import query
 from manifests.schemas import CLIPS, SCORES, SHARDS, TABLES, VIDEOS
 from manifests.store import Table, rows_to_table
 from tests.media import make_video
@@ -179,3 +180,15 @@ def test_summary_prints_the_known_counts(run_root, capsys):
     assert out[3].split() == ["decisions", "kept@48p=1,", "kept@96p=1,", "rejected=1"]
     assert out[4].split() == ["shards", "error=1,", "ok=1"]
     assert out[5] == f"hours in: {3.25 / 3600:.4f}  hours out: {1 / 3600:.4f}"
+
+
+def test_reason_head_macro_matches_the_python_rule(run_root):
+    """`reelsift sql` has `reason_head(r)`, the rule filter, status and the report count by."""
+    from manifests.reasons import head
+
+    sql = ("SELECT r, reason_head(r) AS h FROM (SELECT unnest(reasons) AS r FROM decisions "
+           "UNION ALL SELECT unnest(['duplicate_of=c1', 'too_short=0.50s<1s', 'a=b@c=d@480p', 'plain']))")
+    rows = query(run_root, sql).to_pylist()
+    assert len(rows) > 4 and all(r["h"] == head(r["r"]) for r in rows)
+    assert {head("duplicate_of=c1"), head("too_short=0.50s<1s"), head("ocr_area=0.3>0.02@720p")} == {
+        "duplicate_of", "too_short", "ocr_area@720p"}

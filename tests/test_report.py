@@ -16,7 +16,7 @@ from curation.config import CurateConfig
 from curation.report import write_report
 from curation.stages.filter import run_filter
 from curation.status import format_status, funnel_diff, stage_status
-from filters.policy import Bound
+from filters.config import Bound
 from manifests import queries
 from manifests.db import query
 from manifests.schemas import CLIPS, TABLES, VIDEOS

@@ -18,9 +18,9 @@ import yaml
 from curation.cli import main
 from curation.config import load_config
 from curation.report import write_report
-from curation.report.data import reason_head
 from curation.stages.filter import run_filter
 from manifests.db import query
+from manifests.reasons import head as reason_head
 from tests.cdp import Chromium, find_chromium
 from tests.report_synth import synth_root, write_config
 from tests.test_queries import make_run_root

@@ -13,7 +13,7 @@ import pytest
 from curation.config import CurateConfig
 from curation.report import data, write_report
 from curation.stages.filter import run_filter
-from filters.policy import Bound
+from filters.config import Bound
 from manifests.db import connect
 from tests.report_synth import filter_config, synth_root
 
@@ -85,3 +85,21 @@ def test_page_size_is_bounded_by_the_sample(root, tmp_path):
     per_row = (page.stat().st_size - small) / 2000
     assert per_row < 70, per_row
     assert small + per_row * (data.SAMPLE_ROWS - 1000) < 2_000_000
+
+
+def test_report_on_a_root_whose_parts_lack_a_bounded_score_column(tmp_path):
+    """Scores written before a column existed: the report reads it as missing, as `filter` does
+    (one candidate query), instead of failing with a DuckDB BinderException."""
+    from tests.test_filter_sql import CFG, make_root
+
+    root = make_root(tmp_path, drop_nsfw=True)  # 256p bounds nsfw_max, which no part holds
+    n, exact, _ = _exact(root, CFG)
+    s = run_filter(root, CFG, dry_run=True)
+    assert n == s.decided and exact["rejected"][0] == s.rejected and exact["reasons"] == s.reasons
+    assert s.reasons["nsfw_max@256p"] > 0 and "256p" not in s.kept_per_tier
+    from curation.report import workbench
+
+    wb = workbench.build(connect(root), tmp_path / "out", CFG, extra_cols=["nsfw_mean"], dedup=True,
+                         sample_rows=500, max_examples=0, command=["reelsift", "filter"])
+    assert wb["exact"]["reasons"] == s.reasons and wb["hist"]["nsfw_max"] is None
+    assert wb["hist"]["motion_mean"]["hi"] < float("inf")  # the axis spans finite scores

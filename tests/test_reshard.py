@@ -24,7 +24,7 @@ import yaml
 from curation.config import load_config
 from curation.stages.filter import run_filter
 from curation.verify import _read_tar, verify
-from filters.policy import Bound, FilterConfig, TierConfig
+from filters.config import Bound, FilterConfig, TierConfig
 from manifests.db import query
 from manifests.store import Table
 from tests.media import make_video

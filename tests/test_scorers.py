@@ -8,9 +8,10 @@ import pytest
 import torch
 
 from filters.aesthetic import AestheticConfig, AestheticScorer
-from filters.motion import MotionConfig, MotionScorer
-from filters.ocr import OcrConfig, OcrScorer
-from filters.quality import QualityConfig, QualityScorer
+from filters.config import MotionConfig, OcrConfig, QualityConfig
+from filters.motion import MotionScorer
+from filters.ocr import OcrScorer
+from filters.quality import QualityScorer
 from models.clip import MissingWeights
 
 

@@ -9,7 +9,7 @@ import pyarrow as pa
 
 from curation.report.html import e, fmt, hours, n_of
 from curation.report.media import CLIP_FIELDS, VIDEO_JOIN, write_all_media
-from filters.policy import FilterConfig
+from filters.config import FilterConfig
 from manifests.schemas import SCORES
 
 MAIN_SCORES = ("motion_mean", "ocr_area", "quality_sharpness", "aesthetic_mean")

@@ -5,10 +5,11 @@ What `filter` decides is mirrored three times, and tests hold the three to each 
 - in the page's JavaScript (assets/report.js), on an embedded sample, when a slider moves;
 - in `filters/policy.py decide()`, which `reelsift filter` runs.
 
-The candidate rows are those `filter` decides: ok clips, their source short side, the score
-columns the tiers bound (from `scores`, else `alignment`), and the newest dedup verdict. The
-sample is the `SAMPLE_ROWS` candidates with the smallest seeded hash of their clip id: a fixed,
-uniform sample that does not depend on the order of the Parquet parts. Per-bin counts of every
+The candidate rows are those `filter` decides, from the same query (curation/candidates.py): ok
+clips, their source short side, the score columns the tiers bound (from `scores`, else
+`alignment`), and the newest dedup verdict. The sample is the `SAMPLE_ROWS` candidates with
+the smallest seeded hash of their clip id: a fixed, uniform sample that does not depend on the
+order of the Parquet parts. Per-bin counts of every
 histogram are exact (one GROUP BY per score column over all candidates).
 """
 
@@ -21,75 +22,30 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
-from filters.policy import FilterConfig
-from manifests.configtools import ConfigError
-from manifests.schemas import TABLES
+from curation.candidates import candidates_sql, score_owner
+from filters.config import FilterConfig
+from manifests import reasons
+from manifests.sqltext import double
 
 SAMPLE_ROWS = 20_000  # rows embedded in the page at most (~60 bytes each at six bounded scores) ...
 SAMPLE_BYTES = 1_400_000  # ... and fewer where many bounded scores would take the page past 2 MB
 SAMPLE_SEED = 0
 N_BINS = 40
 
-# Tables whose columns tier bounds may name, in lookup order (as curation/stages/filter.py).
-_SCORE_TABLES = (("scores", "s", ""), ("alignment", "a", "AND a.status = 'ok'"))
-_NOT_SCORES = {"clip_id", "created_at", "status", "error", "caption_model", "prompt_hash", "clip_model",
-               "untrained"}
-
-
-def reason_head(reason: str) -> str:
-    """The key under which `filter` counts a reason: `ocr_area=0.08>0.02@720p` -> `ocr_area@720p`."""
-    name, _, rest = reason.partition("=")
-    return f"{name}@{rest.rsplit('@', 1)[-1]}" if "@" in rest else name
-
-
-def score_owner() -> dict[str, tuple[str, pa.DataType]]:
-    """score column -> (table alias, Arrow type), as `filter` looks columns up."""
-    owner: dict[str, tuple[str, pa.DataType]] = {}
-    for table, alias, _ in _SCORE_TABLES:
-        schema = TABLES[table][0]
-        for name in schema.names:
-            if name not in _NOT_SCORES:
-                owner.setdefault(name, (alias, schema.field(name).type))
-    return owner
-
-
 def load_candidates(con: duckdb.DuckDBPyConnection, filt: FilterConfig, cols: list[str], dedup: bool) -> int:
-    """Materialise `filter`'s candidate rows as the temp table `cand` (inside DuckDB); -> row count.
-
-    `cols`: every score column to read (bounded ones first). Scores are cast to DOUBLE, as Python
-    compares them: a FLOAT column against a DOUBLE bound would otherwise round the bound.
-    """
-    owner = score_owner()
-    unknown = sorted(c for c in filt.score_columns() if c not in owner)
-    if unknown:
-        raise ConfigError(f"filter.tiers: bound(s) on unknown score column(s) {unknown}; "
-                          f"score columns are: {sorted(owner)}")
-    select = "".join(f', {owner[c][0]}."{c}"::DOUBLE AS "{c}"' for c in cols if c in owner)
-    joins = " ".join(f"LEFT JOIN {t} {a} ON {a}.clip_id = c.clip_id {on}" for t, a, on in _SCORE_TABLES)
-    dup = "d.duplicate_of" if dedup else "NULL::VARCHAR"
-    if dedup:
-        joins += " LEFT JOIN duplicates d ON d.clip_id = c.clip_id"
-    con.execute(f"""
-        CREATE OR REPLACE TEMP TABLE cand AS
-        SELECT c.clip_id, coalesce(least(c.width, c.height), 0)::INTEGER AS short_side,
-               coalesce(c.duration_s, 0)::DOUBLE AS duration_s, {dup} AS duplicate_of {select}
-        FROM clips c {joins}
-        WHERE c.status = 'ok'
-    """)
+    """Materialise `filter`'s candidate rows (curation/candidates.py) as the temp table `cand`
+    (inside DuckDB); -> row count. `cols`: every score column to read (bounded ones first)."""
+    con.execute(f"CREATE OR REPLACE TEMP TABLE cand AS {candidates_sql(con, filt, cols, dedup)}")
     return con.sql("SELECT count(*) FROM cand").fetchall()[0][0]
-
-
-def _lit(x: float) -> str:
-    return repr(float(x)) + "::DOUBLE"
 
 
 def _fail_sql(col: str, lo: float | None, hi: float | None) -> str:
     """SQL true when `col` fails the bound: missing (NULL or NaN), under min or over max."""
     parts = [f'"{col}" IS NULL', f'isnan("{col}")']
     if lo is not None:
-        parts.append(f'"{col}" < {_lit(lo)}')
+        parts.append(f'"{col}" < {double(lo)}')
     if hi is not None:
-        parts.append(f'"{col}" > {_lit(hi)}')
+        parts.append(f'"{col}" > {double(hi)}')
     return "(" + " OR ".join(parts) + ")"
 
 
@@ -100,8 +56,8 @@ def tier_heads(filt: FilterConfig) -> list[dict]:
     for name, tier in filt.ordered():
         out.append(dict(
             name=name, min_short=tier.min_source_short_side,
-            short_head=reason_head(f"short_side=0<{tier.min_source_short_side}@{name}"),
-            bounds=[dict(col=col, min=b.min, max=b.max, head=reason_head(f"{col}=0<0@{name}"))
+            short_head=reasons.head(reasons.short_side(0, tier.min_source_short_side, name)),
+            bounds=[dict(col=col, min=b.min, max=b.max, head=reasons.head(reasons.missing(col, name)))
                     for col, b in tier.bounds.items()],
         ))
     return out
@@ -135,11 +91,11 @@ def exact_counts(con: duckdb.DuckDBPyConnection, tiers: list[dict]) -> dict:
     """).fetchall()[0]
     decided, dup, rejected, rejected_s = row[:4]
     kept = {t["name"]: [row[4 + 2 * j], float(row[5 + 2 * j])] for j, t in enumerate(tiers)}
-    reasons: dict[str, int] = {"duplicate_of": dup} if dup else {}
+    counts: dict[str, int] = {reasons.DUPLICATE: dup} if dup else {}
     for head, n in zip(heads, row[4 + 2 * len(tiers):], strict=True):
         if n:
-            reasons[head] = reasons.get(head, 0) + n
-    return dict(decided=decided, kept=kept, rejected=[rejected, float(rejected_s)], reasons=reasons)
+            counts[head] = counts.get(head, 0) + n
+    return dict(decided=decided, kept=kept, rejected=[rejected, float(rejected_s)], reasons=counts)
 
 
 def histograms(con: duckdb.DuckDBPyConnection, cols: list[str], tiers: list[dict]) -> dict:
@@ -148,7 +104,7 @@ def histograms(con: duckdb.DuckDBPyConnection, cols: list[str], tiers: list[dict
     every tier's bound on the column."""
     out = {}
     for col in cols:
-        sql = f'SELECT min("{col}"), max("{col}") FROM cand WHERE NOT isnan("{col}")'
+        sql = f'SELECT min("{col}"), max("{col}") FROM cand WHERE isfinite("{col}")'  # axis: finite values
         lo, hi = con.sql(sql).fetchall()[0]
         if lo is None:
             out[col] = None
@@ -165,7 +121,8 @@ def histograms(con: duckdb.DuckDBPyConnection, cols: list[str], tiers: list[dict
         per_tier = ", ".join(f"count(*) FILTER (WHERE short_side >= {int(t['min_short'])})" for t in tiers)
         rows = con.sql(f"""
             SELECT CASE WHEN "{col}" IS NULL OR isnan("{col}") THEN -1
-                        ELSE least(greatest(floor(("{col}" - {_lit(lo)}) / {_lit(width)}), 0), {N_BINS - 1})
+                        ELSE least(greatest(floor(("{col}" - {double(lo)}) / {double(width)}), 0),
+                                   {N_BINS - 1})
                    END::INTEGER AS bin, {per_tier}
             FROM cand GROUP BY bin
         """).fetchall()

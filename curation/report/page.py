@@ -15,7 +15,7 @@ from curation.report.data import SAMPLE_ROWS
 from curation.report.html import bars_svg, e, hours, n_of, section, table
 from curation.report.media import media_folders
 from curation.stages.filter import config_hash
-from filters.policy import FilterConfig
+from filters.config import FilterConfig
 from manifests import db, fs, queries
 from manifests.commit import atomic_write
 from manifests.schemas import TABLES

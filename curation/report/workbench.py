@@ -18,7 +18,7 @@ import numpy as np
 from curation.report import data
 from curation.report.cards import clip_details
 from curation.report.media import write_all_media
-from filters.policy import FilterConfig
+from filters.config import FilterConfig
 
 
 def build(con: duckdb.DuckDBPyConnection, out: Path, filt: FilterConfig, *, extra_cols: list[str],

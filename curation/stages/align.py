@@ -18,9 +18,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pyarrow as pa
 
-from curation.config import AlignConfig  # noqa: F401  (re-exported for callers)
+from curation.config import AlignConfig
 from filters.aesthetic import AestheticConfig
-from filters.policy import ALIGN_COLUMNS, FilterConfig, pre_align_filter  # noqa: F401  (re-exported)
 from manifests import fs
 from manifests.db import connect
 from manifests.schemas import ALIGNMENT

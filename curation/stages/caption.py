@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pyarrow as pa
 
-from curation.config import CaptionConfig  # noqa: F401  (re-exported for callers)
+from curation.config import CaptionConfig
 from curation.stages.score import decode_samples
 from filters.video import DecodeSpec, DecodeTimeout, VideoDecodeError
 from manifests import fs

@@ -22,10 +22,12 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from filters.dedup import DedupConfig, find_groups
+from filters.config import DedupConfig
+from filters.dedup import find_groups
 from manifests import fs
 from manifests.db import connect
 from manifests.schemas import DUPLICATES, TABLES
+from manifests.sqltext import literal
 from manifests.store import Table, now_utc
 
 
@@ -43,10 +45,6 @@ def config_hash(cfg: DedupConfig) -> str:
     return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
 
 
-def _sql_str(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
-
-
 def _one_model(
     root: Path,
     model: str,
@@ -59,7 +57,7 @@ def _one_model(
     where = f"""
         FROM scores s JOIN clips c USING (clip_id)
         WHERE s.status = 'ok' AND c.status = 'ok' AND s.clip_embedding IS NOT NULL
-          AND s.clip_model = {_sql_str(model)}
+          AND s.clip_model = {literal(model)}
         ORDER BY s.clip_id
     """
     con = connect(root)

@@ -20,12 +20,12 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 
-from filters.config import TierConfig
-from filters.policy import FilterConfig
-from manifests import fs
-from manifests.configtools import ConfigError, to_dict
+from curation.candidates import candidates_sql
+from filters.config import FilterConfig, TierConfig
+from manifests import fs, reasons
+from manifests.configtools import to_dict
 from manifests.db import connect
-from manifests.schemas import TABLES
+from manifests.sqltext import double, literal
 from manifests.store import Table, now_utc
 
 
@@ -43,83 +43,20 @@ def config_hash(cfg: FilterConfig) -> str:
     return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
 
 
-# Tables whose columns tier bounds may name, joined by clip_id, in lookup order (view, alias, extra ON).
-SCORE_TABLES = (("scores", "s", ""), ("alignment", "a", "AND a.status = 'ok'"))
-NOT_SCORES = {
-    "clip_id",
-    "created_at",
-    "status",
-    "error",
-    "caption_model",
-    "prompt_hash",
-    "clip_model",
-    "untrained",
-    "decode_lane",
-}
-
-
-def candidates_sql(con: duckdb.DuckDBPyConnection, cfg: FilterConfig, dedup: bool = True) -> str:
-    """SQL of the ok clips with their source short side (`short_side`, 0 when unknown), every
-    score column the tiers mention (from `scores`, and from `alignment` once align has run:
-    clip_score; NULL where no stored part has the column yet) and with `dedup` the clip each one
-    near-duplicates (newest dedup run; null when kept or never deduplicated)."""
-    owner: dict[str, str] = {}
-    for table, alias, _ in SCORE_TABLES:
-        for name in TABLES[table][0].names:
-            if name not in NOT_SCORES:
-                owner.setdefault(name, alias)
-    cols = sorted(cfg.score_columns())
-    unknown = [c for c in cols if c not in owner]
-    if unknown:
-        raise ConfigError(
-            f"filter.tiers: bound(s) on unknown score column(s) {unknown}; score columns are: {sorted(owner)}"
-        )
-    present = {alias: set(con.sql(f"SELECT * FROM {t} LIMIT 0").columns) for t, alias, _ in SCORE_TABLES}
-    select = "".join(
-        f', {owner[c]}."{c}"' if c in present[owner[c]] else f', NULL::DOUBLE AS "{c}"' for c in cols
-    )
-    joins = " ".join(f"LEFT JOIN {t} {a} ON {a}.clip_id = c.clip_id {on}" for t, a, on in SCORE_TABLES)
-    if dedup:
-        select += ", d.duplicate_of"
-        joins += " LEFT JOIN duplicates d ON d.clip_id = c.clip_id"
-    else:
-        select += ", NULL::VARCHAR AS duplicate_of"
-    return f"""
-        SELECT c.clip_id, coalesce(least(c.width, c.height), 0)::BIGINT AS short_side {select}
-        FROM clips c {joins}
-        WHERE c.status = 'ok'
-    """
-
-
-def _lit(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
-
-
-def _fmt(value: float) -> str:
-    return f"{value:.4g}"  # the same as filters.policy._fmt and DuckDB's printf('%.4g', ...)
-
-
 def _tier_failures(name: str, tier: TierConfig) -> str:
     """A VARCHAR[] expression: every bound of `tier` the row fails, as policy.check_tier words it."""
-    at = f"@{name}"
-    items = [
-        f"CASE WHEN short_side < {tier.min_source_short_side} THEN 'short_side=' || short_side::VARCHAR"
-        f" || {_lit(f'<{tier.min_source_short_side}{at}')} END"
-    ]
+    need = tier.min_source_short_side
+    items = [f"CASE WHEN short_side < {need} THEN {reasons.short_side_sql('short_side', need, name)} END"]
     for col, bound in tier.bounds.items():
         v = f'"{col}"::DOUBLE'
-        branches = [f"WHEN {v} IS NULL OR isnan({v}) THEN {_lit(f'{col}=missing{at}')}"]
+        branches = [f"WHEN {v} IS NULL OR isnan({v}) THEN {literal(reasons.missing(col, name))}"]
         # NaN is handled first: DuckDB orders NaN above every number.
         if bound.min is not None:
-            branches.append(
-                f"WHEN {v} < {float(bound.min)!r}::DOUBLE THEN {_lit(col + '=')} || printf('%.4g', {v})"
-                f" || {_lit(f'<{_fmt(bound.min)}{at}')}"
-            )
+            fail = reasons.bound_sql(col, v, "<", bound.min, name)
+            branches.append(f"WHEN {v} < {double(bound.min)} THEN {fail}")
         if bound.max is not None:
-            branches.append(
-                f"WHEN {v} > {float(bound.max)!r}::DOUBLE THEN {_lit(col + '=')} || printf('%.4g', {v})"
-                f" || {_lit(f'>{_fmt(bound.max)}{at}')}"
-            )
+            fail = reasons.bound_sql(col, v, ">", bound.max, name)
+            branches.append(f"WHEN {v} > {double(bound.max)} THEN {fail}")
         items.append("CASE " + " ".join(branches) + " END")
     return f"list_filter([{', '.join(items)}]::VARCHAR[], lambda x: x IS NOT NULL)"
 
@@ -130,7 +67,7 @@ def decide_sql(candidates: str, cfg: FilterConfig, run: str, chash: str, stamp) 
     tiers = cfg.ordered()
     fails = ", ".join(f"{_tier_failures(name, tier)} AS f{i}" for i, (name, tier) in enumerate(tiers))
     passes = [f"len(f{i}) = 0" for i in range(len(tiers))]
-    tier_case = " ".join(f"WHEN {p} THEN {_lit(name)}" for p, (name, _) in zip(passes, tiers, strict=True))
+    tier_case = " ".join(f"WHEN {p} THEN {literal(name)}" for p, (name, _) in zip(passes, tiers, strict=True))
     concat = lambda n: "[]::VARCHAR[]" if n == 0 else " || ".join(f"f{i}" for i in range(n))  # noqa: E731
     reasons_case = " ".join(f"WHEN {p} THEN {concat(i)}" for i, p in enumerate(passes))
     return f"""
@@ -138,18 +75,13 @@ def decide_sql(candidates: str, cfg: FilterConfig, run: str, chash: str, stamp) 
         SELECT clip_id,
                CASE WHEN duplicate_of IS NOT NULL THEN NULL {tier_case} END AS tier,
                duplicate_of IS NULL AND ({" OR ".join(passes)}) AS keep,
-               CASE WHEN duplicate_of IS NULL THEN []::VARCHAR[] ELSE ['duplicate_of=' || duplicate_of] END
+               CASE WHEN duplicate_of IS NULL THEN []::VARCHAR[]
+                    ELSE [{reasons.duplicate_sql("duplicate_of")}] END
                  || CASE {reasons_case} ELSE {concat(len(tiers))} END AS reasons,
-               {_lit(run)} AS filter_run, {_lit(chash)} AS config_hash,
-               {_lit(stamp.isoformat())}::TIMESTAMPTZ AS created_at
+               {literal(run)} AS filter_run, {literal(chash)} AS config_hash,
+               {literal(stamp.isoformat())}::TIMESTAMPTZ AS created_at
         FROM f
     """
-
-
-# `score@tier` head of a reason, as FilterSummary.reasons counts it (`duplicate_of=<id>` -> duplicate_of).
-_HEAD = """CASE WHEN strpos(r, '=') = 0 THEN r
-    WHEN strpos(substr(r, strpos(r, '=') + 1), '@') = 0 THEN split_part(r, '=', 1)
-    ELSE split_part(r, '=', 1) || '@' || regexp_extract(r, '@([^@]*)$', 1) END"""
 
 
 def _tally(summary: FilterSummary, batch: pa.Table, con: duckdb.DuckDBPyConnection) -> None:
@@ -158,8 +90,8 @@ def _tally(summary: FilterSummary, batch: pa.Table, con: duckdb.DuckDBPyConnecti
         summary.kept_per_tier[tier] = summary.kept_per_tier.get(tier, 0) + n
     summary.rejected += con.sql("SELECT count(*) FROM batch WHERE NOT keep").fetchall()[0][0]
     heads = con.sql(
-        f"SELECT {_HEAD} AS h, count(*) FROM (SELECT unnest(reasons) AS r FROM batch WHERE NOT keep) "
-        "GROUP BY 1"
+        f"SELECT {reasons.head_sql('r')} AS h, count(*) "
+        "FROM (SELECT unnest(reasons) AS r FROM batch WHERE NOT keep) GROUP BY 1"
     ).fetchall()
     for head, n in heads:
         summary.reasons[head] = summary.reasons.get(head, 0) + n
@@ -171,7 +103,7 @@ def decide_batches(
     """The decisions of every ok clip as Arrow batches (tallied in `summary`); unordered: a sort
     of every decision would cost memory and nothing reads the part in order."""
     con = connect(root)
-    sql = decide_sql(candidates_sql(con, cfg, dedup), cfg, summary.run, config_hash(cfg), now_utc())
+    sql = decide_sql(candidates_sql(con, cfg, dedup=dedup), cfg, summary.run, config_hash(cfg), now_utc())
     tally = duckdb.connect(":memory:")
     for rb in con.sql(sql).to_arrow_reader(batch_rows):
         batch = pa.Table.from_batches([rb])

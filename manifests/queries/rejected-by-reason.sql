@@ -4,22 +4,19 @@
 -- Hours are source-clip (or, for ingest, video) seconds / 3600. A clip failing several bounds
 -- counts under each of its reasons. (A clip has each `score@tier` head at most once, so rows are
 -- counted, not distinct clips: a distinct count would hold every clip id in memory.)
+-- reason_head(r) is the macro every `reelsift sql` connection has (manifests/reasons.py).
 WITH filter_reasons AS (
     SELECT d.clip_id, d.keep, c.duration_s, unnest(d.reasons) AS reason
     FROM decisions d JOIN clips c USING (clip_id)
 ),
 heads AS (
-    SELECT 'filter' AS stage,
-           CASE WHEN reason LIKE '%@%'
-                THEN regexp_extract(reason, '^([^=]*)', 1) || '@' || regexp_extract(reason, '@([^@]*)$', 1)
-                ELSE regexp_extract(reason, '^([^=]*)', 1) END AS reason,  -- duplicate_of has no tier
-           clip_id, keep, duration_s
+    SELECT 'filter' AS stage, reason_head(reason) AS reason, clip_id, keep, duration_s
     FROM filter_reasons
     UNION ALL
-    SELECT DISTINCT 'split', regexp_extract(reason, '^([^=]*)', 1), clip_id, false, duration_s
+    SELECT DISTINCT 'split', reason_head(reason), clip_id, false, duration_s
     FROM (SELECT clip_id, duration_s, unnest(reasons) AS reason FROM clips WHERE status = 'rejected')
     UNION ALL
-    SELECT DISTINCT 'ingest', regexp_extract(reason, '^([^=]*)', 1), video_id, false, duration_s
+    SELECT DISTINCT 'ingest', reason_head(reason), video_id, false, duration_s
     FROM (SELECT video_id, duration_s, unnest(reasons) AS reason FROM videos WHERE status = 'rejected')
 )
 SELECT stage, reason,
