@@ -14,9 +14,10 @@ from typing import TYPE_CHECKING
 import pyarrow as pa
 
 from curation.config import CurateConfig
+from curation.errors import is_retryable
 from filters.policy import pre_align_filter
-from manifests import fs
 from manifests.db import connect
+from manifests.schemas import retryable_sql
 from manifests.store import Table
 
 if TYPE_CHECKING:
@@ -37,8 +38,8 @@ def ingest(cfg: CurateConfig, root: Path, input_spec: str | Path, ray_address: s
     paths = list_inputs(input_spec, cfg.ingest)
     table = Table(root, "videos")
     table.clean_temp()
-    known = table.read(["video_id", "path", "status", "size_bytes", "created_at", "error"]).to_pylist()
-    known = [r for r in known if not fs.is_retryable(r["error"])]  # storage failed: take again
+    known = table.read(["video_id", "path", "status", "size_bytes", "created_at", "error", "error_kind"])
+    known = [r for r in known.to_pylist() if not is_retryable(r)]  # storage failed: take again
     done = {r["path"] for r in known}
     todo = [p for p in paths if p not in done] + changed_sources(known, done.intersection(paths))
     log.info(
@@ -88,11 +89,11 @@ def split(cfg: CurateConfig, root: Path, ray_address: str | None = None) -> Part
     clips = Table(root, "clips")
     clips.clean_temp()
     con = connect(root)
-    items = con.sql("""
+    items = con.sql(f"""
         SELECT video_id, path, fps, n_frames, display_width, display_height, size_bytes,
                epoch(created_at) AS ingested_at
         FROM videos
-        WHERE status = 'ok' AND video_id NOT IN (SELECT DISTINCT video_id FROM clips)
+        WHERE status = 'ok' AND video_id NOT IN (SELECT video_id FROM clips WHERE NOT {retryable_sql()})
         QUALIFY row_number() OVER (PARTITION BY video_id ORDER BY created_at DESC) = 1
         ORDER BY video_id
     """).to_arrow_table()
@@ -118,7 +119,7 @@ def score(cfg: CurateConfig, root: Path, ray_address: str | None = None) -> Part
     scores = Table(root, "scores")
     scores.clean_temp()
     con = connect(root)
-    items = con.sql("""
+    items = con.sql(f"""
         SELECT c.clip_id, c.path, c.start_frame, c.end_frame, c.fps, v.rotation,
                c.width AS display_width, c.height AS display_height, v.size_bytes,
                epoch(v.created_at) AS ingested_at, v.codec, v.pix_fmt, v.vfr
@@ -126,7 +127,7 @@ def score(cfg: CurateConfig, root: Path, ray_address: str | None = None) -> Part
             SELECT * FROM videos WHERE status = 'ok'
             QUALIFY row_number() OVER (PARTITION BY video_id ORDER BY created_at DESC) = 1
         ) v ON v.video_id = c.video_id
-        WHERE c.status = 'ok' AND c.clip_id NOT IN (SELECT clip_id FROM scores)
+        WHERE c.status = 'ok' AND c.clip_id NOT IN (SELECT clip_id FROM scores WHERE NOT {retryable_sql()})
         ORDER BY c.video_id, c.start_frame  -- a batch holds neighbouring clips: one decode pass
     """).to_arrow_table()
     if cfg.score.aesthetic.random_init:

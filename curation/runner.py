@@ -8,7 +8,6 @@ that were not flushed yet (and those are simply redone by the next run).
 
 from __future__ import annotations
 
-import errno
 import json
 import logging
 import os
@@ -21,6 +20,7 @@ from typing import Any
 import pyarrow as pa
 
 from curation.config import RayConfig
+from curation.errors import DiskFull, disk_full_rows, is_disk_full
 from manifests import fs
 from manifests.configtools import InputError, Resources
 from manifests.store import Table
@@ -172,70 +172,6 @@ def node_tagged(cls: type) -> type:
     return type(cls.__name__, (cls,), {"__call__": __call__, "__module__": cls.__module__})
 
 
-DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
-
-DISK_FULL_ERROR = "storage error (a re-run retries it): disk full: "
-"""`error` prefix of the rows a worker could not write for want of space (never stored: the
-driver stops the stage on the first one, see `PartSink(fatal=...)`); the rest is
-`<path> needs about <n> bytes`."""
-
-
-def is_disk_full(exc: BaseException) -> bool:
-    return isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS
-
-
-class DiskFull(InputError):
-    """The run root's filesystem (or the file-size limit) has no room for the next part or tar.
-
-    Nothing is lost: rows are only counted done once their part is visible, so after space is
-    freed the same command redoes exactly the rows that were not written.
-    """
-
-    def __init__(self, root, what: str, need: int, reason: str):
-        import shutil
-
-        try:
-            free = f"{shutil.disk_usage(root).free} bytes free"
-        except OSError:
-            free = "free space unknown"
-        super().__init__(
-            f"run root {root}: cannot write {what} ({reason}); it needs about {need} bytes ({free}). "
-            "Free some space there and run the same command again: the rows already written are "
-            "kept and the rest are redone"
-        )
-        self.root, self.need = root, need
-
-    @classmethod
-    def for_part(cls, table: Table, rows: pa.Table, exc: OSError) -> DiskFull:
-        import pyarrow.parquet as pq
-
-        buf = pa.BufferOutputStream()  # the part's exact size, measured in memory
-        pq.write_table(rows, buf)
-        return cls(table.root, f"the next {table.name} part", buf.getvalue().size, exc.strerror)
-
-
-def disk_full_error(path, need: int) -> str:
-    """The `error` a worker returns for an item it could not write for want of space."""
-    return f"{DISK_FULL_ERROR}{path} needs about {int(need)} bytes"
-
-
-def _disk_full_rows(batch: pa.Table) -> dict[int, tuple[int, str]]:
-    """Rows of `batch` carrying `disk_full_error` -> {row: (bytes needed, path)}. One vectorised
-    test per batch: every stage's batches pass here."""
-    import pyarrow.compute as pc
-
-    if "error" not in batch.column_names:
-        return {}
-    hit = pc.fill_null(pc.starts_with(batch.column("error"), DISK_FULL_ERROR), False)
-    if not pc.any(hit).as_py():
-        return {}
-    out = {}
-    for i in pc.indices_nonzero(hit).to_pylist():
-        where, _, need = batch.column("error")[i].as_py()[len(DISK_FULL_ERROR):].rpartition(" needs about ")
-        out[i] = (int(need.split(" ", 1)[0]), where)
-    return out
-
-
 class PartSink:
     """Collects result tables and writes a part every `rows` rows or `seconds` seconds."""
 
@@ -269,15 +205,13 @@ class PartSink:
             batch = batch.drop_columns([NODE_COLUMN])
         if self.transform is not None:
             batch = self.transform(batch)
-        full = _disk_full_rows(batch)
-        if full:  # a worker ran out of space: store what it did write, then stop the stage
-            keep = [i for i in range(batch.num_rows) if i not in full]
-            if keep:
-                self._pending.append(batch.take(pa.array(keep, pa.int64())))
+        full = disk_full_rows(batch)
+        if full is not None:  # a worker ran out of space: store what it did write, then stop the stage
+            import pyarrow.compute as pc
+
+            self._pending.append(batch.filter(pc.invert(full)))
             self.flush()
-            raise DiskFull(self.table.root, f"{len(full)} clip(s) into {self.name} files",
-                           max(need for need, _ in full.values()),
-                           "no space left for " + ", ".join(sorted({w for _, w in full.values()})[:3]))
+            raise DiskFull.from_rows(self.table, batch.filter(full))
         if batch.num_rows == 0:
             return
         self._pending.append(batch)

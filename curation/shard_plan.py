@@ -21,12 +21,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from curation.config import ShardConfig
-from curation.runner import DiskFull, is_disk_full
+from curation.errors import DiskFull, is_disk_full
 from filters.config import FilterConfig
 from manifests import fs, fs_read
 from manifests.commit import atomic_write
 from manifests.configtools import ConfigError
 from manifests.db import connect
+from manifests.schemas import retryable_sql
 from manifests.sqltext import literal
 
 log = logging.getLogger("reelsift")
@@ -53,7 +54,7 @@ _TODO = f"""
     JOIN videos v ON v.video_id = c.video_id AND v.status = 'ok'
     WHERE d.keep AND NOT EXISTS (
         SELECT 1 FROM shards sh WHERE sh.clip_id = d.clip_id AND sh.status <> 'removed'
-        AND NOT starts_with(coalesce(sh.error, ''), '{fs.RETRYABLE}'))
+        AND NOT {retryable_sql("sh")})
 """
 
 
@@ -163,7 +164,7 @@ def _plan(root, filt: FilterConfig, cfg: ShardConfig, memory_limit: str) -> pa.T
     except OSError as exc:  # the temp file is gone: nothing of the plan is visible
         if not is_disk_full(exc):
             raise
-        raise DiskFull(root, "the shard plan", max(written, 1), exc.strerror) from exc
+        raise DiskFull(root, "the shard plan", exc.strerror, max(written, 1)) from exc
     groups = con.sql(
         'SELECT "group", tier, short_side, fps, group_index, n_clips FROM groups ORDER BY group_index'
     )

@@ -1,8 +1,10 @@
 """DuckDB views over a run root's tables, and the read-only `sql` entry point.
 
 Views (one per table): `videos`, `clips`, `scores`, `decisions`, `shards`, ... For tables whose
-keys are re-decided (decisions, captions, shards, ...) the view shows the newest row per key and
-`<name>_history` shows every row still stored (`compact` keeps only the newest). Tables with no
+keys are re-decided or retried (clips, scores, decisions, captions, shards, ...) the view shows
+the newest row per key and `<name>_history` shows every row still stored (`compact` keeps only
+the newest); `clips` also hides a video's split error once a retry split it
+(`schemas.SUPERSEDED_ERRORS`). Tables with no
 parts yet are empty views with the schema, so queries work at every point of a run.
 
 The newest-row view stays cheap on long histories: compacted parts already hold one row per
@@ -21,7 +23,7 @@ import duckdb
 import pyarrow as pa
 
 from manifests import fs, fs_read, reasons
-from manifests.schemas import TABLES
+from manifests.schemas import SUPERSEDED_ERRORS, TABLES
 from manifests.sqltext import literal
 from manifests.store import Table
 
@@ -49,7 +51,8 @@ def newest_sql(
     every fresh row) and fresh parts (any number of rows per key). `con`/`schema`: see `_read`."""
     read = functools.partial(_read, con=con, schema=schema)
     # the newest created_at per key, then the rows that carry it: a narrow hash aggregate and a
-    # streamed semi-join (no window over whole rows). Rows of one key never share a created_at.
+    # streamed semi-join (no window over whole rows). Rows of one key share a created_at only
+    # where one write made them together (a video's clips): they are kept together.
     ranked = (
         f"SELECT h.* FROM {read(fresh)} h SEMI JOIN (SELECT {key}, max(created_at) AS newest "
         f"FROM {read(fresh)} GROUP BY {key}) n ON h.{key} = n.{key} AND h.created_at = n.newest"
@@ -80,6 +83,14 @@ def table_views(con: duckdb.DuckDBPyConnection, table: Table, name: str | None =
     con.execute(f"CREATE VIEW {name}_history AS SELECT * FROM {history}")
     current = (newest_sql(table.key, compacted, fresh, con, table.schema) if (compacted or fresh)
                else f"SELECT * FROM {history}")
+    group = SUPERSEDED_ERRORS.get(table.name)
+    if group and (compacted or fresh):
+        con.execute(f"CREATE VIEW __{name}_newest AS {current}")
+        current = (
+            f"SELECT * FROM __{name}_newest t WHERE t.status <> 'error' OR NOT EXISTS ("
+            f"SELECT 1 FROM __{name}_newest n WHERE n.status <> 'error' AND n.{group} = t.{group} "
+            "AND n.created_at > t.created_at)"
+        )
     con.execute(f"CREATE VIEW {name} AS {current}")
 
 

@@ -35,9 +35,10 @@ from manifests.s3client import (
     retrying,
     s3_filesystem,
 )
+from manifests.schemas import RETRYABLE_PREFIX
 
 READ_BUFFER = 1 << 20  # bytes per ranged GET when decoding: a 2-4 MB mp4 takes a few requests
-RETRYABLE = "storage error (a re-run retries it): "
+RETRYABLE = RETRYABLE_PREFIX
 
 
 def retryable(exc: StorageError) -> str:

@@ -11,6 +11,26 @@ import pyarrow as pa
 
 STATUSES = ("ok", "rejected", "error")
 
+ERROR_KINDS = ("retryable", "disk_full", "timeout", "permanent")
+"""`error_kind` of an error row (the `error` text is for people):
+  retryable  storage failed, not the input: the stage's next run takes the key again
+  disk_full  the run root had no room (never stored: the driver stops the stage)
+  timeout    the input ran past its time limit
+  permanent  the input itself is bad: corrupt, unreadable, changed since ingest
+Rows written before the column existed read it as null; `retryable_sql` tells their kind from
+the message."""
+
+RETRYABLE_PREFIX = "storage error (a re-run retries it): "
+"""How a retryable row's `error` begins (manifests/fs.py words it)."""
+
+
+def retryable_sql(alias: str = "") -> str:
+    """SQL true for a retryable error row of the table aliased `alias`."""
+    a = f"{alias}." if alias else ""
+    older = f"CASE WHEN starts_with({a}error, '{RETRYABLE_PREFIX}') THEN 'retryable' END"
+    return f"(coalesce({a}error_kind, {older}, '') = 'retryable')"
+
+
 _TS = pa.timestamp("us", tz="UTC")
 _REASONS = pa.list_(pa.string())
 
@@ -20,6 +40,7 @@ VIDEOS = pa.schema(
         pa.field("path", pa.string(), nullable=False),  # absolute input path
         pa.field("status", pa.string(), nullable=False),
         pa.field("error", pa.string()),
+        pa.field("error_kind", pa.string()),  # null unless status='error'; see ERROR_KINDS
         pa.field("reasons", _REASONS),
         pa.field("size_bytes", pa.int64()),
         pa.field("duration_s", pa.float64()),
@@ -56,6 +77,7 @@ CLIPS = pa.schema(
         pa.field("height", pa.int32()),
         pa.field("status", pa.string(), nullable=False),
         pa.field("error", pa.string()),
+        pa.field("error_kind", pa.string()),  # null unless status='error'; see ERROR_KINDS
         pa.field("reasons", _REASONS),
         pa.field("created_at", _TS, nullable=False),
     ]
@@ -82,6 +104,7 @@ SHARDS = pa.schema(
         # ok; error (clip could not be cut); removed (a re-filter dropped it from its tar)
         pa.field("status", pa.string(), nullable=False),
         pa.field("error", pa.string()),
+        pa.field("error_kind", pa.string()),  # null unless status='error'; see ERROR_KINDS
         pa.field("width", pa.int32()),  # encoded size
         pa.field("height", pa.int32()),
         pa.field("fps", pa.float64()),
@@ -97,6 +120,7 @@ SCORES = pa.schema(
         pa.field("clip_id", pa.string(), nullable=False),
         pa.field("status", pa.string(), nullable=False),  # ok, or error (clip not decodable)
         pa.field("error", pa.string()),
+        pa.field("error_kind", pa.string()),  # null unless status='error'; see ERROR_KINDS
         pa.field("n_frames_scored", pa.int32()),  # frames decoded once and shared by scorers
         pa.field("frame_step", pa.float32()),  # source frames between sampled frames
         pa.field("work_width", pa.int32()),  # working resolution of the sampled frames
@@ -148,6 +172,7 @@ CAPTIONS = pa.schema(
         pa.field("untrained", pa.bool_()),  # True when the captioner had random weights
         pa.field("status", pa.string(), nullable=False),  # ok | error
         pa.field("error", pa.string()),
+        pa.field("error_kind", pa.string()),  # null unless status='error'; see ERROR_KINDS
         pa.field("created_at", _TS, nullable=False),
     ]
 )
@@ -162,6 +187,7 @@ ALIGNMENT = pa.schema(
         pa.field("untrained", pa.bool_()),  # True: random CLIP, score meaningless
         pa.field("status", pa.string(), nullable=False),  # ok | error
         pa.field("error", pa.string()),
+        pa.field("error_kind", pa.string()),  # null unless status='error'; see ERROR_KINDS
         pa.field("created_at", _TS, nullable=False),
     ]
 )
@@ -180,11 +206,12 @@ DUPLICATES = pa.schema(
     ]
 )
 
-# name -> (schema, key column, newest-row-wins?)
+# name -> (schema, key column, newest-row-wins?). Newest wins: the view shows the newest row per
+# key (`<name>_history` shows all), so a retry replaces the row before it.
 TABLES: dict[str, tuple[pa.Schema, str, bool]] = {
     "videos": (VIDEOS, "path", False),
-    "clips": (CLIPS, "clip_id", False),
-    "scores": (SCORES, "clip_id", False),
+    "clips": (CLIPS, "clip_id", True),
+    "scores": (SCORES, "clip_id", True),
     "decisions": (DECISIONS, "clip_id", True),
     "captions": (CAPTIONS, "clip_id", True),
     "alignment": (ALIGNMENT, "clip_id", True),
@@ -194,7 +221,7 @@ TABLES: dict[str, tuple[pa.Schema, str, bool]] = {
     "duplicates": (DUPLICATES, "clip_id", True),
 }
 
-
-def register(name: str, schema: pa.Schema, key: str, newest_wins: bool = False) -> None:
-    """Add a table defined elsewhere (scores, captions, ...) so views and `sql` see it."""
-    TABLES[name] = (schema, key, newest_wins)
+SUPERSEDED_ERRORS: dict[str, str] = {"clips": "video_id"}
+"""table -> group column: the view hides an error row once a newer row of its group exists. A
+video that split failed on has one error row (its own key); once a retry splits it, that row is
+history and the video's clips stand in its place."""

@@ -247,4 +247,5 @@ def test_dry_run_diff_files_dedup_reasons_under_the_key_filter_counts(tmp_path, 
     assert json.loads(out.out)["reasons"]["duplicate_of"] > 0
     assert "duplicate_of@" not in out.err
     assert "reasons of rejected clips: unchanged" in out.err
-    assert query(root, "SELECT count(DISTINCT filter_run) AS n FROM decisions_history").column("n")[0].as_py() == 1
+    runs = query(root, "SELECT count(DISTINCT filter_run) AS n FROM decisions_history").column("n")[0]
+    assert runs.as_py() == 1

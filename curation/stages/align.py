@@ -19,10 +19,11 @@ import numpy as np
 import pyarrow as pa
 
 from curation.config import AlignConfig
+from curation.errors import PERMANENT
 from filters.aesthetic import AestheticConfig
 from manifests import fs
 from manifests.db import connect
-from manifests.schemas import ALIGNMENT
+from manifests.schemas import ALIGNMENT, retryable_sql
 from manifests.store import Table
 from models.clip import ClipEncoder
 
@@ -75,13 +76,15 @@ class AlignCaptions:
             )
             if not r["clip_embedding"]:
                 row.update(
-                    status="error", error="clip has no clip_embedding in scores (not scored, or score error)"
+                    status="error", error="clip has no clip_embedding in scores (not scored, or score error)",
+                    error_kind=PERMANENT,
                 )
             elif r["clip_model"] != clip.clip_model:
                 row.update(
                     status="error",
                     error=f"clip_embedding was made by {r['clip_model']!r} but "
                     f"score.aesthetic.clip_model is {clip.clip_model!r}; set it back to compare",
+                    error_kind=PERMANENT,
                 )
             rows.append(row)
         ok = [(row, r) for row, r in zip(rows, batch.to_pylist(), strict=True) if row["status"] == "ok"]
@@ -100,7 +103,7 @@ def pending_alignments(root: Path, clip_model: str) -> pa.Table:
     return (
         connect(root)
         .sql(
-            """
+            f"""
         WITH cap AS (
             SELECT clip_id, caption, model, prompt_hash FROM captions_history WHERE status = 'ok'
             QUALIFY row_number() OVER (PARTITION BY clip_id ORDER BY created_at DESC) = 1)
@@ -110,7 +113,8 @@ def pending_alignments(root: Path, clip_model: str) -> pa.Table:
         WHERE NOT EXISTS (
             SELECT 1 FROM alignment_history a
             WHERE a.clip_id = cap.clip_id AND a.caption_model = cap.model
-              AND a.prompt_hash = cap.prompt_hash AND a.clip_model = $clip_model)
+              AND a.prompt_hash = cap.prompt_hash AND a.clip_model = $clip_model
+              AND NOT {retryable_sql("a")})
         ORDER BY cap.clip_id
     """,
             params={"clip_model": clip_model},

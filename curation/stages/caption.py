@@ -19,11 +19,12 @@ import numpy as np
 import pyarrow as pa
 
 from curation.config import CaptionConfig
+from curation.errors import PERMANENT, error_fields
 from curation.stages.score import decode_samples
-from filters.video import DecodeSpec, DecodeTimeout, VideoDecodeError
+from filters.video import DecodeSpec
 from manifests import fs
 from manifests.db import connect
-from manifests.schemas import CAPTIONS
+from manifests.schemas import CAPTIONS, retryable_sql
 from manifests.store import Table
 from models.captioner import (
     BACKENDS,
@@ -52,6 +53,7 @@ DECODED = pa.schema(
         pa.field("duration_s", pa.float64()),
         pa.field("status", pa.string()),
         pa.field("error", pa.string()),
+        pa.field("error_kind", pa.string()),
         *FRAME_FIELDS,
     ]
 )
@@ -84,8 +86,8 @@ class DecodeForCaption:
             return row
         try:
             frames, step = decode_samples(clip, self.spec)
-        except (VideoDecodeError, DecodeTimeout) as exc:
-            return {**row, "status": "error", "error": f"decode failed: {exc}"}
+        except Exception as exc:  # noqa: BLE001 - this clip's error row (curation/errors.py)
+            return {**row, **error_fields(exc, "decode failed")}
         return {
             **row,
             "frames": frames.tobytes(),
@@ -112,7 +114,8 @@ class CaptionClips:
     def __call__(self, batch: pa.Table) -> pa.Table:
         rows = batch.to_pylist()
         out = {
-            r["clip_id"]: dict(clip_id=r["clip_id"], status="error", error=r["error"], **self.common)
+            r["clip_id"]: dict(clip_id=r["clip_id"], status="error", error=r["error"],
+                               error_kind=r["error_kind"], **self.common)
             for r in rows
             if r["status"] != "ok"
         }
@@ -122,13 +125,13 @@ class CaptionClips:
         for r, raw in zip(todo, self.backend.caption(items, prompts) if items else [], strict=True):
             row = dict(clip_id=r["clip_id"], n_tokens=raw.n_tokens, latency_s=raw.latency_s, **self.common)
             if raw.error is not None:
-                row.update(status="error", error=raw.error)
+                row.update(status="error", error=raw.error, error_kind=PERMANENT)
             else:
                 text, reason = clean_caption(raw.text, self.cfg.min_words, self.cfg.max_words)
                 if reason is None:
                     row.update(status="ok", caption=text)
                 else:
-                    row.update(status="error", error=reason)
+                    row.update(status="error", error=reason, error_kind=PERMANENT)
             out[r["clip_id"]] = row
         return pa.Table.from_pylist([out[r["clip_id"]] for r in rows], schema=CAPTIONS)
 
@@ -141,7 +144,7 @@ def _frames(row: dict) -> np.ndarray | None:
 
 def pending_clips(root: Path, cfg: CaptionConfig) -> pa.Table:
     """Kept clips (latest filter run) with no row yet for (clip_id, model, prompt_hash)."""
-    done_filter = "AND status = 'ok'" if cfg.retry_errors else ""
+    done_filter = "AND status = 'ok'" if cfg.retry_errors else f"AND NOT {retryable_sql()}"
     return (
         connect(root)
         .sql(

@@ -16,6 +16,7 @@ import numpy as np
 import pyarrow as pa
 
 from curation.config import IngestConfig
+from curation.errors import PERMANENT, error_fields, problem_fields
 from curation.guard import Guard, HardTimeout, WorkerDied
 from filters.video import VideoDecodeError, file_hash, file_problem, probe
 from manifests import fs
@@ -120,8 +121,7 @@ class IngestStage:
         row: dict = {"path": path, "video_id": None, "status": "error"}
         problem = file_problem(path)  # never opens a FIFO or a device
         if problem:
-            row["error"] = problem
-            return row
+            return {**row, **problem_fields(problem)}
         try:
             row["size_bytes"] = fs.upath(path).stat().st_size
             row["video_id"], info = self.guard.call(
@@ -130,22 +130,16 @@ class IngestStage:
             if isinstance(info, VideoDecodeError):
                 raise info
         except VideoDecodeError as exc:
-            row["error"] = exc.reason
-            return row
-        except fs.StorageError as exc:
-            row["error"] = fs.retryable(exc)
-            return row
-        except (HardTimeout, WorkerDied) as exc:
-            row["error"] = str(exc)
-            return row
-        except PermissionError:
-            row["error"] = "permission denied"
-            return row
+            return {**row, **error_fields(exc), "error": exc.reason}
+        except (fs.StorageError, HardTimeout, WorkerDied) as exc:
+            return {**row, **error_fields(exc)}
+        except PermissionError as exc:
+            return {**row, **error_fields(exc), "error": "permission denied"}
         except OSError as exc:
-            row["error"] = f"cannot read file: {exc.strerror or exc}"
-            return row
+            return {**row, **error_fields(exc), "error": f"cannot read file: {exc.strerror or exc}"}
         dw, dh = info.display_size
         if info.width * info.height > self.cfg.max_pixels:
+            row["error_kind"] = PERMANENT
             row["error"] = (
                 f"frame size {info.width}x{info.height} is over ingest.max_pixels={self.cfg.max_pixels}: "
                 "raise it to take this video (decoding needs memory in proportion)"

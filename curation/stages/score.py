@@ -16,13 +16,14 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from curation.errors import error_fields, problem_fields
 from curation.guard import GRACE_S, Guard, HardTimeout, WorkerDied
 from filters.config import ScoreConfig
 from filters.motion import MotionScorer
 from filters.nsfw import NsfwScorer
 from filters.ocr import OcrScorer
 from filters.quality import QualityScorer
-from filters.video import DecodeSpec, DecodeTimeout, VideoDecodeError, even_size, iter_frames, source_changed
+from filters.video import DecodeSpec, VideoDecodeError, even_size, iter_frames, source_changed
 from manifests.schemas import SCORES
 
 FRAME_FIELDS = [pa.field("frames", pa.binary()), pa.field("frames_shape", pa.list_(pa.int32()))]
@@ -129,8 +130,8 @@ class DecodeAndScoreCpu:
             if len(todo) > 1:
                 try:
                     decoded = self._decode([clips[k] for k in todo])
-                except (VideoDecodeError, DecodeTimeout, HardTimeout, WorkerDied):
-                    decoded = None  # find out which clip fails: one by one below
+                except Exception:  # noqa: BLE001 - find out which clip fails: one by one below
+                    decoded = None
             for j, k in enumerate(todo):
                 rows[k] = self.one(clips[k], None if decoded is None else decoded[j])
         return pa.Table.from_pylist(rows, schema=CPU_SCHEMA)
@@ -143,7 +144,7 @@ class DecodeAndScoreCpu:
     def _changed(clip: dict, rows: list, k: int) -> bool:
         changed = source_changed(clip["path"], clip.get("size_bytes"), clip.get("ingested_at"))
         if changed:
-            rows[k] = {"clip_id": clip["clip_id"], "status": "error", "error": changed}
+            rows[k] = {"clip_id": clip["clip_id"], **problem_fields(changed)}
         return bool(changed)
 
     def one(self, clip: dict, decoded: tuple[np.ndarray, float] | None = None) -> dict[str, Any]:
@@ -151,16 +152,13 @@ class DecodeAndScoreCpu:
         if decoded is None:
             changed = source_changed(clip["path"], clip.get("size_bytes"), clip.get("ingested_at"))
             if changed:
-                row["error"] = changed
-                return row
+                return {**row, **problem_fields(changed)}
             try:
                 decoded = self._decode([clip])[0]
-            except (VideoDecodeError, DecodeTimeout) as exc:
-                row["error"] = f"decode failed: {exc}"
-                return row
             except (HardTimeout, WorkerDied) as exc:
-                row["error"] = str(exc)
-                return row
+                return {**row, **error_fields(exc)}
+            except Exception as exc:  # noqa: BLE001 - this clip's error row (errors.py)
+                return {**row, **error_fields(exc, "decode failed")}
         frames, step = decoded
         row.update(
             status="ok",
@@ -173,7 +171,10 @@ class DecodeAndScoreCpu:
             frames_shape=list(frames.shape),
         )
         for scorer in self.scorers:
-            row.update(scorer(frames, frame_step=step))
+            try:
+                row.update(scorer(frames, frame_step=step))
+            except Exception as exc:  # noqa: BLE001 - this clip's error row (errors.py)
+                return {"clip_id": clip["clip_id"], **error_fields(exc, f"{type(scorer).__name__} failed")}
         return row
 
 
@@ -195,10 +196,24 @@ class ScoreNeural:
         rows = batch.to_pylist()
         ok = [r for r in rows if r["status"] == "ok"]
         clips = [np.frombuffer(r["frames"], np.uint8).reshape(r["frames_shape"]) for r in ok]
-        if clips:
-            for r, scores in zip(ok, self.scorer.score_batch(clips), strict=True):
+        try:
+            scored = self.scorer.score_batch(clips) if clips else []
+        except Exception:  # noqa: BLE001 - find the clip that fails: one by one below
+            scored = [self._one(c) for c in clips]
+        for r, scores in zip(ok, scored, strict=True):
+            if "error_kind" in scores:  # this clip failed alone: an error row, its CPU scores dropped
+                clip_id = r["clip_id"]
+                r.clear()
+                r.update(clip_id=clip_id, **scores)
+            else:
                 r.update(scores, clip_model=self.cfg.aesthetic.clip_model)
         for r in rows:
             r.pop("frames", None)
             r.pop("frames_shape", None)
         return pa.Table.from_pylist(rows, schema=SCORES)
+
+    def _one(self, frames: np.ndarray) -> dict:
+        try:
+            return self.scorer.score_batch([frames])[0]
+        except Exception as exc:  # noqa: BLE001 - this clip's error row (errors.py)
+            return error_fields(exc, "CLIP/aesthetic scoring failed")

@@ -22,9 +22,9 @@ import numpy as np
 import pyarrow as pa
 
 from curation.config import ShardConfig
-from curation.runner import disk_full_error, is_disk_full
+from curation.errors import NoSpace, error_fields, is_disk_full, problem_fields
 from curation.shard_plan import plan_dir, read_group
-from filters.video import DecodeTimeout, VideoDecodeError, encode_mp4, even_size, iter_frames, source_changed
+from filters.video import VideoDecodeError, encode_mp4, even_size, iter_frames, source_changed
 from manifests import fs
 from manifests.commit import atomic_write, committed_glob, remove, remove_uncommitted
 from manifests.db import connect
@@ -171,19 +171,18 @@ class ShardWriter:
             key = clip["clip_id"]
             changed = source_changed(clip["path"], clip.get("size_bytes"), clip.get("ingested_at"))
             if changed:  # never cut from new bytes under the old video_id
-                errors.append(dict(clip_id=key, key=key, tier=tier, status="error", error=changed))
+                errors.append(dict(clip_id=key, key=key, tier=tier, **problem_fields(changed)))
                 continue
             try:
                 mp4, w, h, fps, n = cut_clip(
                     clip, short_side, out_fps, cfg, deadline=time.monotonic() + cfg.timeout_s
                 )
-            except (VideoDecodeError, DecodeTimeout, ValueError) as exc:
-                errors.append(
-                    dict(clip_id=key, key=key, tier=tier, status="error", error=f"could not cut clip: {exc}")
-                )
-                continue
             except fs.StorageError as exc:  # the source could not be read: the next run cuts it
-                errors.append(dict(clip_id=key, key=key, tier=tier, status="error", error=fs.retryable(exc)))
+                errors.append(dict(clip_id=key, key=key, tier=tier, **error_fields(exc)))
+                continue
+            except Exception as exc:  # noqa: BLE001 - any cut failure is this clip's error row (errors.py)
+                fields = error_fields(exc, "could not cut clip")
+                errors.append(dict(clip_id=key, key=key, tier=tier, **fields))
                 continue
             meta = dict(clip["meta"])
             meta["shard"] = dict(tier=tier, width=w, height=h, fps=fps, n_frames=n)
@@ -215,13 +214,12 @@ class ShardWriter:
 
     @staticmethod
     def _out_of_space(tars: _TarSet, exc: OSError, extra: int, tier: str, rest: list[dict]) -> list[dict]:
-        """The rows of the tars already closed, plus a `disk_full_error` row for every clip not
-        stored (in the dropped tar, or not cut yet): the driver stores the former and stops."""
+        """The rows of the tars already closed, plus a `disk_full` row for every clip not stored
+        (in the dropped tar, or not cut yet): the driver stores the former and stops."""
         need = tars.fh.tell() + extra if not tars.fh.closed else extra
-        where = tars.final
         lost = list(dict.fromkeys(tars.abandon(exc) + [c["clip_id"] for c in rest]))
-        error = disk_full_error(where, max(need, 1))
-        return tars.rows + [dict(clip_id=k, key=k, tier=tier, status="error", error=error) for k in lost]
+        fields = error_fields(NoSpace(tars.final, max(need, 1)))
+        return tars.rows + [dict(clip_id=k, key=k, tier=tier, **fields) for k in lost]
 
 
 def indexed_tars(root: Path) -> set[str]:

@@ -12,9 +12,11 @@ import numpy as np
 import pyarrow as pa
 
 from curation.config import SplitConfig
+from curation.errors import PERMANENT, error_fields, problem_fields
 from curation.guard import GRACE_S, Guard, HardTimeout, WorkerDied
 from filters.scenes import SceneTimeout, detect_scenes
 from filters.video import VideoDecodeError, key_hash, source_changed
+from manifests import fs
 from manifests.schemas import CLIPS
 from manifests.store import rows_to_table
 
@@ -87,17 +89,18 @@ class SplitStage:
         )
         changed = source_changed(path, _opt(video, "size_bytes"), _opt(video, "ingested_at"))
         if changed:
-            return [self._error(base, changed)]
+            return [self._error(base, problem_fields(changed))]
         try:
             scenes = self.guard.call(
                 detect_scenes, (path, self.cfg.scenes, self.cfg.timeout_s), self.cfg.timeout_s + GRACE_S
             )
-        except (VideoDecodeError, SceneTimeout, HardTimeout, WorkerDied) as exc:
-            return [self._error(base, str(exc))]
+        except (VideoDecodeError, SceneTimeout, HardTimeout, WorkerDied, fs.StorageError) as exc:
+            return [self._error(base, error_fields(exc))]
         except Exception as exc:  # noqa: BLE001 - any decoder failure is this video's error row
-            return [self._error(base, f"scene detection failed: {type(exc).__name__}: {exc}")]
+            return [self._error(base, error_fields(exc, f"scene detection failed: {type(exc).__name__}"))]
         if scenes.n_frames == 0:
-            return [self._error(base, "no frame could be decoded")]
+            return [self._error(base, dict(status="error", error="no frame could be decoded",
+                                           error_kind=PERMANENT))]
         fps = scenes.fps or float(video["fps"])
         rows = []
         for r in plan_clips(scenes.ranges, scenes.n_frames, fps, self.cfg):
@@ -116,5 +119,6 @@ class SplitStage:
         return rows
 
     @staticmethod
-    def _error(base: dict, message: str) -> dict:
-        return {**base, "clip_id": clip_id(base["video_id"], -1, -1), "status": "error", "error": message}
+    def _error(base: dict, fields: dict) -> dict:
+        """The one row of a video that could not be split (errors.py: status, error, error_kind)."""
+        return {**base, "clip_id": clip_id(base["video_id"], -1, -1), **fields}
