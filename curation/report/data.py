@@ -146,7 +146,8 @@ def sample(con: duckdb.DuckDBPyConnection, cols: list[str], n_total: int,
     f8 = sum(1 for c in cols if not _is_f32(owner[c][1]))
     row_bytes = 4 / 3 * (4 * len(cols) + 4 * f8 + 8) + 20  # base64 of the columns, + the clip id
     budget = max(1, min(budget, int(SAMPLE_BYTES / row_bytes)))
-    order = "" if n_total <= budget else f"ORDER BY hash(clip_id || '{SAMPLE_SEED}'), clip_id LIMIT {budget}"
+    order = ("ORDER BY clip_id" if n_total <= budget  # every clip, in a fixed order
+             else f"ORDER BY hash(clip_id || '{SAMPLE_SEED}'), clip_id LIMIT {budget}")
     table = con.sql(f"SELECT * FROM cand {order}").to_arrow_table()
     data = dict(n=table.num_rows, ids=table.column("clip_id").to_pylist(),
                 short_side=_b64(table, "short_side", np.int32, 0),
