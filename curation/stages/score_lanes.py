@@ -19,6 +19,7 @@ import numpy as np
 import pyarrow as pa
 
 from curation.decode_lanes import LaneDecoder
+from curation.errors import PERMANENT, problem_fields
 from curation.stages.score import CPU_SCHEMA, cpu_scorers, runs_of_one_video
 from filters.config import ScoreConfig
 from filters.video import DecodeSpec, source_changed
@@ -70,7 +71,7 @@ class DecodeOnLanesNeural:
         for k, clip in enumerate(clips):
             changed = source_changed(clip["path"], clip.get("size_bytes"), clip.get("ingested_at"))
             if changed:
-                rows[k] = {"clip_id": clip["clip_id"], "status": "error", "error": changed}
+                rows[k] = {"clip_id": clip["clip_id"], **problem_fields(changed)}
             else:
                 todo.append(k)
         runs = [[todo[j] for j in run] for run in runs_of_one_video([clips[k] for k in todo])]
@@ -101,7 +102,7 @@ class DecodeOnLanesNeural:
     @staticmethod
     def _row(clip: dict, d) -> dict[str, Any]:
         if d.error is not None:
-            return {"clip_id": clip["clip_id"], "status": "error", "error": d.error}
+            return {"clip_id": clip["clip_id"], "status": "error", "error": d.error, "error_kind": PERMANENT}
         frames = d.host
         return {
             "clip_id": clip["clip_id"],
