@@ -21,7 +21,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from manifests import commit, fs
+from manifests import commit, fs, fs_read
 
 STATE = ".reelsift-export"
 JOURNAL_ROWS = 50_000  # a journal part at least this often (rows) ...
@@ -109,7 +109,7 @@ class FolderWriter(_Writer):
     def done_relation(self) -> str:
         parts = commit.committed_glob(self.state, "done-*.parquet")
         if parts:
-            return fs.parquet_relation(self.con, parts, DONE)
+            return fs_read.parquet_relation(self.con, parts, DONE)
         name = f"__export_done_{uuid.uuid4().hex[:8]}"
         self.con.register(name, DONE.empty_table())
         return name

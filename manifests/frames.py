@@ -23,7 +23,7 @@ from pathlib import Path
 
 import polars as pl
 
-from manifests import db, fs
+from manifests import db, fs, fs_read
 from manifests.schemas import TABLES
 from manifests.store import Table
 
@@ -35,7 +35,7 @@ def _scan(table: Table, parts: list) -> pl.LazyFrame:
     if not parts:
         return pl.from_arrow(table.schema.empty_table()).lazy()
     if fs.is_s3(parts[0]):
-        return pl.scan_pyarrow_dataset(fs.parquet_dataset(parts, table.schema))
+        return pl.scan_pyarrow_dataset(fs_read.parquet_dataset(parts, table.schema))
     schema = pl.from_arrow(table.schema.empty_table()).schema
     return pl.scan_parquet([str(p) for p in parts], schema=schema, missing_columns="insert",
                            extra_columns="ignore")
