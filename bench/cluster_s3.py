@@ -112,12 +112,14 @@ def main() -> None:
             subprocess.run(command(str(corpus), str(tmp / "ref")), cwd=REPO, env=one_node, check=True,
                            capture_output=True)
             ref_wall, ref = time.monotonic() - t0, keys(tmp / "ref")
+            print(f"one node: {ref_wall:.1f} s", file=sys.stderr, flush=True)
             cluster = TwoNodes(f"b{os.getpid()}", dict(os.environ))
             env = dict(cluster.env, RAY_ADDRESS=cluster.start())
             rows = [dict(run="one node, local disk", wall_s=round(ref_wall, 2), nodes_in_metrics=1,
                          same_keys_as_one_node=True)]
             runs = (("2 nodes, S3", None), ("2 nodes, S3, worker raylet SIGKILLed mid-score", cluster))
             for name, kill in runs:
+                print(f"{name} ...", file=sys.stderr, flush=True)
                 root = f"{prefix}/root-{len(rows)}"
                 row = cluster_run(f"{prefix}/in/", root, env, kill)
                 rows.append(dict(run=name, **row, same_keys_as_one_node=keys(fs.upath(root)) == ref))
