@@ -121,7 +121,7 @@ def sync() -> None:
 
 def make_clips(cfg: BenchConfig, workdir: Path) -> list[dict]:
     """Render + encode n_files test videos -> clip rows as the score stage's decode takes them."""
-    from curation.demo_data import encode_video, render_frames
+    from curation.demo_frames import encode_video, render_frames
 
     fps = 24
     n = max(2, int(cfg.clip_seconds * fps))

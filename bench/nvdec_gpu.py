@@ -38,7 +38,7 @@ SIZES = {"720p": (1280, 720), "1080p": (1920, 1080)}
 
 def make_file(args: tuple) -> dict:
     path, size, seconds, fps, seed, kind = args
-    from curation.demo_data import encode_video, render_frames
+    from curation.demo_frames import encode_video, render_frames
 
     n = int(seconds * fps)
     cuts = (n // 3, 2 * n // 3) if kind == "cuts" else ()

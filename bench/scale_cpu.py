@@ -86,7 +86,7 @@ class PeakSampler(threading.Thread):
 def make_inputs(out: Path, n: int, seconds: float, size: tuple[int, int], fps: int) -> None:
     import numpy as np
 
-    from curation.demo_data import encode_video, render_frames
+    from curation.demo_frames import encode_video, render_frames
 
     out.mkdir(parents=True, exist_ok=True)
     existing = {p.name for p in out.glob("*.mp4")}

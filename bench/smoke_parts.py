@@ -111,7 +111,7 @@ CLIPS = [  # (key, kind, width, height, frames, tar)
 def write_shards(root: Path) -> dict:
     import webdataset as wds
 
-    from curation.demo_data import render_frames
+    from curation.demo_frames import render_frames
     from filters.video import encode_mp4
 
     tier = root / "shards" / "256p"

@@ -6,7 +6,7 @@
     reelsift sql     --root R --named funnel          a query kept in manifests/queries/
     reelsift sql     --root R "SELECT ..." --format parquet --out FILE
     reelsift export  --root R --format opensora|videofolder|lance --out DIR [--tier T]
-    reelsift status  --root R                         per stage: done/rejected/error/pending
+    reelsift status  --root R [--config C]            per stage: done/rejected/error/pending
     reelsift report  --config C --root R              R/report/index.html
     reelsift verify  --root R
     reelsift compact --root R                         merge parts, keep the newest row per key
@@ -24,17 +24,12 @@ import logging
 import sys
 from pathlib import Path
 
+from curation import pipeline, registry
 from manifests import fs
 from manifests.configtools import ConfigError, InputError
 from manifests.lease import LeaseHeld
 
 log = logging.getLogger("reelsift")
-
-STAGES = ("ingest", "split", "score", "dedup", "filter", "caption", "align", "shard")
-WRITES = dict(ingest="videos", split="clips", score="scores", dedup="duplicates", filter="decisions",
-              refilter="decisions", caption="captions", align="alignment", shard="shards")
-"""The table each step writes: the step holds its lease (manifests/lease.py) while it runs."""
-
 
 def _lease_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lock-wait", type=float, default=0.0, metavar="SECONDS",
@@ -72,19 +67,12 @@ def build_parser() -> argparse.ArgumentParser:
     _lease_flags(p)
     p.add_argument("--input", "-i", required=True, help="folder, glob or list file of videos")
 
-    for stage in STAGES:
-        p = sub.add_parser(stage, help=f"run the {stage} stage")
+    for stage in pipeline.all_stages():  # one command per registered stage (curation/pipeline.py)
+        p = sub.add_parser(stage.name, help=stage.help)
         _common(p)
         _lease_flags(p)
-        if stage == "ingest":
-            p.add_argument("--input", "-i", required=True, help="folder, glob or list file of videos")
-        if stage == "filter":
-            p.add_argument("--dry-run", action="store_true", help="decide and print, write nothing")
-            p.add_argument(
-                "--pre-align",
-                action="store_true",
-                help="ignore bounds on clip_score (run before captions exist)",
-            )
+        if stage.args is not None:
+            stage.args(p)
 
     p = sub.add_parser("sql", help="run a read-only DuckDB query over the run's tables")
     p.add_argument("query", nargs="?", help='SQL, e.g. "SELECT status, count(*) FROM clips GROUP BY 1"')
@@ -131,6 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("status", help="per stage: done/rejected/error/pending counts and the last run time")
     p.add_argument("--root", "-r", required=True)
+    p.add_argument("--config", "-c", help="the run's YAML config: pending counts that depend on it "
+                   "(caption's model and prompt, align's CLIP) are exact only with it")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
 
     p = sub.add_parser(
         "report", help="write R/report/index.html: funnel, reasons, threshold sliders, clip previews"
@@ -225,22 +216,25 @@ def _existing_root(text: str) -> Path | fs.S3Path:
 
 
 def _lease(args, root, step: str):
-    """The lease of the table `step` writes (none for a dry run: readers never wait)."""
+    """The lease of the table `step` writes (its stage's table; `run`'s refilter writes decisions),
+    held while it runs (manifests/lease.py); none for a dry run: readers never wait."""
     from manifests import lease
 
     if getattr(args, "dry_run", False):
         return contextlib.nullcontext()
-    return lease.hold(root, WRITES[step], command=f"reelsift {args.command}", wait_s=args.lock_wait,
+    table = "decisions" if step == "refilter" else registry.get(step).table
+    return lease.hold(root, table, command=f"reelsift {args.command}", wait_s=args.lock_wait,
                       force=args.force_unlock)
 
 
 def cmd_stage(args) -> int:
-    from curation import pipeline
+    from curation.registry import Context
     from curation.weights import prefetch
 
     cfg = _load(args)
     root = _root(args.root)
-    prefetch(cfg, STAGES if args.command == "run" else (args.command,))  # before any work starts
+    names = [st.name for st in pipeline.all_stages()] if args.command == "run" else [args.command]
+    prefetch(cfg, names)  # before any work starts
     root.mkdir(parents=True, exist_ok=True)
     if args.command == "run":
         for name, step in pipeline.stages(cfg, root, args.input, args.ray_address):
@@ -249,47 +243,15 @@ def cmd_stage(args) -> int:
                 step()
         print_summary(root)
         return 0
+    stage = registry.get(args.command)
+    options = {k: v for k, v in vars(args).items() if k in ("input", "dry_run", "pre_align")}
+    ctx = Context(cfg, root, args.ray_address, options)
     with _lease(args, root, args.command):
-        return _one_stage(args, cfg, root)
-
-
-def _one_stage(args, cfg, root) -> int:
-    from curation import pipeline
-
-    if args.command == "ingest":
-        pipeline.ingest(cfg, root, args.input, args.ray_address)
-    elif args.command == "split":
-        pipeline.split(cfg, root, args.ray_address)
-    elif args.command == "score":
-        pipeline.score(cfg, root, args.ray_address)
-    elif args.command == "dedup":
-        pipeline.dedup(cfg, root)
-    elif args.command == "caption":
-        pipeline.caption(cfg, root, args.ray_address)
-    elif args.command == "align":
-        pipeline.align(cfg, root, args.ray_address)
-    elif args.command == "filter":
-        s = pipeline.filter_(cfg, root, dry_run=args.dry_run, pre_align=args.pre_align)
-        print(
-            json.dumps(
-                {
-                    "decided": s.decided,
-                    "kept_per_tier": s.kept_per_tier,
-                    "rejected": s.rejected,
-                    "reasons": s.reasons,
-                    "written": not args.dry_run,
-                },
-                indent=2,
-            )
-        )
-        if args.dry_run:  # stderr keeps stdout one JSON document
-            from curation.status import funnel_diff
-
-            print(funnel_diff(root, s), file=sys.stderr)
-        return 0
-    elif args.command == "shard":
-        pipeline.shard(cfg, root, args.ray_address)
-    print_summary(root)
+        result = stage.run(ctx)
+    if stage.show is not None:
+        stage.show(result, ctx)
+    else:
+        print_summary(root)
     return 0
 
 
@@ -380,7 +342,12 @@ def cmd_status(args) -> int:
     from curation.status import format_status, stage_status
 
     root = _existing_root(args.root)
-    print(format_status(stage_status(root), root=root))
+    cfg = None
+    if args.config or args.overrides:
+        from curation.config import load_config
+
+        cfg = load_config(args.config, args.overrides)
+    print(format_status(stage_status(root, cfg), root=root))
     return 0
 
 
@@ -457,7 +424,7 @@ def cmd_demo_data(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    long_running = (*STAGES, "run", "train", "cache-latents", "sample")
+    long_running = (*(st.name for st in pipeline.all_stages()), "run", "train", "cache-latents", "sample")
     _setup_logging(getattr(args, "verbose", 0), args.command in long_running)
     from curation.export import cmd_export
     from training.commands import cmd_cache_latents, cmd_train

@@ -21,15 +21,7 @@ from pathlib import Path
 import av
 import numpy as np
 
-# The generators live in curation/demo_frames.py; re-exported here for existing callers.
-from curation.demo_frames import (  # noqa: F401
-    DEMO_TEXT,
-    DEMO_TEXT_LINES,
-    FRAME_KINDS,
-    SceneStyle,
-    encode_video,
-    render_frames,
-)
+from curation.demo_frames import DEMO_TEXT, DEMO_TEXT_LINES, encode_video, render_frames
 
 _SEED = 2026  # fixed so that expected.json is byte-for-byte stable
 _EXPECTED_VERSION = 1

@@ -2,7 +2,8 @@
 Data, on one thread per CPU, with no Ray processes to start.
 
 Each thread builds its own instance of every operator of the chain (as an actor would) and takes
-whole batches through the chain; an operator limited to one actor (`concurrency: 1`) has one
+whole batches through the chain, each operator fed slices of its own batch size (as Ray Data
+feeds it); an operator limited to one actor (`concurrency: 1`) has one
 instance that the threads take turns on. The work is decoding (PyAV), OpenCV and ONNX Runtime, which run
 outside the GIL, so two threads use two cores. Results reach the sink on the calling thread.
 """
@@ -17,7 +18,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from manifests.configtools import Resources
+from curation.chain import Chain
 
 log = logging.getLogger("reelsift")
 
@@ -58,21 +59,25 @@ def _build(cls: type, cfg: Any) -> Any:
 class _Chain:
     """One thread's operator instances (shared ones excepted)."""
 
-    def __init__(self, ops: list[tuple[type, Any, Resources]], shared: dict[int, _Shared]):
+    def __init__(self, chain: Chain, shared: dict[int, _Shared]):
         self.ops = [
-            (shared[i] if i in shared else _build(cls, cfg), getattr(cls, "BATCH_FORMAT", "numpy"))
-            for i, (cls, cfg, _) in enumerate(ops)
+            (shared[i] if i in shared else _build(op.cls, op.cfg), getattr(op.cls, "BATCH_FORMAT", "numpy"),
+             op.resources.batch_size)
+            for i, op in enumerate(chain.ops)
         ]
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        for op, fmt in self.ops:
-            out = op(as_format(batch, fmt))
-            batch = out if isinstance(out, pa.Table) else pa.table(out)
+        for op, fmt, size in self.ops:  # each operator takes batches of its own size, as under Ray
+            if batch.num_rows == 0:
+                return batch
+            outs = [op(as_format(batch.slice(i, size), fmt)) for i in range(0, batch.num_rows, size)]
+            batch = pa.concat_tables([out if isinstance(out, pa.Table) else pa.table(out) for out in outs],
+                                     promote_options="default")
         return batch
 
 
-def run_inline(name: str, ops: list[tuple[type, Any, Resources]], items: pa.Table, sink, cpus: int) -> None:
-    size = ops[0][2].batch_size
+def run_inline(name: str, chain: Chain, items: pa.Table, sink, cpus: int) -> None:
+    size = chain.ops[0].resources.batch_size
     batches = [items.slice(i, size) for i in range(0, items.num_rows, size)]
     threads = max(1, min(int(cpus), len(batches)))
     log.info(
@@ -83,11 +88,12 @@ def run_inline(name: str, ops: list[tuple[type, Any, Resources]], items: pa.Tabl
         threads,
     )
     local = threading.local()
-    shared = {i: _Shared(_build(cls, cfg)) for i, (cls, cfg, res) in enumerate(ops) if res.concurrency == 1}
+    shared = {i: _Shared(_build(op.cls, op.cfg))
+              for i, op in enumerate(chain.ops) if op.resources.concurrency == 1}
 
     def work(batch: pa.Table) -> pa.Table:
         if not hasattr(local, "chain"):
-            local.chain = _Chain(ops, shared)
+            local.chain = _Chain(chain, shared)
         return local.chain(batch)
 
     with ThreadPoolExecutor(threads, thread_name_prefix=f"reelsift-{name}") as pool:

@@ -1,23 +1,32 @@
 """The curation pipeline: each stage reads the tables before it and appends its own.
 
-Every stage works only on keys missing from its output table, so a killed run re-run with the
-same command finishes the work with no duplicates and no losses.
+Every built-in stage is declared here once, as a `registry.Stage`, in the order `run` takes them;
+the CLI, `run`, `status` and the retries read them from the registry. Every stage works only on
+the keys its `pending` query returns (missing from its output table, or retryable there), so a
+killed run re-run with the same command finishes the work with no duplicates and no losses.
+
+Each step imports its stage (and the scorers, models and Ray behind it) when it runs, so a
+command such as `reelsift filter` never pays for torch or Ray.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
+from curation import pending
+from curation.chain import Chain
 from curation.config import CurateConfig
 from curation.errors import is_retryable
+from curation.registry import Context, Stage, register, run_chain
+from curation.registry import stages as registered
 from filters.policy import pre_align_filter
-from manifests.db import connect
-from manifests.schemas import retryable_sql
 from manifests.store import Table
 
 if TYPE_CHECKING:
@@ -27,41 +36,25 @@ if TYPE_CHECKING:
 log = logging.getLogger("reelsift")
 
 
-# Each step imports its stage (and the scorers, models and Ray behind it) when it runs, so a
-# command such as `reelsift filter` never pays for torch or Ray.
-
-
 def ingest(cfg: CurateConfig, root: Path, input_spec: str | Path, ray_address: str | None = None) -> PartSink:
-    from curation.runner import PartSink, run_stage
-    from curation.stages.ingest import DuplicateMarker, IngestStage, list_inputs
+    """Probe the listed files not ingested yet (or whose row is retryable, or that changed)."""
+    from curation.runner import PartSink
+    from curation.stages.ingest import DuplicateMarker, list_inputs
 
     paths = list_inputs(input_spec, cfg.ingest)
     table = Table(root, "videos")
-    table.clean_temp()
     known = table.read(["video_id", "path", "status", "size_bytes", "created_at", "error", "error_kind"])
     known = [r for r in known.to_pylist() if not is_retryable(r)]  # storage failed: take again
     done = {r["path"] for r in known}
     todo = [p for p in paths if p not in done] + changed_sources(known, done.intersection(paths))
-    log.info(
-        "ingest: %d input files, %d already ingested, %d to probe",
-        len(paths),
-        len(paths) - len(todo),
-        len(todo),
-    )
+    log.info("ingest: %d input files, %d already ingested, %d to probe", len(paths), len(paths) - len(todo),
+             len(todo))
     seen = {r["video_id"]: r["path"] for r in known if r["status"] == "ok"}
-    sink = PartSink(table, rows=cfg.ray.flush_rows, seconds=cfg.ray.flush_s, transform=DuplicateMarker(seen))
+    sink = PartSink(table, rows=INGEST.flush_rows(cfg), seconds=cfg.ray.flush_s,
+                    transform=DuplicateMarker(seen))
     sink.expected = len(todo)
     items = pa.table({"path": pa.array(todo, pa.string())})
-    return run_stage(
-        "ingest",
-        IngestStage,
-        cfg.ingest,
-        cfg.ingest.resources,
-        items,
-        sink,
-        ray_address=ray_address,
-        ray_cfg=cfg.ray,
-    )
+    return run_chain(INGEST, Context(cfg, root, ray_address), items, sink)
 
 
 def changed_sources(known: list[dict], paths: set[str]) -> list[str]:
@@ -83,67 +76,38 @@ def changed_sources(known: list[dict], paths: set[str]) -> list[str]:
 
 
 def split(cfg: CurateConfig, root: Path, ray_address: str | None = None) -> PartSink:
-    from curation.runner import PartSink, run_stage
-    from curation.stages.split import SplitStage
-
-    clips = Table(root, "clips")
-    clips.clean_temp()
-    con = connect(root)
-    items = con.sql(f"""
-        SELECT video_id, path, fps, n_frames, display_width, display_height, size_bytes,
-               epoch(created_at) AS ingested_at
-        FROM videos
-        WHERE status = 'ok' AND video_id NOT IN (SELECT video_id FROM clips WHERE NOT {retryable_sql()})
-        QUALIFY row_number() OVER (PARTITION BY video_id ORDER BY created_at DESC) = 1
-        ORDER BY video_id
-    """).to_arrow_table()
-    log.info("split: %d videos to split", items.num_rows)
-    sink = PartSink(clips, rows=cfg.ray.flush_rows, seconds=cfg.ray.flush_s)
-    return run_stage(
-        "split",
-        SplitStage,
-        cfg.split,
-        cfg.split.resources,
-        items,
-        sink,
-        ray_address=ray_address,
-        ray_cfg=cfg.ray,
-    )
+    return run_chain(SPLIT, Context(cfg, root, ray_address))
 
 
 def score(cfg: CurateConfig, root: Path, ray_address: str | None = None) -> PartSink:
-    from curation.runner import PartSink, run_stage
-    from curation.stages.score import DecodeAndScoreCpu, ScoreNeural
-    from curation.stages.score_lanes import lane_ops, uses_lanes
-
-    scores = Table(root, "scores")
-    scores.clean_temp()
-    con = connect(root)
-    items = con.sql(f"""
-        SELECT c.clip_id, c.path, c.start_frame, c.end_frame, c.fps, v.rotation,
-               c.width AS display_width, c.height AS display_height, v.size_bytes,
-               epoch(v.created_at) AS ingested_at, v.codec, v.pix_fmt, v.vfr
-        FROM clips c JOIN (  -- a file ingested again unchanged has a second row: take the newest
-            SELECT * FROM videos WHERE status = 'ok'
-            QUALIFY row_number() OVER (PARTITION BY video_id ORDER BY created_at DESC) = 1
-        ) v ON v.video_id = c.video_id
-        WHERE c.status = 'ok' AND c.clip_id NOT IN (SELECT clip_id FROM scores WHERE NOT {retryable_sql()})
-        ORDER BY c.video_id, c.start_frame  -- a batch holds neighbouring clips: one decode pass
-    """).to_arrow_table()
     if cfg.score.aesthetic.random_init:
         log.warning(
             "score: aesthetic/CLIP scores come from UNTRAINED random weights "
             "(score.aesthetic.random_init=true); they carry no meaning"
         )
-    log.info("score: %d clips to score", items.num_rows)
-    sink = PartSink(scores, rows=cfg.ray.flush_rows, seconds=cfg.ray.flush_s)
-    sink.expected = items.num_rows
+    return run_chain(SCORE, Context(cfg, root, ray_address))
+
+
+def _ingest_ops(cfg: CurateConfig, root: Path) -> Chain:
+    from curation.stages.ingest import IngestStage
+
+    return Chain.of((IngestStage, cfg.ingest, cfg.ingest.resources))
+
+
+def _split_ops(cfg: CurateConfig, root: Path) -> Chain:
+    from curation.stages.split import SplitStage
+
+    return Chain.of((SplitStage, cfg.split, cfg.split.resources))
+
+
+def _score_ops(cfg: CurateConfig, root: Path) -> Chain:
+    from curation.stages.score import DecodeAndScoreCpu, ScoreNeural
+    from curation.stages.score_lanes import lane_ops, uses_lanes
+
     if uses_lanes(cfg.score):  # a GPU node: the GPU actor decodes (NVDEC + CPU lanes), CPU scorers follow
-        ops = lane_ops(cfg.score)
         log.info("score: decode %s on the GPU actor (NVDEC and CPU lanes)", cfg.score.decode_lane)
-    else:
-        ops = [(DecodeAndScoreCpu, cfg.score, cfg.score.cpu), (ScoreNeural, cfg.score, cfg.score.gpu)]
-    return run_stage("score", ops, None, None, items, sink, ray_address=ray_address, ray_cfg=cfg.ray)
+        return Chain.of(*lane_ops(cfg.score))
+    return Chain.of((DecodeAndScoreCpu, cfg.score, cfg.score.cpu), (ScoreNeural, cfg.score, cfg.score.gpu))
 
 
 def dedup(cfg: CurateConfig, root: Path):
@@ -155,10 +119,7 @@ def dedup(cfg: CurateConfig, root: Path):
     summary = run_dedup(root, cfg.dedup)
     log.info(
         "dedup: %d clips, k-means clusters %s, %d groups, %d near-duplicates dropped",
-        summary.clips,
-        summary.clusters,
-        summary.groups,
-        summary.duplicates,
+        summary.clips, summary.clusters, summary.groups, summary.duplicates,
     )
     return summary
 
@@ -172,11 +133,25 @@ def filter_(cfg: CurateConfig, root: Path, dry_run: bool = False, pre_align: boo
     summary = run_filter(root, policy, dry_run=dry_run, dedup=cfg.dedup.enabled)
     log.info(
         "filter: %d clips decided, kept per tier %s, %d rejected",
-        summary.decided,
-        summary.kept_per_tier,
-        summary.rejected,
+        summary.decided, summary.kept_per_tier, summary.rejected,
     )
     return summary
+
+
+def _filter_args(p) -> None:
+    p.add_argument("--dry-run", action="store_true", help="decide and print, write nothing")
+    p.add_argument("--pre-align", action="store_true",
+                   help="ignore bounds on clip_score (run before captions exist)")
+
+
+def _show_filter(s: FilterSummary, ctx: Context) -> None:
+    dry_run = ctx.options.get("dry_run", False)
+    print(json.dumps(dict(decided=s.decided, kept_per_tier=s.kept_per_tier, rejected=s.rejected,
+                          reasons=s.reasons, written=not dry_run), indent=2))
+    if dry_run:  # stderr keeps stdout one JSON document
+        from curation.stages.filter import funnel_diff
+
+        print(funnel_diff(ctx.root, s), file=sys.stderr)
 
 
 def shard(cfg: CurateConfig, root: Path, ray_address: str | None = None) -> PartSink:
@@ -185,9 +160,9 @@ def shard(cfg: CurateConfig, root: Path, ray_address: str | None = None) -> Part
     import pyarrow.compute as pc
 
     from curation.reshard import reshard
-    from curation.runner import PartSink, run_stage
+    from curation.runner import PartSink
     from curation.shard_plan import clean_plans, plan_shards
-    from curation.stages.shard import ShardJob, ShardWriter, clean_orphans
+    from curation.stages.shard import clean_orphans
 
     table = Table(root, "shards")
     table.clean_temp()
@@ -201,34 +176,37 @@ def shard(cfg: CurateConfig, root: Path, ray_address: str | None = None) -> Part
             "clip(s) copied, %d tar(s) removed)",
             rs.clips_removed, rs.tars_rewritten, rs.clips_copied, rs.tars_removed,
         )
-    groups = plan_shards(root, cfg.filter, cfg.shard)
+    groups = plan_shards(root, cfg.filter, cfg.shard)  # the clips of pending.SHARD, in writer tasks
     n_clips = pc.sum(groups.column("n_clips")).as_py() or 0
     log.info("shard: %d clips to write in %d task(s)", n_clips, groups.num_rows)
-    sink = PartSink(table, rows=1)  # index each finished tar at once
+    sink = PartSink(table, rows=SHARD.flush_rows(cfg))
     sink.expected = n_clips
-    job = ShardJob(cfg=cfg.shard, root=str(root))
     try:
-        return run_stage(
-            "shard",
-            ShardWriter,
-            job,
-            cfg.shard.resources,
-            groups.drop(["n_clips"]),
-            sink,
-            ray_address=ray_address,
-            ray_cfg=cfg.ray,
-        )
+        return run_chain(SHARD, Context(cfg, root, ray_address), groups.drop(["n_clips"]), sink)
     finally:
         clean_plans(root)
 
 
+def _shard_ops(cfg: CurateConfig, root: Path) -> Chain:
+    from curation.stages.shard import ShardJob, ShardWriter
+
+    return Chain.of((ShardWriter, ShardJob(cfg=cfg.shard, root=str(root)), cfg.shard.resources))
+
+
 def caption(cfg: CurateConfig, root: Path, ray_address: str | None = None) -> PartSink:
     from curation.stages.caption import caption as run
+
+    return run(cfg, root, ray_address, chain=_caption_ops(cfg, root))
+
+
+def _caption_ops(cfg: CurateConfig, root: Path) -> Chain:
+    from curation.stages.caption import CaptionClips, DecodeForCaption
     from curation.stages.caption_lanes import lane_ops, uses_lanes
 
-    # a GPU node: the captioner's actor decodes on the NVDEC and CPU lanes
-    ops = lane_ops(cfg.caption) if uses_lanes(cfg.caption) else None
-    return run(cfg, root, ray_address, ops=ops)
+    c = cfg.caption
+    if uses_lanes(c):  # a GPU node: the captioner's actor decodes on the NVDEC and CPU lanes
+        return Chain.of(*lane_ops(c))
+    return Chain.of((DecodeForCaption, c, c.decode), (CaptionClips, c, c.captioner))
 
 
 def align(cfg: CurateConfig, root: Path, ray_address: str | None = None) -> PartSink:
@@ -237,21 +215,97 @@ def align(cfg: CurateConfig, root: Path, ray_address: str | None = None) -> Part
     return run(cfg, root, ray_address)
 
 
+def _ops(module: str, name: str) -> Callable[[CurateConfig, Path], Chain]:
+    """`ops` of a stage whose module builds its chain (`<module>.<name>(cfg) -> Chain`)."""
+
+    def ops(cfg: CurateConfig, root: Path) -> Chain:
+        import importlib
+
+        return getattr(importlib.import_module(module), name)(cfg)
+
+    return ops
+
+
+def _decode(section: str) -> Callable[[CurateConfig], Any]:
+    def decode(cfg: CurateConfig) -> Any:
+        from curation.decode_lanes import DecodeSpec
+
+        return DecodeSpec.of(getattr(cfg, section))
+
+    return decode
+
+
+def _input_arg(p) -> None:
+    p.add_argument("--input", "-i", required=True, help="folder, glob or list file of videos")
+
+
+def _step(fn: Callable) -> Callable[[Stage, Context], Any]:
+    return lambda stage, ctx: fn(ctx.cfg, ctx.root, ctx.ray_address)
+
+
+INGEST = register(Stage(
+    "ingest", "probe every listed video -> videos", table="videos", key="path", unit="videos",
+    pending=None,  # the listing is the input: known only with --input
+    ops=_ingest_ops,
+    step=lambda stage, ctx: ingest(ctx.cfg, ctx.root, ctx.options["input"], ctx.ray_address),
+    args=_input_arg, rejected="status = 'rejected'",
+))
+SPLIT = register(Stage(
+    "split", "scene-detect each ok video and cut clips -> clips", table="clips", key="video_id",
+    unit="videos", pending=pending.split, step=_step(split),
+    ops=_split_ops,
+))
+SCORE = register(Stage(
+    "score", "decode each clip once and run every scorer -> scores", table="scores", key="clip_id",
+    unit="clips", pending=pending.score, ops=_score_ops, step=_step(score), decode=_decode("score"),
+))
+register(Stage(
+    "dedup", "group near-duplicate clips by their CLIP embeddings -> duplicates", table="duplicates",
+    key="clip_id", unit="clips", pending=pending.dedup, step=lambda stage, ctx: dedup(ctx.cfg, ctx.root),
+    optional=True, done="true", rejected="duplicate_of IS NOT NULL", error="false",
+))
+register(Stage(
+    "filter", "decide every clip's tier from the stored scores -> decisions", table="decisions",
+    key="clip_id", unit="clips", pending=pending.filter_,
+    step=lambda stage, ctx: filter_(ctx.cfg, ctx.root, dry_run=ctx.options.get("dry_run", False),
+                                    pre_align=ctx.options.get("pre_align", False)),
+    args=_filter_args, show=_show_filter, run_options={"pre_align": True},
+    done="true", rejected="NOT keep", error="false",
+))
+register(Stage(
+    "caption", "recaption kept clips with a VLM -> captions", table="captions", key="clip_id",
+    unit="clips", pending=pending.caption, ops=_caption_ops,
+    step=_step(caption), decode=_decode("caption"), optional=True,
+))
+register(Stage(
+    "align", "CLIP similarity of each clip and its caption -> alignment", table="alignment",
+    key="clip_id", unit="clips", pending=pending.align, ops=_ops("curation.stages.align", "align_ops"),
+    step=_step(align), optional=True, refilter_after=True,
+))
+SHARD = register(Stage(
+    "shard", "write kept clips into WebDataset tars -> shards", table="shards", key="clip_id",
+    unit="clips", pending=pending.shard, ops=_shard_ops, step=_step(shard),
+    flush_rows=lambda cfg: 1,  # index each finished tar at once
+    rejected="status = 'removed'",  # a re-filter took it out of its tar
+))
+
+
+def all_stages() -> list[Stage]:
+    """Every registered stage in run order, the built-in ones above included."""
+    return registered()
+
+
 def stages(
     cfg: CurateConfig, root: Path, input_spec: str | Path | None, ray_address: str | None
 ) -> list[tuple[str, Callable[[], object]]]:
-    """The whole pipeline as a flat, ordered list of (name, step)."""
-    return [
-        ("ingest", lambda: ingest(cfg, root, input_spec, ray_address)),
-        ("split", lambda: split(cfg, root, ray_address)),
-        ("score", lambda: score(cfg, root, ray_address)),
-        ("dedup", lambda: dedup(cfg, root)),
-        ("filter", lambda: filter_(cfg, root, pre_align=True)),
-        ("caption", lambda: caption(cfg, root, ray_address)),
-        ("align", lambda: align(cfg, root, ray_address)),
-        ("refilter", lambda: filter_(cfg, root)),
-        ("shard", lambda: shard(cfg, root, ray_address)),
-    ]
+    """The whole pipeline as a flat, ordered list of (name, step), from the registry."""
+    out: list[tuple[str, Callable[[], object]]] = []
+    for stage in registered():
+        ctx = Context(cfg, root, ray_address, {"input": input_spec, **stage.run_options})
+        out.append((stage.name, lambda stage=stage, ctx=ctx: stage.run(ctx)))
+        if stage.refilter_after:  # its table holds scores the tiers bound: decide again
+            out.append(("refilter", lambda: filter_(cfg, root)))
+    return out
 
 
 def run_all(cfg: CurateConfig, root: Path, input_spec: str | Path, ray_address: str | None = None) -> None:

@@ -1,7 +1,8 @@
 """Ray Data plumbing: start/join Ray, apply a stage class with its resources, stream to parts.
 
-A stage is a callable class: `__init__(cfg)` loads once per actor, `__call__(batch) -> table`
-returns the rows it produced. `run_stage` feeds pending rows through Ray Data and writes the
+A stage is a chain of callable classes (`registry.Chain`): `__init__(cfg)` loads once per actor,
+`__call__(batch) -> table` returns the rows it produced. `run_stage` feeds pending rows through
+Ray Data (or inline, curation/inline.py, for a small stage) and writes the
 results as parts while the pipeline is still running, so a killed run loses at most the rows
 that were not flushed yet (and those are simply redone by the next run).
 """
@@ -19,11 +20,12 @@ from typing import Any
 
 import pyarrow as pa
 
+from curation.chain import Chain
 from curation.config import RayConfig
 from curation.errors import DiskFull, disk_full_rows, is_disk_full
 from manifests import fs
 from manifests.configtools import InputError, Resources
-from manifests.store import Table
+from manifests.store import Table, conform
 
 log = logging.getLogger("reelsift")
 
@@ -222,8 +224,8 @@ class PartSink:
     def flush(self) -> None:
         if not self._pending:
             return
-        merged = pa.concat_tables(
-            [t.cast(self.table.schema) if t.schema != self.table.schema else t for t in self._pending]
+        merged = pa.concat_tables(  # (a stage may leave out nullable columns and created_at)
+            [conform(t, self.table.schema) if t.schema != self.table.schema else t for t in self._pending]
         )
         try:
             self.table.write(merged)
@@ -265,32 +267,26 @@ class PartSink:
 
 def run_stage(
     name: str,
-    stage_cls: type | list[tuple[type, Any, Resources]],
-    cfg: Any,
-    res: Resources | None,
+    chain: Chain,
     items: pa.Table,
     sink: PartSink,
     *,
     ray_address: str | None = None,
     ray_cfg: RayConfig | None = None,
 ) -> PartSink:
-    """Run `stage_cls` over `items` (one row per unit of work) with Ray Data into `sink`.
-
-    `stage_cls` may also be a list of (class, cfg, resources): a chain of operators, each with
-    its own resources, streaming batches from one to the next (cfg/res are then unused).
-    """
-    ops = stage_cls if isinstance(stage_cls, list) else [(stage_cls, cfg, res)]
-    res = ops[0][2]
-
+    """Run `chain` over `items` (one row per unit of work) into `sink`: through Ray Data, or in
+    this process when the stage is small (`runs_inline`). Both executors take the same chain and
+    feed each operator batches of its own `resources.batch_size`, so they give the same rows."""
     if items.num_rows == 0:
         log.info("%s: nothing to do", name)
         return sink
     ray_cfg = ray_cfg or RayConfig()
     t0 = time.monotonic()
-    if runs_inline(ray_cfg, ray_address, [r for _, _, r in ops], items.num_rows):
+    resources = [op.resources for op in chain.ops]
+    if runs_inline(ray_cfg, ray_address, resources, items.num_rows):
         from curation.inline import run_inline
 
-        run_inline(name, ops, items, sink, cpus=ray_cfg.num_cpus or os.cpu_count() or 1)
+        run_inline(name, chain, items, sink, cpus=ray_cfg.num_cpus or os.cpu_count() or 1)
         return _finish(name, items, sink, t0, inline=True)
     import ray.data  # not before: an inline stage never pays for importing Ray (~0.9 CPU-s)
 
@@ -298,14 +294,12 @@ def run_stage(
     # One block per batch, made on the driver, so the work spreads over every actor from the
     # start. from_blocks reads the blocks' metadata here; from_arrow would start a worker
     # process for a metadata task (about 0.7 CPU-seconds and 0.7 s per stage).
-    blocks = [items.slice(i, res.batch_size) for i in range(0, items.num_rows, res.batch_size)]
-    ds = ray.data.from_blocks(blocks)
-    resources = [r for _, _, r in ops]
+    size = resources[0].batch_size
+    ds = ray.data.from_blocks([items.slice(i, size) for i in range(0, items.num_rows, size)])
     actors, cpu_factor = plan_concurrency(resources, cluster_cpus(), items.num_rows, cluster_gpus())
-    for i, ((op_cls, op_cfg, op_res), n) in enumerate(zip(ops, actors, strict=True)):
-        if i == len(ops) - 1:
-            op_cls = node_tagged(op_cls)
-        ds = ds.map_batches(op_cls, **map_kwargs(op_cls, op_cfg, op_res, n, cpu_factor))
+    for i, (op, n) in enumerate(zip(chain.ops, actors, strict=True)):
+        cls = node_tagged(op.cls) if i == len(chain.ops) - 1 else op.cls
+        ds = ds.map_batches(cls, **map_kwargs(cls, op.cfg, op.resources, n, cpu_factor))
     for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
         sink.add(batch)
     return _finish(name, items, sink, t0, inline=False)

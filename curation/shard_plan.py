@@ -20,6 +20,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from curation import pending
 from curation.config import ShardConfig
 from curation.errors import DiskFull, is_disk_full
 from filters.config import FilterConfig
@@ -27,7 +28,6 @@ from manifests import fs, fs_read
 from manifests.commit import atomic_write
 from manifests.configtools import ConfigError
 from manifests.db import connect
-from manifests.schemas import retryable_sql
 from manifests.sqltext import literal
 
 log = logging.getLogger("reelsift")
@@ -45,18 +45,6 @@ GROUPS = pa.schema(
         ("plan", pa.string()),  # plan file path
     ]
 )
-
-# kept, not in a tar (a 'removed' row means a reshard took it out, a storage error row that
-# the source could not be read: cut it again)
-_TODO = f"""
-    SELECT d.clip_id, d.tier FROM decisions d
-    JOIN clips c ON c.clip_id = d.clip_id
-    JOIN videos v ON v.video_id = c.video_id AND v.status = 'ok'
-    WHERE d.keep AND NOT EXISTS (
-        SELECT 1 FROM shards sh WHERE sh.clip_id = d.clip_id AND sh.status <> 'removed'
-        AND NOT {retryable_sql("sh")})
-"""
-
 
 def plan_dir(root: Path) -> Path:
     return root / "shards" / PLAN_DIR
@@ -106,7 +94,7 @@ def _plan(root, filt: FilterConfig, cfg: ShardConfig, memory_limit: str) -> pa.T
     con.execute(f"""CREATE TEMP TABLE todo AS
         SELECT clip_id, tier, (row_number() OVER (PARTITION BY tier ORDER BY clip_id) - 1)
                // {int(cfg.clips_per_task)} AS chunk
-        FROM ({_TODO})""")
+        FROM ({pending.SHARD})""")
     tiers = [t for (t,) in con.execute("SELECT DISTINCT tier FROM todo").fetchall()]
     unknown = sorted(set(tiers) - set(filt.tiers))
     if unknown:

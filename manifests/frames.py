@@ -24,7 +24,7 @@ from pathlib import Path
 import polars as pl
 
 from manifests import db, fs, fs_read
-from manifests.schemas import TABLES
+from manifests.schemas import SUPERSEDED_ERRORS, TABLES
 from manifests.store import Table
 
 HISTORY = "_history"
@@ -79,11 +79,20 @@ class Run:
             return _scan(table, compacted + fresh)
         if not compacted and not fresh:
             return _scan(table, [])
-        return newest(
+        frame = newest(
             table.key,
             _scan(table, compacted) if compacted else None,
             _scan(table, fresh) if fresh else None,
         )
+        group = SUPERSEDED_ERRORS.get(base)
+        if group is None:
+            return frame
+        # as the DuckDB view: an error row goes once a newer row of its group is not an error
+        later = (frame.filter(pl.col("status") != "error").group_by(group)
+                 .agg(pl.col("created_at").max().alias("__ok_at")))
+        ok_at = pl.col("__ok_at")
+        keep = (pl.col("status") != "error") | ok_at.is_null() | (ok_at <= pl.col("created_at"))
+        return frame.join(later, on=group, how="left").filter(keep).drop("__ok_at")
 
     def kept(self, tier: str | None = None) -> pl.LazyFrame:
         """One row per clip the newest decisions keep (at `tier`, or any): every `clips` column,

@@ -12,49 +12,11 @@ import argparse
 import math
 from pathlib import Path
 
-import duckdb
 import pyarrow as pa
 
 from manifests import db
 
 QUERY_DIR = Path(__file__).with_name("queries")
-
-_TS = pa.timestamp("us", tz="UTC")
-
-# Tables of later stages (caption, align) that named queries read. Where `manifests.schemas` does
-# not register one, queries see an empty view with the columns they use, so every named query
-# runs (and returns no rows for that table) on every run root.
-PLANNED: dict[str, pa.Schema] = {
-    "captions": pa.schema(
-        [
-            ("clip_id", pa.string()),
-            ("caption", pa.string()),
-            ("backend", pa.string()),
-            ("model", pa.string()),
-            ("prompt_hash", pa.string()),
-            ("n_tokens", pa.int32()),
-            ("latency_s", pa.float64()),
-            ("untrained", pa.bool_()),
-            ("status", pa.string()),
-            ("error", pa.string()),
-            ("created_at", _TS),
-        ]
-    ),
-    "alignment": pa.schema(
-        [
-            ("clip_id", pa.string()),
-            ("caption_model", pa.string()),
-            ("prompt_hash", pa.string()),
-            ("clip_score", pa.float32()),
-            ("clip_model", pa.string()),
-            ("untrained", pa.bool_()),
-            ("status", pa.string()),
-            ("error", pa.string()),
-            ("created_at", _TS),
-        ]
-    ),
-}
-
 
 class UnknownQuery(LookupError):
     """A named query that has no `.sql` file; the message lists the names there are."""
@@ -83,21 +45,10 @@ def describe(name: str) -> str:
     return " ".join(lines)
 
 
-def connect(root: str | Path) -> duckdb.DuckDBPyConnection:
-    """`db.connect(root)` plus an empty view for each PLANNED table not registered yet."""
-    con = db.connect(root)
-    have = {r[0] for r in con.sql("SELECT table_name FROM information_schema.tables").fetchall()}
-    for name, schema in PLANNED.items():
-        if name not in have:
-            con.register(f"__planned_{name}", schema.empty_table())
-            con.execute(f"CREATE VIEW {name} AS SELECT * FROM __planned_{name}")
-    return con
-
-
 def run(root: str | Path, name: str) -> pa.Table:
     """Run the named query over the run root (read-only) and return its rows."""
     sql = load(name)
-    con = connect(root)
+    con = db.connect(root)
     db.check_read_only(con, sql)
     return con.sql(sql).to_arrow_table()
 

@@ -221,6 +221,12 @@ TABLES: dict[str, tuple[pa.Schema, str, bool]] = {
     "duplicates": (DUPLICATES, "clip_id", True),
 }
 
+def register(name: str, schema: pa.Schema, key: str, newest_wins: bool = False) -> None:
+    """Add a table defined elsewhere (a stage registered by `curation.registry.register`) so
+    views, `sql` and `compact` see it."""
+    TABLES[name] = (schema, key, newest_wins)
+
+
 SUPERSEDED_ERRORS: dict[str, str] = {"clips": "video_id"}
 """table -> group column: the view hides an error row once a newer row of its group exists. A
 video that split failed on has one error row (its own key); once a retry splits it, that row is

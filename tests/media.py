@@ -18,7 +18,7 @@ import av
 import cv2
 import numpy as np
 
-from curation.demo_data import encode_video, render_frames
+from curation.demo_frames import encode_video, render_frames
 
 
 def make_video(

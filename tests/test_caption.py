@@ -366,3 +366,31 @@ def test_tiny_vlm_from_folder_through_ray(tmp_path, ray_cfg, caplog):
         assert r["latency_s"] > 0
     again = caption(SimpleNamespace(caption=cfg, ray=ray_cfg), tmp_path)  # resume: nothing left
     assert again.written == 0 and len(captions(tmp_path, history=True)) == 5
+
+
+def test_status_counts_what_caption_takes_after_a_prompt_change(tmp_path, capsys):
+    """`status --config` runs caption's own pending query: after a prompt change every kept clip
+    is pending again, as `caption` would recaption it (status used to say `nothing pending`)."""
+    from curation.cli import main
+    from curation.config import CurateConfig
+    from curation.status import stage_status
+
+    kept = make_root(tmp_path)["kept"]
+    cfg = CaptionConfig(backend="openai")
+    Table(tmp_path, "captions").write(rows_to_table([
+        dict(clip_id=c, backend="openai", model=cfg.model_name, prompt_hash=cfg.prompt_hash, status="ok",
+             caption="a ball") for c in kept], CAPTIONS))
+
+    def pending(c: CaptionConfig) -> int:
+        rows = stage_status(tmp_path, CurateConfig(caption=c)).to_pylist()
+        return {r["stage"]: r["pending"] for r in rows}["caption"]
+
+    assert pending(cfg) == pending_clips(tmp_path, cfg).num_rows == 0
+    new = replace(cfg, prompt="Describe the clip in one line.")
+    assert pending(new) == pending_clips(tmp_path, new).num_rows == len(kept) == 5
+    assert main(["status", "--root", str(tmp_path), "--set", "caption.backend=openai",
+                 "--set", "caption.prompt=Describe the clip in one line."]) == 0
+    assert "caption (5 clips)" in capsys.readouterr().out
+    assert main(["status", "--root", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "? caption: what is pending depends on the config" in out and "nothing pending" not in out

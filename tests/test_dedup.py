@@ -103,7 +103,7 @@ def embedded(tmp_path_factory):
     """clip name -> unit-norm CLIP embedding of real encoded videos, decoded like `score`."""
     from sklearn.datasets import load_sample_image
 
-    from curation.demo_data import encode_video
+    from curation.demo_frames import encode_video
     from curation.stages.score import decode_samples
     from filters.aesthetic import AestheticConfig, AestheticScorer
     from filters.config import ScoreConfig

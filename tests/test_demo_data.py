@@ -11,14 +11,8 @@ import av
 import numpy as np
 import pytest
 
-from curation.demo_data import (
-    DEMO_TEXT,
-    FRAME_KINDS,
-    DemoCorpus,
-    encode_video,
-    render_frames,
-    write_demo_corpus,
-)
+from curation.demo_data import DemoCorpus, write_demo_corpus
+from curation.demo_frames import DEMO_TEXT, FRAME_KINDS, encode_video, render_frames
 from tests.media import (
     SKIPPED_BAD_CASES,
     make_video,

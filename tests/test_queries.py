@@ -14,7 +14,7 @@ import pytest
 from filters.config import Bound, FilterConfig, TierConfig
 from manifests import queries
 from manifests.db import query
-from manifests.schemas import CLIPS, SCORES, SHARDS, TABLES, VIDEOS
+from manifests.schemas import CAPTIONS, CLIPS, SCORES, SHARDS, VIDEOS
 from manifests.store import Table, rows_to_table
 from tests.media import make_video
 
@@ -130,14 +130,14 @@ def test_tier_summary_and_errors(run_root):
 
 def test_caption_lengths_with_a_captions_table(tmp_path, monkeypatch):
     assert queries.run(tmp_path, "caption-lengths").num_rows == 0  # no captions table at all
-    schema = queries.PLANNED["captions"]
-    monkeypatch.setitem(TABLES, "captions", (schema, "clip_id", True))
+    schema = CAPTIONS
     Table(tmp_path, "captions").write(rows_to_table([
-        dict(clip_id="a", caption="a red ball rolls", backend="vlm", model="m", n_tokens=5,
+        dict(clip_id="a", caption="a red ball rolls", backend="vlm", model="m", prompt_hash="p", n_tokens=5,
              latency_s=1.0, status="ok"),
-        dict(clip_id="b", caption="  two  words ", backend="vlm", model="m", n_tokens=3,
+        dict(clip_id="b", caption="  two  words ", backend="vlm", model="m", prompt_hash="p", n_tokens=3,
              latency_s=3.0, status="ok"),
-        dict(clip_id="c", backend="vlm", model="m", status="error", error="timeout", latency_s=2.0),
+        dict(clip_id="c", backend="vlm", model="m", prompt_hash="p", status="error", error="timeout",
+             latency_s=2.0),
     ], schema))
     (row,) = queries.run(tmp_path, "caption-lengths").to_pylist()
     assert (row["ok"], row["errors"], row["words_min"], row["words_max"]) == (2, 1, 2, 4)

@@ -14,12 +14,12 @@ import pytest
 
 from curation.config import CurateConfig
 from curation.report import write_report
-from curation.stages.filter import run_filter
-from curation.status import format_status, funnel_diff, stage_status
+from curation.stages.filter import funnel_diff, run_filter
+from curation.status import format_status, stage_status
 from filters.config import Bound
 from manifests import queries
 from manifests.db import query
-from manifests.schemas import CLIPS, TABLES, VIDEOS
+from manifests.schemas import CAPTIONS, CLIPS, VIDEOS
 from manifests.store import Table, rows_to_table
 from tests.test_queries import FILTER, make_run_root
 
@@ -119,8 +119,7 @@ def test_report_on_an_empty_root(tmp_path):
 
 def test_captions_show_in_status_funnel_and_cards(tmp_path, monkeypatch):
     root = make_run_root(tmp_path)
-    schema = queries.PLANNED["captions"]
-    monkeypatch.setitem(TABLES, "captions", (schema, "clip_id", True))  # whatever schemas.py registers
+    schema = CAPTIONS
     Table(root, "captions").write(rows_to_table([
         dict(clip_id="a0", caption="noise words", backend="transformers", model="tiny", prompt_hash="p",
              untrained=True, status="ok"),
@@ -128,7 +127,11 @@ def test_captions_show_in_status_funnel_and_cards(tmp_path, monkeypatch):
              error="generation timed out"),
     ], schema))
     st = _status(root)
-    assert (st["caption"]["done"], st["caption"]["error"], st["caption"]["pending"]) == (1, 1, 0)
+    assert (st["caption"]["done"], st["caption"]["error"], st["caption"]["pending"]) == (1, 1, None)
+    assert st["caption"]["pending_needs"] == "config"  # which captions are pending depends on the prompt
+    assert "? caption: what is pending depends on the config" in format_status(stage_status(root))
+    with_cfg = {r["stage"]: r for r in stage_status(root, CurateConfig(filter=FILTER)).to_pylist()}
+    assert with_cfg["caption"]["pending"] == 2  # kept a0 and a1: their rows came from another model
     funnel = {(r["step"], r["tier"]): r["n"] for r in queries.run(root, "funnel").to_pylist()}
     assert funnel[("captioned", "all")] == 1
     page = write_report(root, CurateConfig(filter=FILTER), max_thumbs=1).read_text()

@@ -61,3 +61,7 @@ def test_split_and_score_retry_retryable_rows_without_duplicates(tmp_path, monke
     assert pending["split"] == 0 and pending["score"] == 0
     errors = rows(root, "SELECT * FROM clips WHERE status = 'error'")
     assert errors == [], "a video split on retry keeps no error row in the view"
+    from manifests.frames import Run
+
+    frame = Run(root).table("clips").collect().sort("clip_id")
+    assert frame["clip_id"].to_list() == sorted(r["clip_id"] for r in clips)  # the polars view agrees

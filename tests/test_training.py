@@ -15,7 +15,7 @@ import pytest
 import torch
 import webdataset as wds
 
-from curation.demo_data import render_frames
+from curation.demo_frames import render_frames
 from filters.video import encode_mp4
 from manifests.configtools import ConfigError
 from training.config import load_train_config

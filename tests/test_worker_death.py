@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from curation.chain import Chain
 from curation.runner import PartSink, run_stage
 from curation.stages.ingest import IngestStage
 from manifests.configtools import Resources
@@ -35,15 +36,8 @@ def test_killed_worker_is_retried_without_duplicates(ray_local, tmp_path):
     paths.append(make_video(vids / "die.mp4", n_frames=6, seed=9))
     items = pa.table({"path": [str(p) for p in paths]})
     sink = PartSink(Table(tmp_path / "root", "videos"), rows=1)
-    run_stage(
-        "ingest",
-        DyingIngest,
-        cfg.ingest,
-        Resources(num_cpus=1, batch_size=2, concurrency=2),
-        items,
-        sink,
-        ray_cfg=cfg.ray,
-    )
+    chain = Chain.of((DyingIngest, cfg.ingest, Resources(num_cpus=1, batch_size=2, concurrency=2)))
+    run_stage("ingest", chain, items, sink, ray_cfg=cfg.ray)
     assert (vids / "died.marker").exists()
     got = Table(tmp_path / "root", "videos").read(["path"]).column("path").to_pylist()
     assert sorted(got) == sorted(str(p) for p in paths)

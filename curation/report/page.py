@@ -41,7 +41,7 @@ def write_report(root: str | Path, cfg: CurateConfig, *, max_thumbs: int = 12, m
     out = root / "report"
     media_folders(out)
     with tempfile.TemporaryDirectory(prefix="reelsift-report-") as spill:
-        return _write(root, out, cfg, queries.connect(root), spill, max_thumbs=max_thumbs,
+        return _write(root, out, cfg, db.connect(root), spill, max_thumbs=max_thumbs,
                       max_previews=max_previews, sample_rows=sample_rows, max_examples=max_examples,
                       config_path=config_path, overrides=overrides)
 

@@ -18,12 +18,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pyarrow as pa
 
-from curation.config import AlignConfig
+from curation import pending
+from curation.chain import Chain
+from curation.config import AlignConfig, RayConfig
 from curation.errors import PERMANENT
 from filters.aesthetic import AestheticConfig
 from manifests import fs
 from manifests.db import connect
-from manifests.schemas import ALIGNMENT, retryable_sql
+from manifests.schemas import ALIGNMENT
 from manifests.store import Table
 from models.clip import ClipEncoder
 
@@ -99,28 +101,18 @@ class AlignCaptions:
 
 
 def pending_alignments(root: Path, clip_model: str) -> pa.Table:
-    """Each clip's newest ok caption, with its stored CLIP embedding, not yet aligned by `clip_model`."""
-    return (
-        connect(root)
-        .sql(
-            f"""
-        WITH cap AS (
-            SELECT clip_id, caption, model, prompt_hash FROM captions_history WHERE status = 'ok'
-            QUALIFY row_number() OVER (PARTITION BY clip_id ORDER BY created_at DESC) = 1)
-        SELECT cap.clip_id, cap.caption, cap.model AS caption_model, cap.prompt_hash,
-               s.clip_model, s.clip_embedding
-        FROM cap LEFT JOIN scores s ON s.clip_id = cap.clip_id AND s.status = 'ok'
-        WHERE NOT EXISTS (
-            SELECT 1 FROM alignment_history a
-            WHERE a.clip_id = cap.clip_id AND a.caption_model = cap.model
-              AND a.prompt_hash = cap.prompt_hash AND a.clip_model = $clip_model
-              AND NOT {retryable_sql("a")})
-        ORDER BY cap.clip_id
-    """,
-            params={"clip_model": clip_model},
-        )
-        .to_arrow_table()
-    )
+    """Each clip's newest ok caption, with its stored CLIP embedding, not yet aligned by
+    `clip_model`: the stage's `pending` query (curation/pending.py)."""
+    return connect(root).sql(pending.align_sql(clip_model)).to_arrow_table()
+
+
+def align_ops(cfg: Any) -> Chain:
+    """The stage's chain; `cfg` is the CurateConfig (align, and the CLIP that made the embeddings)."""
+    return align_chain(cfg.align, cfg.score.aesthetic)
+
+
+def align_chain(cfg: AlignConfig, clip: AestheticConfig) -> Chain:
+    return Chain.of((AlignCaptions, AlignJob(cfg, clip), cfg.resources))
 
 
 def run_align(
@@ -143,17 +135,10 @@ def run_align(
             "(score.aesthetic.random_init=true); it carries no meaning"
         )
     log.info("align: %d captions to score with %s", items.num_rows, clip.clip_model)
-    sink = PartSink(table, rows=1024)
-    return run_stage(
-        "align",
-        AlignCaptions,
-        AlignJob(cfg, clip),
-        cfg.resources,
-        items,
-        sink,
-        ray_address=ray_address,
-        ray_cfg=ray_cfg,
-    )
+    ray_cfg = ray_cfg or RayConfig()
+    sink = PartSink(table, rows=ray_cfg.flush_rows, seconds=ray_cfg.flush_s)
+    sink.expected = items.num_rows
+    return run_stage("align", align_chain(cfg, clip), items, sink, ray_address=ray_address, ray_cfg=ray_cfg)
 
 
 def align(cfg: Any, root: Path, ray_address: str | None = None) -> PartSink:

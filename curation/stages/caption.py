@@ -18,13 +18,15 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pyarrow as pa
 
-from curation.config import CaptionConfig
+from curation import pending
+from curation.chain import Chain
+from curation.config import CaptionConfig, RayConfig
 from curation.errors import PERMANENT, error_fields
 from curation.stages.score import decode_samples
 from filters.video import DecodeSpec
 from manifests import fs
 from manifests.db import connect
-from manifests.schemas import CAPTIONS, retryable_sql
+from manifests.schemas import CAPTIONS
 from manifests.store import Table
 from models.captioner import (
     BACKENDS,
@@ -143,33 +145,17 @@ def _frames(row: dict) -> np.ndarray | None:
 
 
 def pending_clips(root: Path, cfg: CaptionConfig) -> pa.Table:
-    """Kept clips (latest filter run) with no row yet for (clip_id, model, prompt_hash)."""
-    done_filter = "AND status = 'ok'" if cfg.retry_errors else f"AND NOT {retryable_sql()}"
-    return (
-        connect(root)
-        .sql(
-            f"""
-        SELECT c.clip_id, c.path, c.start_frame, c.end_frame, c.fps, c.duration_s, v.rotation,
-               c.width AS display_width, c.height AS display_height, v.codec, v.pix_fmt, v.vfr
-        FROM decisions d
-        JOIN clips c ON c.clip_id = d.clip_id AND c.status = 'ok'
-        JOIN videos v ON v.video_id = c.video_id AND v.status = 'ok'
-        WHERE d.keep AND c.clip_id NOT IN (
-            SELECT clip_id FROM captions_history WHERE model = $model AND prompt_hash = $hash {done_filter})
-        ORDER BY c.clip_id
-    """,
-            params={"model": cfg.model_name, "hash": cfg.prompt_hash},
-        )
-        .to_arrow_table()
-    )
+    """Kept clips (latest filter run) with no row yet for (clip_id, model, prompt_hash): the
+    stage's `pending` query (curation/pending.py)."""
+    return connect(root).sql(pending.caption_sql(cfg)).to_arrow_table()
 
 
 def run_caption(
     root: str | Path, cfg: CaptionConfig, *, ray_address: str | None = None, ray_cfg: Any = None,
-    ops: list | None = None,
+    chain: Chain | None = None,
 ) -> PartSink:
-    """Caption the pending clips with the operator chain `ops` (default: a CPU decode operator,
-    then the captioner; on a GPU node `pipeline.caption` passes caption_lanes.lane_ops)."""
+    """Caption the pending clips with the operator `chain` (default: a CPU decode operator, then
+    the captioner; on a GPU node `pipeline.caption` passes the lanes' chain)."""
     from curation.runner import PartSink, run_stage
 
     root = fs.upath(root)
@@ -190,9 +176,11 @@ def run_caption(
         cfg.prompt_hash,
     )
     t0 = time.monotonic()
-    sink = PartSink(table, rows=64)
-    ops = ops or [(DecodeForCaption, cfg, cfg.decode), (CaptionClips, cfg, cfg.captioner)]
-    run_stage("caption", ops, None, None, items, sink, ray_address=ray_address, ray_cfg=ray_cfg)
+    ray_cfg = ray_cfg or RayConfig()
+    sink = PartSink(table, rows=ray_cfg.flush_rows, seconds=ray_cfg.flush_s)
+    sink.expected = items.num_rows
+    chain = chain or Chain.of((DecodeForCaption, cfg, cfg.decode), (CaptionClips, cfg, cfg.captioner))
+    run_stage("caption", chain, items, sink, ray_address=ray_address, ray_cfg=ray_cfg)
     if sink.counts.get("error"):
         log.warning(
             "caption: %d of %d clips got no caption (see captions.error) in %.0fs",
@@ -203,6 +191,6 @@ def run_caption(
     return sink
 
 
-def caption(cfg: Any, root: Path, ray_address: str | None = None, ops: list | None = None) -> PartSink:
+def caption(cfg: Any, root: Path, ray_address: str | None = None, chain: Chain | None = None) -> PartSink:
     """Pipeline step: `cfg` is the CurateConfig (uses cfg.caption and cfg.ray)."""
-    return run_caption(root, cfg.caption, ray_address=ray_address, ray_cfg=cfg.ray, ops=ops)
+    return run_caption(root, cfg.caption, ray_address=ray_address, ray_cfg=cfg.ray, chain=chain)

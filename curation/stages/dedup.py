@@ -7,7 +7,7 @@ Every clip considered gets a row (singletons too), so the newest-row-per-clip vi
 the latest run. Embeddings of different `clip_model`s are never compared.
 
 The filter turns a row with `duplicate_of` set into keep=false with reason
-`duplicate_of=<clip_id>` (see `dedup_reasons`).
+`duplicate_of=<clip_id>` (manifests/reasons.py).
 """
 
 from __future__ import annotations
@@ -129,15 +129,3 @@ def run_dedup(
         table.clean_temp()
         table.write_stream(tables)
     return summary
-
-
-def dedup_reasons(root: str | Path) -> dict[str, str]:
-    """clip_id -> 'duplicate_of=<kept clip_id>' for every clip the newest dedup run drops."""
-    if not Table(root, "duplicates").exists():
-        return {}
-    rows = (
-        connect(root)
-        .sql("SELECT clip_id, duplicate_of FROM duplicates WHERE duplicate_of IS NOT NULL")
-        .fetchall()
-    )
-    return {clip_id: f"duplicate_of={kept}" for clip_id, kept in rows}

@@ -125,3 +125,51 @@ def run_filter(
     else:
         Table(root, "decisions").write_stream(batches)
     return summary
+
+
+def funnel_diff(root: str | Path, summary: FilterSummary) -> str:
+    """How a (dry-run) filter `summary` would change the funnel vs the current decisions.
+
+    Rows: clips kept per tier, rejected, and the reasons of rejected clips (`score@tier`), each
+    with the current count, the new count and the change; unchanged reason rows are left out.
+    """
+    con = connect(root)
+    kept = dict(con.execute("SELECT tier, count(*) FROM decisions WHERE keep GROUP BY tier").fetchall())
+    rejected = con.execute("SELECT count(*) FROM decisions WHERE NOT keep").fetchall()[0][0]
+    reasons = dict(con.execute("""
+        SELECT reason_head(r), count(*) FROM (SELECT unnest(reasons) AS r FROM decisions WHERE NOT keep)
+        GROUP BY 1
+    """).fetchall())  # the same `score@tier` heads as FilterSummary.reasons
+    current = con.execute(
+        "SELECT any_value(filter_run), any_value(config_hash), count(*) FROM decisions").fetchall()[0]
+
+    tiers = sorted(set(kept) | set(summary.kept_per_tier), key=_tier_key)
+    rows = [(f"kept@{t}", kept.get(t, 0), summary.kept_per_tier.get(t, 0)) for t in tiers]
+    rows.append(("kept (all tiers)", sum(kept.values()), sum(summary.kept_per_tier.values())))
+    rows.append(("rejected", rejected, summary.rejected))
+    reason_rows = [(f"  {h}", reasons.get(h, 0), summary.reasons.get(h, 0))
+                   for h in sorted(set(reasons) | set(summary.reasons))
+                   if reasons.get(h, 0) != summary.reasons.get(h, 0)]
+
+    base = ("no decisions yet" if not current[2] else
+            f"current = filter run {current[0]} (config {current[1]}, {current[2]} clips)")
+    out = [f"funnel change of this filter config vs the current decisions ({base}):"]
+    w = max(len(x[0]) for x in rows + reason_rows + [("reasons of rejected clips:", 0, 0)])
+    line = lambda name, a, b: f"{name:<{w}}  {a:>8}  {b:>8}  {_signed(b - a):>7}"  # noqa: E731
+    out.append(f"{'':<{w}}  {'current':>8}  {'new':>8}  {'change':>7}")
+    out += [line(*r) for r in rows]
+    if reason_rows:
+        out.append("reasons of rejected clips (changed only):")
+        out += [line(*r) for r in reason_rows]
+    else:
+        out.append("reasons of rejected clips: unchanged")
+    return "\n".join(out)
+
+
+def _signed(n: int) -> str:
+    return f"+{n}" if n > 0 else ("0" if n == 0 else str(n))
+
+
+def _tier_key(tier: str) -> tuple[int, str]:
+    digits = "".join(ch for ch in tier if ch.isdigit())
+    return (-int(digits) if digits else 0, tier)
