@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import curation.runner
 import curation.stages.score
 import curation.stages.split
 from curation import pipeline
@@ -29,6 +30,8 @@ def store_down(*_) -> str:
 
 
 def test_split_and_score_retry_retryable_rows_without_duplicates(tmp_path, monkeypatch):
+    # in this process, even where an earlier test started Ray: the patched check must reach the stages
+    monkeypatch.setattr(curation.runner, "runs_inline", lambda *a: True)
     src = tmp_path / "in"
     for i in range(2):
         make_video(src / f"{i}.mp4", n_frames=72, size=(96, 64), kind="moving", seed=i)
