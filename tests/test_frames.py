@@ -107,3 +107,21 @@ def test_every_frame_equals_its_duckdb_view_on_s3(history_run, s3_server):
     local = {name: Run(history_run).table(name).collect().height for name in TABLES}
     assert {name: rows[name] for name in TABLES} == local
     assert Run(root).kept().collect().height == Run(history_run).kept().collect().height
+
+
+def test_a_split_error_superseded_by_a_retry_is_hidden_as_in_the_view(tmp_path):
+    """clips: an error row of a video is history once a newer ok row of that video exists."""
+    import time
+
+    import pyarrow as pa
+
+    def rows(status, clip, video):
+        return pa.table({"clip_id": [clip], "video_id": [video], "status": [status]})
+
+    Table(tmp_path, "clips").write(rows("error", "v1", "v1"))  # split failed on v1, on v2
+    Table(tmp_path, "clips").write(rows("error", "v2", "v2"))
+    time.sleep(0.01)
+    Table(tmp_path, "clips").write(rows("ok", "c1", "v1"))  # a retry split v1
+    frame = Run(tmp_path).table("clips").collect()
+    assert sorted(frame["clip_id"]) == ["c1", "v2"]
+    assert_views_equal(tmp_path)
