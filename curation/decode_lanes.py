@@ -27,11 +27,13 @@ import time
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from curation.errors import PERMANENT, TIMEOUT, error_fields
 from filters.video import DecodeSpec, DecodeTimeout, VideoDecodeError, even_size
 
 log = logging.getLogger("reelsift")
@@ -44,13 +46,20 @@ GRACE_S = 30.0
 class Decoded:
     """One clip's frames: `host` (T, h, w, 3) uint8 numpy, `device` the same frames as a CUDA
     tensor (NVDEC lane only, else None), `step` source frames per sample, `lane` that decoded it,
-    or `error` (a message for the clip's error row)."""
+    or `error` (a message for the clip's error row) and its `kind` (curation.errors)."""
 
     host: np.ndarray | None = None
     device: Any = None
     step: float = 0.0
     lane: str = "cpu"
     error: str | None = None
+    kind: str = PERMANENT
+
+
+def _failed(exc: BaseException, what: str) -> Decoded:
+    """A clip's error by the stages' one rule (message and typed kind)."""
+    fields = error_fields(exc, what)
+    return Decoded(error=fields["error"], kind=fields["error_kind"])
 
 
 def _cpu_decode(clips: list[dict], spec: DecodeSpec) -> list[tuple[np.ndarray, float]]:
@@ -210,9 +219,7 @@ class LaneDecoder:
                     self.fallback_reasons[str(exc)[:120]] += 1
                 self.cpu_jobs.put(job)
             except Exception as exc:  # noqa: BLE001  (a thread must never die with jobs waiting)
-                self._done(
-                    job, [Decoded(error=f"decode failed: {type(exc).__name__}: {exc}")] * len(job.clips)
-                )
+                self._done(job, [_failed(exc, "decode failed") for _ in job.clips])
 
     def _nvdec_run(self, dec, clips: list[dict]) -> list[Decoded]:
         import torch
@@ -267,16 +274,17 @@ class LaneDecoder:
             return [Decoded(host=f, step=s, lane=lane) for f, s in got]
         except FutureTimeout:
             self._restart_pool()
-            return [Decoded(error=f"decode failed: took longer than {spec.timeout_s:g} s a clip")] * len(
-                clips
-            )
+            msg = f"decode failed: took longer than {spec.timeout_s:g} s a clip"
+            return [Decoded(error=msg, kind=TIMEOUT) for _ in clips]
         except (VideoDecodeError, DecodeTimeout) as exc:
             if len(clips) > 1:  # find out which clip fails: one by one
                 return [self._cpu_run(_Job([c], job.nvdec_failed))[0] for c in clips]
-            return [Decoded(error=f"decode failed: {exc}")]
-        except Exception as exc:  # noqa: BLE001  (a dead worker process: the pool is rebuilt)
+            return [_failed(exc, "decode failed")]
+        except BrokenProcessPool as exc:  # a worker process died (memory, a crash): rebuild
             self._restart_pool()
-            return [Decoded(error=f"decode failed: {type(exc).__name__}: {exc}")] * len(clips)
+            return [_failed(exc, "decode failed") for _ in clips]
+        except Exception as exc:  # noqa: BLE001  (storage errors come back retryable, others permanent)
+            return [_failed(exc, "decode failed") for _ in clips]
 
     def _restart_pool(self) -> None:
         with self.lock:

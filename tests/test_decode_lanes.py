@@ -97,6 +97,7 @@ def test_auto_on_a_machine_without_nvdec_is_the_cpu_lane(h264, tmp_path):
         pytest.skip("this machine has NVDEC: the GPU tests cover auto here")
     assert got[0][0].error is None and got[0][0].lane == "cpu"
     assert got[1][0].error.startswith("decode failed")  # an error row, and the lane goes on
+    assert got[1][0].kind == "permanent"
 
 
 def test_nvdec_without_a_gpu_is_a_config_error():

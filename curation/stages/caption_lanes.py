@@ -12,7 +12,6 @@ import pyarrow as pa
 
 from curation.config import CaptionConfig
 from curation.decode_lanes import LaneDecoder
-from curation.errors import PERMANENT
 from curation.stages.caption import DECODED, CaptionClips
 from filters.video import DecodeSpec
 from manifests.configtools import Resources
@@ -37,7 +36,7 @@ class CaptionOnLanes(CaptionClips):
         for clip, (d,) in zip(clips, self.lanes.decode([[c] for c in clips]), strict=True):
             row = {k: clip[k] for k in ("clip_id", "path", "duration_s")}
             if d.error is not None:
-                rows.append({**row, "status": "error", "error": d.error, "error_kind": PERMANENT})
+                rows.append({**row, "status": "error", "error": d.error, "error_kind": d.kind})
             else:
                 rows.append(
                     {

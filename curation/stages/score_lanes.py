@@ -19,7 +19,7 @@ import numpy as np
 import pyarrow as pa
 
 from curation.decode_lanes import LaneDecoder
-from curation.errors import PERMANENT, problem_fields
+from curation.errors import problem_fields
 from curation.stages.score import CPU_SCHEMA, cpu_scorers, runs_of_one_video
 from filters.config import ScoreConfig
 from filters.video import DecodeSpec, source_changed
@@ -102,7 +102,7 @@ class DecodeOnLanesNeural:
     @staticmethod
     def _row(clip: dict, d) -> dict[str, Any]:
         if d.error is not None:
-            return {"clip_id": clip["clip_id"], "status": "error", "error": d.error, "error_kind": PERMANENT}
+            return {"clip_id": clip["clip_id"], "status": "error", "error": d.error, "error_kind": d.kind}
         frames = d.host
         return {
             "clip_id": clip["clip_id"],
