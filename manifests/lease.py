@@ -185,6 +185,22 @@ def _same_file(fh, path: Path) -> bool:
 
 # --- S3: put-then-list claims with expiry and heartbeat -------------------------------------
 
+def _dead_here(record: dict) -> bool:
+    """A claim made on this host by a process that no longer runs (killed, crashed): its holder
+    is known dead now, so a re-run on the same machine need not wait for the claim to expire."""
+    if record.get("host") != socket.gethostname() or not isinstance(record.get("pid"), int):
+        return False
+    if record["pid"] == os.getpid():
+        return False
+    try:
+        os.kill(record["pid"], 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, another user's
+        return False
+    return False
+
+
 def _live_claims(folder, mine) -> list[tuple[object, dict]]:
     """(claim, record) of every unexpired claim under `folder` but `mine`, oldest first;
     expired claims are deleted on the way (their holders are dead)."""
@@ -198,7 +214,7 @@ def _live_claims(folder, mine) -> list[tuple[object, dict]]:
             continue  # released or backed off while we listed
         if record is None:  # written by a put in flight: treat as live, it expires if not
             record = dict(expires=time.time() + TTL_S)
-        if record.get("expires", 0) < time.time():
+        if record.get("expires", 0) < time.time() or _dead_here(record):
             log.warning("lease: removing the expired claim %s of host %s pid %s", claim.name,
                         record.get("host"), record.get("pid"))
             claim.unlink(missing_ok=True)

@@ -108,6 +108,27 @@ def test_an_expired_s3_claim_is_taken_over(s3_server):
             pass
 
 
+def test_a_killed_holder_on_this_host_does_not_block_an_s3_rerun(s3_server):
+    """A run SIGKILLed here and started again at once (the common case after a crash): its claim
+    has not expired, but its pid is gone from this host, so the new run takes the lease now."""
+    root = fs.upath(f"s3://{BUCKET}/lease-{uuid.uuid4().hex[:8]}/root")
+    proc = _holder(root, "clips")
+    try:
+        assert lease.holder(root, "clips")["pid"] == proc.pid
+        with pytest.raises(lease.LeaseHeld):  # alive: held
+            with lease.hold(root, "clips"):
+                pass
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+        t0 = time.monotonic()
+        with lease.hold(root, "clips"):  # dead on this host: no wait for the claim's expiry
+            pass
+        assert time.monotonic() - t0 < lease.TTL_S / 2
+    finally:
+        proc.kill()
+        proc.wait(30)
+
+
 def test_the_cli_exits_2_naming_the_holder_and_readers_never_wait(root, tmp_path):
     from tests.media import make_video
 
