@@ -68,6 +68,14 @@ def _cpu_decode(clips: list[dict], spec: DecodeSpec) -> list[tuple[np.ndarray, f
     return decode_run(clips, spec)
 
 
+def actor_resources(res: Any, mode: str, cpu_workers: int) -> Any:
+    """A GPU actor's reservation (`res`, a Resources) plus the cores of its CPU decode workers
+    (only with mode auto: `nvdec` runs none)."""
+    import dataclasses
+
+    return dataclasses.replace(res, num_cpus=res.num_cpus + (cpu_workers if mode == "auto" else 0))
+
+
 class _Job:
     """One run of clips: decoded by whichever lane takes it first; `ready` is set when `out` is."""
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from curation.chain import Chain
 from curation.config import RayConfig
@@ -238,8 +239,8 @@ class PartSink:
             for status in merged.column("status").to_pylist():
                 self.counts[status] = self.counts.get(status, 0) + 1
         if "decode_lane" in merged.column_names:  # which decode lane served each clip (score)
-            for lane in merged.column("decode_lane").drop_null().to_pylist():
-                self.lanes[lane] = self.lanes.get(lane, 0) + 1
+            for vc in pc.value_counts(merged.column("decode_lane").drop_null()).to_pylist():
+                self.lanes[vc["values"]] = self.lanes.get(vc["values"], 0) + vc["counts"]
         self.written += merged.num_rows
         self._pending, self._n, self._last = [], 0, time.monotonic()
         self._progress()

@@ -14,6 +14,7 @@ sessions in different threads never wait on each other through the default strea
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import numpy as np
@@ -66,13 +67,23 @@ def unavailable(gpu_id: int = 0) -> str | None:
     return None
 
 
+@functools.lru_cache(maxsize=64)
+def _resize_weights(h: int, w: int, height: int, width: int, device: str):
+    """(height, h) and (width, w) area/bilinear weights on `device`, uploaded once per size."""
+    import torch
+
+    from models.clip_preprocess import axis_weights
+
+    wy = torch.from_numpy(axis_weights(h, height, 0, height, height <= h)).to(device)
+    wx = torch.from_numpy(axis_weights(w, width, 0, width, width <= w)).to(device)
+    return wy, wx
+
+
 def resize_on_device(frames, size: tuple[int, int], rotation: int):
     """(N, H, W, 3) uint8 CUDA tensor in coded orientation -> (N, h, w, 3) uint8, upright, where
     (w, h) = `size` as displayed. Area filter when shrinking (models.clip_preprocess weights),
     as two matrix products, then the display rotation."""
     import torch
-
-    from models.clip_preprocess import axis_weights
 
     width, height = size
     if rotation % 180 == 90:
@@ -80,8 +91,7 @@ def resize_on_device(frames, size: tuple[int, int], rotation: int):
     n, h, w, _ = frames.shape
     x = frames
     if (h, w) != (height, width):
-        wy = torch.from_numpy(axis_weights(h, height, 0, height, height <= h)).to(frames.device)
-        wx = torch.from_numpy(axis_weights(w, width, 0, width, width <= w)).to(frames.device)
+        wy, wx = _resize_weights(h, w, height, width, str(frames.device))
         x = frames.permute(0, 3, 1, 2).float()  # (N, 3, H, W)
         x = torch.matmul(wy, torch.matmul(x, wx.T))  # (N, 3, h, w)
         x = x.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1)  # (N, h, w, 3)

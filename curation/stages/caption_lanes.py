@@ -11,7 +11,7 @@ from typing import Any
 import pyarrow as pa
 
 from curation.config import CaptionConfig
-from curation.decode_lanes import LaneDecoder
+from curation.decode_lanes import LaneDecoder, actor_resources
 from curation.stages.caption import DECODED, CaptionClips
 from filters.video import DecodeSpec
 from manifests.configtools import Resources
@@ -66,9 +66,4 @@ def uses_lanes(cfg: CaptionConfig) -> bool:
 
 
 def lane_ops(cfg: CaptionConfig) -> list[tuple[type, Any, Resources]]:
-    workers = cfg.lanes.cpu_workers if cfg.decode_lane == "auto" else 0
-    c = cfg.captioner
-    res = Resources(
-        num_cpus=c.num_cpus + workers, num_gpus=c.num_gpus, concurrency=c.concurrency, batch_size=c.batch_size
-    )
-    return [(CaptionOnLanes, cfg, res)]
+    return [(CaptionOnLanes, cfg, actor_resources(cfg.captioner, cfg.decode_lane, cfg.lanes.cpu_workers))]

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from curation.decode_lanes import LaneDecoder
+from curation.decode_lanes import LaneDecoder, actor_resources
 from curation.errors import problem_fields
 from curation.stages.score import CPU_SCHEMA, cpu_scorers, runs_of_one_video
 from filters.config import ScoreConfig
@@ -32,11 +32,7 @@ CHUNK_RUNS = 8
 
 def lanes_resources(cfg: ScoreConfig) -> Resources:
     """The GPU actor's reservation: score.gpu plus the cores of its CPU decode workers."""
-    workers = cfg.lanes.cpu_workers if cfg.decode_lane == "auto" else 0
-    g = cfg.gpu
-    return Resources(
-        num_cpus=g.num_cpus + workers, num_gpus=g.num_gpus, concurrency=g.concurrency, batch_size=g.batch_size
-    )
+    return actor_resources(cfg.gpu, cfg.decode_lane, cfg.lanes.cpu_workers)
 
 
 class DecodeOnLanesNeural:
