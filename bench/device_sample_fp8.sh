@@ -46,6 +46,8 @@ if ls "$WHEELS"/*.whl >/dev/null 2>&1; then
     phase install 40 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
         --target /tmp/site "$WHEELS"/*.whl
     export PYTHONPATH=/tmp/site:$PWD
+    # PyAV may come from bench/device_stage.sh's .site (same machine, issue 26's staging)
+    [ -d .site ] && export PYTHONPATH=/tmp/site:$PWD/.site:$PWD
 else
     log "no $WHEELS/*.whl carried: torchao, diffusers and av must already be installed"
     export PYTHONPATH=$PWD
