@@ -4,6 +4,7 @@
 # torchao 0.17.0, the release built for torch 2.11; diffusers 0.42.1; av 19.0.2; all cp312):
 #
 #   bash bench/device_sample_fp8.sh              # all phases, ~7.5 min on an H100
+#   SAMPLE_BUDGET_S=150 bash bench/device_sample_fp8.sh quick   # tests and sample only
 #   bash bench/device_sample_fp8.sh train-long bf16   # 200 training steps of one precision (own
 #   bash bench/device_sample_fp8.sh train-long fp8    # call, ~5 min each); the second call merges
 #                                                     # the first's JSON if it is in bench/results/
@@ -55,14 +56,18 @@ fi
 python3 -c "import torch, torchao, diffusers, av; print('torch', torch.__version__, 'torchao', torchao.__version__,
 'diffusers', diffusers.__version__, 'av', av.__version__)" 2>&1 | tee -a "$OUT/phases.txt"
 
-if [ "$MODE" = all ]; then
+SAMPLE_BUDGET_S=${SAMPLE_BUDGET_S:-250}
+if [ "$MODE" = all ] || [ "$MODE" = quick ]; then
     phase tests 70 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_fast_sample.py
-    phase sample 280 python3 bench/sample_clip_gpu.py --out "$OUT" --sizes 480p 720p --fp8 --budget-s 250
+    phase sample $((SAMPLE_BUDGET_S + 30)) python3 bench/sample_clip_gpu.py --out "$OUT" --sizes 480p 720p --fp8 \
+        --budget-s "$SAMPLE_BUDGET_S"
+fi
+if [ "$MODE" = all ]; then
     phase train 140 python3 bench/train_fp8_gpu.py --out "$OUT" --steps 200 --budget-s 45 --chunk 5
 elif [ "$MODE" = train-long ]; then
     phase train 540 python3 bench/train_fp8_gpu.py --out "$OUT" --steps 200 --budget-s 480 \
         --precisions "${2:-bf16}" --merge-from bench/results
-else
-    log "unknown mode $MODE: use all or train-long"
+elif [ "$MODE" != quick ]; then
+    log "unknown mode $MODE: use all, quick or train-long"
 fi
 log "done"
