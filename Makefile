@@ -33,8 +33,9 @@ $(VENV)/.installed: pyproject.toml constraints-ci.txt
 
 install: $(VENV)/.installed browser
 
-# Headless Chromium renders the HTML report in its test. Installed from Debian when we are root
-# and it is missing; otherwise that one test is skipped with a note.
+# Headless Chromium renders the HTML report in its test (driven by Playwright, which uses this
+# system browser and downloads none). Installed from Debian when we are root and it is missing;
+# otherwise that test is skipped with a note.
 browser:
 	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 \
 	  && (apt-get update -qq || true) && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null \
