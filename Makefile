@@ -17,7 +17,7 @@ FORMAT  ?= videofolder
 EXPORT  ?= exports/$(FORMAT)
 TIER    ?=
 
-.PHONY: install browser demo demo-data ray-up ray-down run ingest split score dedup filter caption align shard verify summary report status compact export train cache-latents sample test test-slow lint clean
+.PHONY: install browser demo demo-data ray-up ray-down run ingest split score dedup filter caption align shard verify summary report status compact export screenshot train cache-latents sample test test-slow lint clean
 
 $(VENV)/.installed: pyproject.toml constraints-ci.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -74,6 +74,11 @@ export: install
 
 report: install
 	$(REELSIFT) report --config $(CONFIG) --root $(ROOT) $(SETS)
+
+# The README's picture of the report, docs/report.png, from the demo run: `make demo screenshot`.
+screenshot: install
+	$(REELSIFT) report --config $(CONFIG) --root $(ROOT) $(SETS)
+	$(PY) docs/screenshot.py $(ROOT)/report/index.html docs/report.png
 
 cache-latents: install
 	$(REELSIFT) cache-latents --config $(CONFIG) --root $(ROOT) $(SETS)
