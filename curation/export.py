@@ -16,10 +16,11 @@ A kept clip that no tar holds yet is counted and left out (run `reelsift shard` 
 
 Resumable: the clip files (and Lance fragments) a run has written are recorded under
 `DIR/.reelsift-export/`, and a re-run plans only the rest; a run killed between recording
-points checks for existing files before writing, so no clip is written twice. The metadata file
-is written last, in one step, for the exported clips the newest decisions still keep; it is
-rewritten only when that set or its captions changed. Local folders and `s3://` both work for
-the run root and for DIR. Clips a later re-filter drops stay in the folder (not in the metadata).
+points checks for existing files before writing, so no clip is written twice. The export
+follows the newest decisions: a re-run after a re-filter deletes the files (and Lance rows) of
+clips no longer kept, or kept at another tier, or outside `--tier`. The metadata file is written
+last, in one step, for exactly the exported clips; it is rewritten only when that set or its
+captions changed. Local folders and `s3://` both work for the run root and for DIR.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ class ExportSummary:
     format: str
     out: str
     exported: int  # clips written by this run
+    removed: int  # clips of earlier runs deleted because the newest decisions no longer keep them
     total: int  # clips in the export now (the metadata's rows)
     unsharded: int  # kept clips no tar holds yet (left out)
     missing: int  # planned clips their tar did not hold (run `reelsift verify`)
@@ -169,8 +171,9 @@ def export(
     writer.flush()
     total = writer.finish(plan)
     return ExportSummary(
-        format=fmt, out=str(out), exported=writer.written, total=total, unsharded=_unsharded(con, tier),
-        missing=missing, bytes_copied=writer.bytes_copied, seconds=time.perf_counter() - t0,
+        format=fmt, out=str(out), exported=writer.written, removed=writer.removed, total=total,
+        unsharded=_unsharded(con, tier), missing=missing, bytes_copied=writer.bytes_copied,
+        seconds=time.perf_counter() - t0,
     )
 
 
@@ -189,6 +192,8 @@ def cmd_export(args) -> int:
     mb = summary.bytes_copied / 1e6
     print(f"exported {summary.exported} new clip(s) ({mb:.1f} MB copied in {summary.seconds:.1f} s); "
           f"{summary.out} now holds {summary.total} kept clip(s) as {summary.format}")
+    if summary.removed:
+        print(f"removed {summary.removed} clip(s) that the newest decisions no longer keep")
     if summary.unsharded:
         print(f"note: {summary.unsharded} kept clip(s) are in no tar yet and were left out: run "
               "`reelsift shard` and export again", file=sys.stderr)

@@ -9,6 +9,7 @@ metadata at the end (`finish`). Folder formats record exported file names in jou
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import shutil
@@ -80,6 +81,7 @@ class _Writer:
         self.out, self.con, self.copy_clips = out, con, copy_clips
         self.written = 0
         self.bytes_copied = 0
+        self.removed = 0  # clips of an earlier run the newest decisions no longer keep
 
     def flush(self) -> None:
         pass
@@ -87,7 +89,14 @@ class _Writer:
 
 class FolderWriter(_Writer):
     """Clip files under `<out>/videos/`, a journal of the exported file names, and one metadata
-    file (`META`) written by `select` over the exported, still kept clips."""
+    file (`META`) written by `select` over the exported clips.
+
+    The folder follows the newest decisions: `finish` deletes the files of journaled clips the
+    plan no longer holds, then rewrites the journal without them. A `running` marker lasts as long
+    as a run. A run that finds one (the run before it was killed, maybe between writing a file and
+    journaling it, or between deleting files and rewriting the journal) lists the clip files, trusts
+    the journal only where a file exists, and in `finish` deletes every file the journal does not
+    hold by then."""
 
     STREAM = "p.file_name, p.shard, p.key"
     META = ""  # the metadata file, under the export folder
@@ -97,22 +106,64 @@ class FolderWriter(_Writer):
     def __init__(self, out, con, copy_clips):
         super().__init__(out, con, copy_clips)
         self.state = out / STATE / self.NAME
-        started = self.state / "started"
-        self.resumed = started.exists()  # an earlier run may have written files it never recorded
-        if not self.resumed:
-            with commit.atomic_write(started) as fh:
+        self.running = self.state / "running"
+        self.legacy = self.state / "started"  # older exports' marker, never removed: check those once
+        self.resumed = self.running.exists() or self.legacy.exists()
+        self.on_disk: str | None = None  # a resumed run's listing of the clip files, as a relation
+        if self.resumed:
+            self.on_disk = self._register(self._clip_files())
+            self._rewrite_journal(f"SELECT file_name FROM {self.done_relation()} "
+                                  f"SEMI JOIN {self.on_disk} f USING (file_name)")
+        else:
+            with commit.atomic_write(self.running) as fh:
                 fh.write(b"")
         self.pending: list[pa.Array] = []
         self.pending_rows = 0
         self.last_flush = time.monotonic()
 
+    def _register(self, table: pa.Table) -> str:
+        name = f"__export_names_{uuid.uuid4().hex[:8]}"
+        self.con.register(name, table)
+        return name
+
+    def _clip_files(self) -> pa.Table:
+        """Every file under `<out>/videos/` (temp files of killed writes too), as `file_name`s."""
+        base = self.out / "videos"
+        if isinstance(base, Path):
+            files = (p for p in base.rglob("*") if p.is_file())
+        else:
+            files = iter(base.list_files(recursive=True))
+        chunks = []
+        while chunk := [p.relative_to(self.out).as_posix() for p in itertools.islice(files, 100_000)]:
+            chunks.append(pa.array(chunk, pa.string()))
+        return pa.table({"file_name": pa.chunked_array(chunks, pa.string())})
+
     def done_relation(self) -> str:
         parts = commit.committed_glob(self.state, "done-*.parquet")
         if parts:
             return fs_read.parquet_relation(self.con, parts, DONE)
-        name = f"__export_done_{uuid.uuid4().hex[:8]}"
-        self.con.register(name, DONE.empty_table())
-        return name
+        return self._register(DONE.empty_table())
+
+    def _rewrite_journal(self, names_sql: str) -> None:
+        """Replace the journal by one part holding `names_sql`'s rows: the new part is committed
+        before the old ones go, so a crash in between leaves a superset (a resumed run trims it)."""
+        old = commit.committed_glob(self.state, "done-*.parquet")
+        reader = self.con.sql(names_sql).to_arrow_reader(JOURNAL_ROWS)
+        with commit.atomic_write(self.state / f"done-{time.time_ns():020d}.parquet") as fh, \
+                pq.ParquetWriter(fh, DONE) as pw:
+            for batch in reader:
+                pw.write_batch(batch.cast(DONE))
+        for part in old:
+            commit.remove(part)
+
+    def _remove(self, names_sql: str) -> int:
+        """Delete the clip files `names_sql` names -> how many."""
+        n = 0
+        for batch in self.con.sql(names_sql).to_arrow_reader(JOURNAL_ROWS):
+            for name in batch.column(0).to_pylist():
+                (self.out / name).unlink(missing_ok=True)
+            n += batch.num_rows
+        return n
 
     def add(self, rows: pa.Table, clips: list[bytes | None]) -> None:
         names = rows.column("file_name").to_pylist()
@@ -142,22 +193,33 @@ class FolderWriter(_Writer):
         raise NotImplementedError
 
     def finish(self, plan: str) -> int:
-        """Write the metadata of the exported clips the newest decisions still keep, unless an
-        earlier run wrote the same (same clips, same captions) -> its rows."""
-        exported = (f"SELECT p.* FROM {plan} p SEMI JOIN {self.done_relation()} x "
-                    "ON x.file_name = p.file_name")
+        """Delete the files of clips the newest decisions no longer keep (and, after a killed run,
+        any file the journal does not hold), then write the metadata of the exported clips unless
+        an earlier run wrote the same (same clips, same captions) -> its rows."""
+        done = self.done_relation()
+        stale = f"SELECT file_name FROM {done} x ANTI JOIN {plan} p USING (file_name)"
+        self.removed = self._remove(stale)
+        if self.on_disk is not None:  # files of a killed run's writes or deletes
+            self.removed += self._remove(
+                f"SELECT file_name FROM {self.on_disk} f ANTI JOIN {done} x USING (file_name)")
+        if self.removed:
+            self._rewrite_journal(f"SELECT file_name FROM {done} x SEMI JOIN {plan} p USING (file_name)")
+            done = self.done_relation()
+        exported = f"SELECT p.* FROM {plan} p SEMI JOIN {done} x ON x.file_name = p.file_name"
         rows, digest = self.con.sql(
             f"SELECT count(*), coalesce(sum(hash(file_name, text)), 0)::VARCHAR FROM ({exported})"
         ).fetchall()[0]
         stamp = self.state / "metadata.json"
         meta = self.out / self.META
         want = {"rows": rows, "digest": digest}
-        if stamp.exists() and json.loads(stamp.read_text()) == want and meta.exists():
-            return rows
-        with publishing(meta) as tmp:
-            self.con.execute(f"COPY ({self.select(exported)}) TO '{tmp}' {self.COPY}")
-        with commit.atomic_write(stamp) as fh:
-            fh.write(json.dumps(want).encode())
+        if not (stamp.exists() and json.loads(stamp.read_text()) == want and meta.exists()):
+            with publishing(meta) as tmp:
+                self.con.execute(f"COPY ({self.select(exported)}) TO '{tmp}' {self.COPY}")
+            with commit.atomic_write(stamp) as fh:
+                fh.write(json.dumps(want).encode())
+        for marker in (self.running, self.legacy):
+            if marker.exists():
+                commit.remove(marker)
         return rows
 
 
@@ -267,6 +329,7 @@ class LanceWriter(_Writer):
         stale = [n for (n,) in self.con.sql(
             f"SELECT file_name FROM __lance_names x ANTI JOIN {plan} p ON p.file_name = x.file_name"
         ).fetchall()]
+        self.removed = len(stale)
         for i in range(0, len(stale), 1000):
             quoted = ", ".join("'" + n.replace("'", "''") + "'" for n in stale[i:i + 1000])
             ds.delete(f"file_name IN ({quoted})")

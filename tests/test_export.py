@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -202,6 +203,95 @@ def test_export_from_and_to_s3(run_root, s3_server, tmp_path):
     # the same tables and tars on S3 give the export that local disk gives
     cli("export", "--root", str(local), "--format", "videofolder", "--out", str(tmp_path / "vf"))
     assert (tmp_path / "vf" / "metadata.jsonl").read_text() == (out / "vf" / "metadata.jsonl").read_text()
+
+
+KILL_MID_REMOVAL = """
+import os, pathlib, signal, sys
+from curation import export
+real = pathlib.Path.unlink
+def unlink(self, *a, **kw):
+    if self.suffix == ".mp4":
+        if getattr(unlink, "done", False):
+            os.kill(os.getpid(), signal.SIGKILL)  # one file deleted, the journal not rewritten
+        unlink.done = True
+    real(self, *a, **kw)
+pathlib.Path.unlink = unlink
+export.export(sys.argv[1], sys.argv[2], sys.argv[3])
+"""
+
+
+def clip_files(out) -> dict[str, bytes]:
+    """The files under an export's videos/ (local or S3), by path relative to the export."""
+    base = fs.upath(out) / "videos"
+    found = base.rglob("*") if isinstance(base, Path) else base.list_files(recursive=True)
+    return {p.relative_to(out).as_posix(): p.read_bytes() for p in found if p.is_file()}
+
+
+def exported_ids(out, fmt: str) -> list[str]:
+    """The clip ids of an export's metadata (CSV, jsonl) or Lance rows, sorted."""
+    import lance
+    import pandas as pd
+
+    from curation.export_writers import lance_storage_options
+
+    out = fs.upath(out)
+    if fmt == "lance":
+        uri = out / "clips.lance"
+        ds = lance.dataset(str(uri), storage_options=lance_storage_options(uri))
+        return sorted(ds.to_table(columns=["clip_id"])["clip_id"].to_pylist())
+    if fmt == "opensora":
+        return sorted(pd.read_csv(out / "opensora.csv")["id"])
+    return sorted(json.loads(line)["clip_id"] for line in (out / "metadata.jsonl").read_text().splitlines())
+
+
+def test_re_export_after_a_stricter_refilter_removes_exactly_the_dropped_clips(run_root, s3_server, tmp_path):
+    from curation.config import load_config
+    from curation.export import export
+    from curation.stages.filter import run_filter
+
+    src, want = run_root
+    root = tmp_path / "run"
+    shutil.copytree(src, root)
+    s3 = fs.upath(f"s3://{BUCKET}/refilter-{uuid.uuid4().hex[:8]}")
+    outs = {("videofolder", "local"): tmp_path / "vf", ("opensora", "local"): tmp_path / "os",
+            ("lance", "local"): tmp_path / "ln", ("videofolder", "s3"): s3 / "vf", ("lance", "s3"): s3 / "ln",
+            ("videofolder", "killed"): tmp_path / "vf-killed"}
+    for (fmt, _), out in outs.items():
+        assert export(root, out, fmt).total == len(want)
+    before = {k: clip_files(out) for k, out in outs.items() if k[0] != "lance"}
+    mtimes = {p: p.stat().st_mtime_ns for p in (tmp_path / "vf").rglob("*.mp4")}
+
+    # a stricter 256p motion bound: the 2 (or a few more) least moving kept 256p clips are dropped
+    motion = sorted(r["m"] for r in query(root, "SELECT s.motion_mean AS m FROM decisions d JOIN scores s "
+                                          "USING (clip_id) WHERE d.keep AND d.tier = '256p'").to_pylist())
+    half = next(i for i in range(2, len(motion)) if motion[i - 1] < motion[i])
+    cut = (motion[half - 1] + motion[half]) / 2
+    run_filter(root, load_config(REPO / "configs" / "offline.yaml",
+                                 [f"filter.tiers.256p.bounds.motion_mean.min={cut!r}"]).filter)
+    now = kept(root)
+    dropped = set(want) - set(now)
+    assert len(dropped) == half and set(now) < set(want)
+
+    argv = [sys.executable, "-c", KILL_MID_REMOVAL, str(root), str(outs["videofolder", "killed"])]
+    killed = subprocess.run([*argv, "videofolder"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    assert len(clip_files(outs["videofolder", "killed"])) == len(want) - 1  # one of the dropped files went
+    for (fmt, where), out in outs.items():
+        summary = export(root, out, fmt)
+        assert (summary.exported, summary.total) == (0, len(now)), (fmt, where)
+        assert summary.removed == (len(dropped) if where != "killed" else 1), (fmt, where)
+        assert exported_ids(out, fmt) == sorted(now), (fmt, where)
+        if fmt != "lance":  # the kept clips' files are still there, byte for byte; the dropped ones are gone
+            files = clip_files(out)
+            assert sorted(name.rsplit("/", 1)[1][:-4] for name in files) == sorted(now), (fmt, where)
+            assert files == {n: b for n, b in before[fmt, where].items() if n in files}
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "vf").rglob("*.mp4")} == {
+        p: t for p, t in mtimes.items() if p.stem in now}  # not rewritten
+    meta = tmp_path / "vf" / "metadata.jsonl"
+    stamp = meta.stat().st_mtime_ns
+    again = export(root, tmp_path / "vf", "videofolder")  # idempotent: nothing to copy, remove or rewrite
+    assert (again.exported, again.removed, again.total) == (0, 0, len(now))
+    assert meta.stat().st_mtime_ns == stamp
 
 
 def test_sql_writes_any_query_result_as_parquet(run_root, tmp_path):
