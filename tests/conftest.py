@@ -10,6 +10,18 @@ import pytest
 from tests.s3server import s3_server  # noqa: F401  (one SeaweedFS per session, see tests/s3server.py)
 
 
+@pytest.fixture
+def one_thread():
+    """One torch intra-op thread: the model tests' shapes are tiny, and on a small shared machine
+    OpenMP's spin-waiting with more threads makes them several times slower."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def ray_local():
     """Embedded local Ray (2 CPUs), started once and shut down at the end of the session."""

@@ -20,14 +20,7 @@ from training.sampler import (
     time_grid,
 )
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """These shapes are tiny: intra-op threads only add spin-waiting on a busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -68,13 +68,6 @@ def run_root(tmp_path_factory) -> Path:
     return root
 
 
-@pytest.fixture
-def one_thread():
-    """One intra-op thread: on a small shared machine, OpenMP spinning with 2 threads is 10x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _cfg(root, *overrides):
