@@ -19,7 +19,7 @@ cd "$(dirname "$0")/.."
 OUT=${OUT:-runs/device_out}
 mkdir -p "$OUT" runs/gpu_node/results
 export PYTHONPATH=$PWD/.site:$PWD PYTHONUNBUFFERED=1
-RUN_BUDGET_S=${RUN_BUDGET_S:-400}
+RUN_BUDGET_S=${RUN_BUDGET_S:-360}
 step=${1:?usage: device_gpu_node.sh 1..5}
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/card.txt"
 nproc | tee -a "$OUT/card.txt"
@@ -27,7 +27,7 @@ nproc | tee -a "$OUT/card.txt"
 case $step in
 1)
     bash bench/device_stage.sh install p1 2>&1 | tail -3
-    timeout 200 python3 bench/nvdec_gpu.py --out "$OUT" --files 32 --clips 320 --budget-s 150 \
+    timeout 150 python3 bench/nvdec_gpu.py --out "$OUT" --files 32 --clips 320 --budget-s 100 \
         >"$OUT/nvdec_gpu.log" 2>&1
     echo "nvdec_gpu exit $?"; tail -40 "$OUT/nvdec_gpu.log"
     (setsid nohup python3 bench/gpu_node.py corpus --out runs/gpu_node/corpus >runs/corpus.log 2>&1 &)
