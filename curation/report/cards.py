@@ -5,12 +5,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pyarrow as pa
-
 from curation.report.html import e, fmt, hours, n_of
 from curation.report.media import CLIP_FIELDS, VIDEO_JOIN, write_all_media
 from filters.config import FilterConfig
 from manifests.schemas import SCORES
+from manifests.sqltext import literal
 
 MAIN_SCORES = ("motion_mean", "ocr_area", "quality_sharpness", "aesthetic_mean")
 UNTRAINED_SCORES = ("aesthetic_mean", "aesthetic_min")  # random weights under offline.yaml
@@ -40,29 +39,38 @@ _GROUPS_SQL = """
 """
 
 
+def _newest_of(table: str, mine: str) -> str:
+    """The view `table`'s rows for the given clips: the newest of each clip's history rows. The
+    clip filter comes first, so a handful of rows are ranked, not every key of the table. (A
+    shown clip is visible in `clips`, so no superseded split error is among its rows.)"""
+    return (f"(SELECT * FROM {table}_history WHERE {mine} "
+            "QUALIFY created_at = max(created_at) OVER (PARTITION BY clip_id))")
+
+
 def clip_details(con, clip_ids: list[str], shown: list[str]) -> dict[str, dict]:
     """Media fields, decision, caption and `shown` scores of the given clips, by clip id."""
-    con.register("__report_clip_ids", pa.table({"clip_id": sorted(set(clip_ids))}, schema=pa.schema(
-        [("clip_id", pa.string())])))
-    # Each table is cut down to the given clips first: a few rows, whatever the size of the run.
-    mine = "clip_id IN (SELECT clip_id FROM __report_clip_ids)"
+    if not clip_ids:
+        return {}
+    # Each table is cut down to the given clips first (a literal list: the Parquet scan filters on
+    # it), so a few rows are read and ranked, whatever the size of the run.
+    mine = f"clip_id IN ({', '.join(literal(i) for i in sorted(set(clip_ids)))})"
     rows = con.sql(f"""
-        WITH c AS (SELECT * FROM clips WHERE {mine}),
+        WITH c AS {_newest_of("clips", mine)},
              videos AS (SELECT * FROM videos WHERE video_id IN (SELECT video_id FROM c))
         SELECT {CLIP_FIELDS}, c.duration_s, c.reasons AS clip_reasons, d.keep, d.reasons,
                coalesce(cap.caption, sh.caption) AS caption, cap.untrained AS caption_untrained
                {"".join(f', s."{c}"' for c in shown)}
         FROM c
         {VIDEO_JOIN}
-        LEFT JOIN (SELECT * FROM decisions WHERE {mine}) d ON d.clip_id = c.clip_id
-        LEFT JOIN (SELECT * FROM scores WHERE {mine} AND status = 'ok') s ON s.clip_id = c.clip_id
+        LEFT JOIN {_newest_of("decisions", mine)} d ON d.clip_id = c.clip_id
+        LEFT JOIN (SELECT * FROM {_newest_of("scores", mine)} WHERE status = 'ok') s ON s.clip_id = c.clip_id
         LEFT JOIN (SELECT clip_id, any_value(caption) AS caption, bool_or(untrained) AS untrained
-                   FROM captions WHERE {mine} AND status = 'ok' GROUP BY clip_id) cap
+                   FROM {_newest_of("captions", mine)} WHERE status = 'ok' GROUP BY clip_id) cap
                ON cap.clip_id = c.clip_id
-        LEFT JOIN (SELECT clip_id, any_value(caption) AS caption FROM shards WHERE {mine} GROUP BY clip_id) sh
+        LEFT JOIN (SELECT clip_id, any_value(caption) AS caption FROM {_newest_of("shards", mine)}
+                   GROUP BY clip_id) sh
                ON sh.clip_id = c.clip_id
     """).to_arrow_table().to_pylist()
-    con.unregister("__report_clip_ids")
     return {r["clip_id"]: r for r in rows}
 
 

@@ -51,6 +51,7 @@ def _write(root: Path, out: Path, cfg: CurateConfig, con, spill: str, *, max_thu
     # DuckDB holds at most MEMORY_LIMIT and spills the rest: the driver's memory stays bounded at any scale.
     db.bound(con, MEMORY_LIMIT)
     con.execute(f"SET temp_directory = '{spill}'")
+    _snapshot(con)
     results = {name: con.sql(queries.load(name)).to_arrow_table().to_pylist()
                for name in ("funnel", "rejected-by-reason", "tier-summary")}
     untrained = bool(con.execute("SELECT bool_or(aesthetic_untrained) FROM scores").fetchall()[0][0])
@@ -82,6 +83,22 @@ def _write(root: Path, out: Path, cfg: CurateConfig, con, spill: str, *, max_thu
     with atomic_write(index) as fh:  # temp + rename on disk; object + commit marker on S3
         fh.write(page.encode("utf-8"))
     return index
+
+
+SNAPSHOT = {"clips": "", "decisions": "", "scores": "EXCLUDE (clip_embedding)",
+            "captions": "EXCLUDE (caption)", "shards": "", "alignment": "", "duplicates": ""}
+"""Newest-wins views the report reads many times, and the wide columns it never reads there."""
+
+
+def _snapshot(con) -> None:
+    """Rank each newest-wins view's rows once: a temp table (DuckDB spills it past the memory limit)
+    replaces the view for the rest of the report, so every section reads the same snapshot and no
+    query ranks 10^7 keys again. (`clip_details` reads the histories of a few clips instead.)"""
+    for name, exclude in SNAPSHOT.items():
+        columns = set(con.sql(f"SELECT * FROM {name} LIMIT 0").columns)
+        exclude = exclude if exclude and exclude.split("(")[1].rstrip(")") in columns else ""
+        con.execute(f"CREATE TEMP TABLE __report_{name} AS SELECT * {exclude} FROM {name}")
+        con.execute(f"CREATE OR REPLACE VIEW {name} AS SELECT * FROM __report_{name}")
 
 
 def _header(root: Path, cfg: CurateConfig, current, untrained: bool) -> str:
@@ -119,13 +136,14 @@ def _funnel(rows: list[dict], filt: FilterConfig, has_captions: bool) -> str:
 
 def _errors(con, max_rows: int = 100, max_kinds: int = 30) -> str:
     """Error rows (named query `errors`): the count per source and message, then the first rows."""
-    sql = f"({queries.load('errors')}\n)"
+    con.execute(f"CREATE OR REPLACE TEMP TABLE __errors AS {queries.load('errors')}\n")  # read once
+    sql = "__errors"
     n = con.sql(f"SELECT count(*) FROM {sql}").fetchall()[0][0]
     if n == 0:
         return section("Errors (0)", "<p>No error rows.</p>")
     kinds = con.sql(f"SELECT source, error, count(*) AS n FROM {sql} GROUP BY ALL "
                     f"ORDER BY n DESC, source, error LIMIT {max_kinds}").to_arrow_table().to_pylist()
-    rows = con.sql(f"SELECT * FROM {sql} LIMIT {max_rows}").to_arrow_table().to_pylist()
+    rows = con.sql(f"SELECT * FROM {sql} ORDER BY rowid LIMIT {max_rows}").to_arrow_table().to_pylist()
     more = (f"<p>The first {max_rows} of {n} rows: <code>reelsift sql --named errors</code> lists them "
             "all.</p>" if n > max_rows else "")
     return section(f"Errors ({n})", table(kinds) + more + table(rows))
