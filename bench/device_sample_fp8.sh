@@ -43,6 +43,7 @@ phase() {
 
 log "card: $(nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>&1 | head -1)"
 WHEELS=.whl/p27
+[ -d .whl/p2/p27 ] && WHEELS=.whl/p2/p27  # bench/device_stage.sh pack puts them beside p2
 if ls "$WHEELS"/*.whl >/dev/null 2>&1; then
     phase install 40 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
         --target /tmp/site "$WHEELS"/*.whl
