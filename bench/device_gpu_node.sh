@@ -13,7 +13,8 @@
 #
 # Results (JSON, logs) are copied flat into $OUT after every step; the GPU-node JSON collects both
 # runs in runs/gpu_node/results/ on the machine, so call 4's copy holds cpu and auto side by side.
-# CORPUS_HOURS (default 1.0) and RUN_BUDGET_S (default 360) size the runs to the device time left.
+# CORPUS_HOURS (default 1.0) and RUN_BUDGET_S (default 360) size the runs to the device time left;
+# BOTH=1 makes call 3 run both modes (then call 4 is not needed).
 set -u
 cd "$(dirname "$0")/.."
 OUT=${OUT:-runs/device_out}
@@ -47,11 +48,14 @@ case $step in
     cat runs/gpu_node/corpus/corpus.json || { tail -20 runs/corpus.log; exit 1; }
     ;;&
 3 | 4)
-    mode=$([ "$step" = 3 ] && echo cpu || echo auto)
-    python3 bench/gpu_node.py run --decode "$mode" --out runs/gpu_node/results --budget-s "$RUN_BUDGET_S" \
-        2>&1 | tail -30
-    cp runs/gpu_node/results/*.json "runs/gpu_node/run-$mode.log" "$OUT"/ 2>/dev/null
-    tail -60 "runs/gpu_node/run-$mode.log" >"$OUT/run-$mode.tail.txt" 2>/dev/null
+    # BOTH=1: call 3 runs cpu and then auto (a short device budget: the issue's "both in one call")
+    modes=$([ "$step" = 4 ] && echo auto || { [ "${BOTH:-0}" = 1 ] && echo "cpu auto" || echo cpu; })
+    for mode in $modes; do
+        python3 bench/gpu_node.py run --decode "$mode" --out runs/gpu_node/results --budget-s "$RUN_BUDGET_S" \
+            2>&1 | tail -30
+        cp runs/gpu_node/results/*.json "runs/gpu_node/run-$mode.log" "$OUT"/ 2>/dev/null
+        tail -60 "runs/gpu_node/run-$mode.log" >"$OUT/run-$mode.tail.txt" 2>/dev/null
+    done
     ;;
 *)
     echo "usage: device_gpu_node.sh 1..4" >&2; exit 2 ;;
