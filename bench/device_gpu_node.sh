@@ -29,7 +29,7 @@ nproc | tee -a "$OUT/card.txt"
 case $step in
 1)
     bash bench/device_stage.sh install p1 2>&1 | tail -3
-    timeout 150 python3 bench/nvdec_gpu.py --out "$OUT" --files 32 --clips 320 --budget-s 100 \
+    timeout $((${NVDEC_BUDGET_S:-100} + 50)) python3 bench/nvdec_gpu.py --out "$OUT" --files 32 --clips 320 --budget-s "${NVDEC_BUDGET_S:-100}" \
         >"$OUT/nvdec_gpu.log" 2>&1
     echo "nvdec_gpu exit $?"; tail -40 "$OUT/nvdec_gpu.log"
     (setsid nohup python3 bench/gpu_node.py corpus --out runs/gpu_node/corpus --hours "$CORPUS_HOURS" >runs/corpus.log 2>&1 &)
