@@ -238,26 +238,36 @@ def main() -> None:
         )
         res.write()
 
-    threads = [int(t) for t in args.threads.split(",")]
-    for label in SIZES:
-        add({"what": "pyav", "res": label, **run_pyav(files[label], os.cpu_count())})
-        for reuse in (False, True):
-            for n in threads:
-                if time.monotonic() - t_start > args.budget_s:
-                    break
-                try:
-                    r = run_sessions(files[label], n, reuse)
-                except Exception as exc:  # noqa: BLE001  (a failed row is recorded, the bench goes on)
-                    r = {"error": f"{type(exc).__name__}: {exc}"}
-                add({"what": "full/reused" if reuse else "full/new", "res": label, "threads": n, **r})
-    for mode, sessions, workers in (("nvdec", 4, 0), ("nvdec", 7, 0), ("auto", 4, 8), ("auto", 7, 12)):
+    # rows in order of what the target needs, so a short --budget-s still measures it: 1080p with
+    # reused sessions at the widest settings, then the lane as the pipeline runs it, then the rest
+    threads = sorted((int(t) for t in args.threads.split(",")), reverse=True)
+    jobs: list[tuple] = [("pyav", "1080p", 0, 0)]
+    jobs += [("full/reused", "1080p", n, 0) for n in threads[:2]]
+    jobs += [("lane/nvdec", "720p clips", 7, 0), ("lane/auto", "720p clips", 7, 12)]
+    jobs += [("full/new", "1080p", threads[1], 0)]
+    jobs += [("full/reused", "1080p", n, 0) for n in threads[2:]]
+    jobs += [("pyav", "720p", 0, 0)] + [("full/reused", "720p", n, 0) for n in threads]
+    done_new = ("1080p", threads[1])
+    jobs += [("full/new", label, n, 0) for label in SIZES for n in threads if (label, n) != done_new]
+    jobs += [("lane/nvdec", "720p clips", 4, 0), ("lane/auto", "720p clips", 4, 8)]
+    for what, label, n, workers in jobs:
         if time.monotonic() - t_start > args.budget_s:
+            print(f"budget spent: {what} {label} {n} and the rest not run", flush=True)
             break
         try:
-            r = run_lane(clips, mode, sessions, workers)
-        except Exception as exc:  # noqa: BLE001
+            if what == "pyav":
+                r = run_pyav(files[label], os.cpu_count())
+            elif what.startswith("full/"):
+                r = run_sessions(files[label], n, what == "full/reused")
+            else:
+                r = run_lane(clips, what.split("/")[1], n, workers)
+        except Exception as exc:  # noqa: BLE001  (a failed row is recorded, the bench goes on)
             r = {"error": f"{type(exc).__name__}: {exc}"}
-        add({"what": f"lane/{mode}", "res": "720p clips", "threads": sessions, "cpu_workers": workers, **r})
+        row = {"what": what, "res": label, **({"threads": n} if n else {}), **r}
+        if workers:
+            row["cpu_workers"] = workers
+        add(row)
+    rows.sort(key=lambda r: (r["what"], r["res"], r.get("threads", 0)))
 
     res.table(
         [
