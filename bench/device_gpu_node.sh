@@ -29,10 +29,14 @@ nproc | tee -a "$OUT/card.txt"
 case $step in
 1)
     bash bench/device_stage.sh install p1 2>&1 | tail -3
+    # the lane's GPU tests (the CLIP-score one skips until call 3 brings open_clip)
+    timeout 90 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_decode_lanes.py -rs \
+        >"$OUT/gpu_tests_p1.log" 2>&1
+    echo "gpu tests exit $?"; tail -8 "$OUT/gpu_tests_p1.log"
     timeout $((${NVDEC_BUDGET_S:-100} + 50)) python3 bench/nvdec_gpu.py --out "$OUT" --files 32 --clips 320 --budget-s "${NVDEC_BUDGET_S:-100}" \
         >"$OUT/nvdec_gpu.log" 2>&1
     echo "nvdec_gpu exit $?"; tail -40 "$OUT/nvdec_gpu.log"
-    (setsid nohup python3 bench/gpu_node.py corpus --out runs/gpu_node/corpus --hours "$CORPUS_HOURS" >runs/corpus.log 2>&1 &)
+    [ "$CORPUS_HOURS" = 0 ] || (setsid nohup python3 bench/gpu_node.py corpus --out runs/gpu_node/corpus --hours "$CORPUS_HOURS" >runs/corpus.log 2>&1 &)
     ;;
 2)
     bash bench/device_stage.sh install p2

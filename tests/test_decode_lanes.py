@@ -202,6 +202,7 @@ def test_auto_sends_av1_to_cpu_and_falls_back_when_nvdec_fails(tmp_path):
 @pytest.mark.gpu
 def test_clip_scores_agree_between_lanes(tmp_path):
     _nvdec_or_skip()
+    pytest.importorskip("open_clip", reason="the CLIP scorer needs open_clip_torch")
     import torch
 
     from filters.aesthetic import AestheticScorer
