@@ -131,18 +131,18 @@ def _plan(root, filt: FilterConfig, cfg: ShardConfig, memory_limit: str) -> pa.T
     # The wide tables stream past narrow hash tables of keys (build side as written: DuckDB's
     # estimate of a view's rows can make it build on the wide side, which spills at 10M clips).
     con.execute("SET disabled_optimizers = 'build_side_probe_side'")
-    con.execute("""CREATE TEMP TABLE video_bucket AS SELECT DISTINCT c.video_id, k.bucket
-                   FROM clips c JOIN keys k ON k.clip_id = c.clip_id""")
-    has = {
-        name: bool(con.execute(f"SELECT 1 FROM {name} LIMIT 1").fetchall()) for name in ("scores", "captions")
-    }
-    by_clip = "JOIN clip_bucket b ON b.clip_id = t.clip_id"
     pieces = {
         "k": 'SELECT bucket, group_index, "group", clip_id FROM keys',
         "d": _newest_piece(con, "decisions"),
         "c": _newest_piece(con, "clips"),
         "v": "SELECT b.bucket, t.* FROM videos t JOIN video_bucket b ON b.video_id = t.video_id",
     }
+    con.execute("""CREATE TEMP TABLE video_bucket AS SELECT DISTINCT t.video_id, n.bucket FROM clips_history t
+                   JOIN newest_clips n ON n.clip_id = t.clip_id AND n.created_at = t.created_at""")
+    has = {
+        name: bool(con.execute(f"SELECT 1 FROM {name} LIMIT 1").fetchall()) for name in ("scores", "captions")
+    }
+    by_clip = "JOIN clip_bucket b ON b.clip_id = t.clip_id"
     if has["scores"]:
         pieces["s"] = _newest_piece(con, "scores")
     if has["captions"]:

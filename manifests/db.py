@@ -85,34 +85,13 @@ def table_views(con: duckdb.DuckDBPyConnection, table: Table, name: str | None =
                else f"SELECT * FROM {history}")
     group = SUPERSEDED_ERRORS.get(table.name)
     if group and (compacted or fresh):
-        superseded = _superseded_sql(f"{name}_history", table.key, group)
-        con.execute(f"CREATE VIEW __{name}_superseded AS {superseded}")
+        con.execute(f"CREATE VIEW __{name}_newest AS {current}")
         current = (
-            f"SELECT * FROM ({current}) t WHERE t.status <> 'error' OR NOT EXISTS ("
-            f"SELECT 1 FROM __{name}_superseded x "
-            f"WHERE x.{group} = t.{group} AND x.created_at = t.created_at)"
+            f"SELECT * FROM __{name}_newest t WHERE t.status <> 'error' OR NOT EXISTS ("
+            f"SELECT 1 FROM __{name}_newest n WHERE n.status <> 'error' AND n.{group} = t.{group} "
+            "AND n.created_at > t.created_at)"
         )
     con.execute(f"CREATE VIEW {name} AS {current}")
-
-
-def _superseded_sql(history: str, key: str, group: str) -> str:
-    """({group}, created_at) of the newest rows that are errors and that a newer non-error newest
-    row of the same group supersedes. Only the few error rows' keys and groups are looked up in
-    `history` (narrow hash tables): the newest rows of every key are never materialised twice."""
-    newest = (
-        f"SELECT h.{key}, h.{group}, h.created_at, h.status FROM {history} h "
-        f"SEMI JOIN (SELECT {key}, max(created_at) AS newest FROM {history} WHERE {{which}} "
-        f"GROUP BY {key}) m "
-        f"ON m.{key} = h.{key} AND m.newest = h.created_at WHERE {{which}}"
-    )
-    errors = f"SELECT {key}, {group} FROM {history} WHERE status = 'error'"
-    err = newest.format(which=f"{key} IN (SELECT {key} FROM ({errors}))")
-    ok = newest.format(which=f"{group} IN (SELECT {group} FROM ({errors}))")
-    return (
-        f"SELECT e.{group}, e.created_at FROM ({err}) e WHERE e.status = 'error' AND EXISTS ("
-        f"SELECT 1 FROM ({ok}) n WHERE n.status <> 'error' AND n.{group} = e.{group} "
-        "AND n.created_at > e.created_at)"
-    )
 
 
 MEMORY_LIMIT = "512MB"
