@@ -150,7 +150,6 @@ class DecodeSpec:
         return cls(int(cfg.n_frames), int(cfg.short_side), float(cfg.timeout_s))
 
 
-
 def _explain(exc: Exception) -> str:
     """Turn FFmpeg's terse errors into something a user can act on."""
     text = str(exc)
@@ -261,6 +260,17 @@ def even_size(width: int, height: int, short_side: int) -> tuple[int, int]:
     return w, h
 
 
+# A stream that does not say which YUV->RGB matrix it uses is converted as BT.709, which is what
+# NVDEC does with it (swscale alone would take BT.601, 3.4 levels off on average): the CPU and
+# NVDEC decode lanes then give the same colours (the GPU tests compare them on untagged streams).
+# A tagged stream follows its tag here.
+UNTAGGED_COLORSPACE = 2  # AVCOL_SPC_UNSPECIFIED
+
+
+def _src_colorspace(frame: av.VideoFrame) -> str | None:
+    return "ITU709" if frame.colorspace == UNTAGGED_COLORSPACE else None
+
+
 def _upright(
     frame: av.VideoFrame, width: int | None, height: int | None, rotation: int, scaler=None
 ) -> np.ndarray:
@@ -270,10 +280,13 @@ def _upright(
     otherwise build a new swscale context for every frame."""
     if rotation % 180 == 90 and width and height:
         width, height = height, width  # resize in coded orientation, then rotate
+    cs = _src_colorspace(frame)
     if scaler is None:
-        arr = frame.to_ndarray(format="rgb24", width=width, height=height)
+        arr = frame.to_ndarray(format="rgb24", width=width, height=height, src_colorspace=cs)
     else:
-        arr = scaler.reformat(frame, width=width, height=height, format="rgb24").to_ndarray()
+        arr = scaler.reformat(
+            frame, width=width, height=height, format="rgb24", src_colorspace=cs
+        ).to_ndarray()
     if rotation:
         arr = np.ascontiguousarray(np.rot90(arr, k=-(rotation // 90)))
     return arr

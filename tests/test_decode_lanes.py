@@ -84,6 +84,25 @@ def test_cpu_lane_gives_the_frames_of_the_stage_decoder(h264):
     assert lanes.counts()["clips_by_lane"] == {"cpu": 3}
 
 
+def test_an_untagged_stream_is_converted_as_bt709_like_nvdec(h264):
+    """NVDEC converts a stream without a colour-matrix tag as BT.709; so does the CPU lane (swscale
+    alone would take BT.601), or the lanes' colours differ by ~3.4 levels (measured on an H100)."""
+    import av
+
+    clip = clip_rows(h264, [(0, 24)])[0]
+    frames, _ = decode_run([clip], SPEC)[0]
+    idx = sample_indices(0, 24, SPEC.n_frames)
+    h, w = frames.shape[1:3]
+    with av.open(str(h264)) as c:
+        decoded = [f for _, f in zip(range(24), c.decode(video=0), strict=False)]
+    assert decoded[0].colorspace == 2  # the demo encoder tags nothing
+    rgb = lambda cs: np.stack(  # noqa: E731
+        [decoded[i].to_ndarray(format="rgb24", width=w, height=h, src_colorspace=cs) for i in idx]
+    )
+    np.testing.assert_array_equal(frames, rgb("ITU709"))
+    assert np.abs(frames.astype(int) - rgb("ITU601").astype(int)).mean() > 1.0
+
+
 def test_auto_on_a_machine_without_nvdec_is_the_cpu_lane(h264, tmp_path):
     bad = tmp_path / "broken.mp4"
     bad.write_bytes(h264.read_bytes()[:2000])
@@ -186,7 +205,10 @@ def test_auto_sends_av1_to_cpu_and_falls_back_when_nvdec_fails(tmp_path):
     encode_video(av1, indexed_frames(48, (640, 360)), 24, codec=codec, crf=40)
     clips = clip_rows(h264, [(0, 24)]) + clip_rows(av1, [(0, 24)])
     lying = dict(clips[1], clip_id="lying", codec="h264")  # NVDEC is handed AV1 it cannot decode
-    lanes = LaneDecoder("auto", DecodeSpec(8, 180, 60.0), nvdec_sessions=2, cpu_workers=1)
+    # CPU workers that never take NVDEC's jobs: which lane serves each run is then fixed
+    lanes = LaneDecoder(
+        "auto", DecodeSpec(8, 180, 60.0), nvdec_sessions=2, cpu_workers=1, cpu_takes_nvdec_jobs=False
+    )
     try:
         got = lanes.decode([[clips[0]], [clips[1]], [lying]])
     finally:
@@ -247,9 +269,13 @@ def test_caption_on_lanes_matches_the_cpu_decode_operator(h264, monkeypatch):
     from curation.stages.caption_lanes import CaptionOnLanes
     from models.captioner.config import TransformersCaptionerConfig
 
-    cfg = CaptionConfig(n_frames=4, short_side=56, min_words=1, decode_lane="cpu",
-                        transformers=TransformersCaptionerConfig(model="reelsift-tiny", device="cpu",
-                                                                 max_new_tokens=4))
+    cfg = CaptionConfig(
+        n_frames=4,
+        short_side=56,
+        min_words=1,
+        decode_lane="cpu",
+        transformers=TransformersCaptionerConfig(model="reelsift-tiny", device="cpu", max_new_tokens=4),
+    )
     clips = [dict(c, duration_s=1.0) for c in clip_rows(h264, [(0, 24), (24, 48)])]
     seen: list = []
     real = cap.CaptionClips.__call__
