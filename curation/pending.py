@@ -110,15 +110,20 @@ def align_sql(clip_model: str) -> str:
 
 
 SHARD = f"""
-    SELECT d.clip_id, d.tier FROM decisions d JOIN clips c ON c.clip_id = d.clip_id
-    WHERE d.keep AND EXISTS (SELECT 1 FROM videos v WHERE v.video_id = c.video_id AND v.status = 'ok')
+    SELECT d.clip_id, d.tier FROM decisions d
+    WHERE d.keep
+    AND d.clip_id IN (
+        SELECT c.clip_id FROM clips c JOIN videos v ON v.video_id = c.video_id AND v.status = 'ok')
     AND NOT EXISTS (
-        SELECT 1 FROM shards sh WHERE sh.clip_id = d.clip_id
-        AND ((sh.status = 'ok' AND sh.tier = d.tier) OR (sh.status = 'error' AND NOT {retryable_sql("sh")})))
+        SELECT 1 FROM shards sh WHERE sh.clip_id = d.clip_id AND sh.tier = d.tier AND sh.status = 'ok')
+    AND NOT EXISTS (
+        SELECT 1 FROM shards sh WHERE sh.clip_id = d.clip_id AND sh.status = 'error'
+        AND NOT {retryable_sql("sh")})
 """
 """Kept clips that no tar holds at their tier (never cut, taken out by a re-filter, kept now in
 another tier: reshard takes those out of their tars first) and that have no error row but a
-retryable one."""
+retryable one. Two plain anti-joins, not one with an OR inside: at 10M clips the OR form ran out of
+DuckDB's 512 MB (`status` failed); this form takes 29 s and 731 MiB there, and is 2.8x faster at 1M."""
 
 
 def shard(con: duckdb.DuckDBPyConnection, cfg: Any) -> str:
