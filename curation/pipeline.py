@@ -19,14 +19,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from curation import pending
 from curation.chain import Chain
 from curation.config import CurateConfig
-from curation.errors import is_retryable
+from curation.errors import RETRYABLE
 from curation.registry import Context, Stage, register, run_chain
 from curation.registry import stages as registered
 from filters.policy import pre_align_filter
+from manifests import fs
 from manifests.store import Table
 
 if TYPE_CHECKING:
@@ -39,17 +41,22 @@ log = logging.getLogger("reelsift")
 def ingest(cfg: CurateConfig, root: Path, input_spec: str | Path, ray_address: str | None = None) -> PartSink:
     """Probe the listed files not ingested yet (or whose row is retryable, or that changed)."""
     from curation.runner import PartSink
-    from curation.stages.ingest import DuplicateMarker, list_inputs
+    from curation.stages.ingest import DuplicateMarker, list_sources
 
-    paths = list_inputs(input_spec, cfg.ingest)
+    listed = list_sources(input_spec, cfg.ingest)
     table = Table(root, "videos")
     known = table.read(["video_id", "path", "status", "size_bytes", "created_at", "error", "error_kind"])
-    known = [r for r in known.to_pylist() if not is_retryable(r)]  # storage failed: take again
-    done = {r["path"] for r in known}
-    todo = [p for p in paths if p not in done] + changed_sources(known, done.intersection(paths))
-    log.info("ingest: %d input files, %d already ingested, %d to probe", len(paths), len(paths) - len(todo),
-             len(todo))
-    seen = {r["video_id"]: r["path"] for r in known if r["status"] == "ok"}
+    plan = ingest_plan(listed, known)
+    todo = plan.filter(pc.is_in(plan["action"], pa.array(["new", "changed"])))["path"].to_pylist()
+    count = {c["values"]: c["counts"] for c in plan.column("action").value_counts().to_pylist()}
+    log.info("ingest: %d input files, %d already ingested, %d to probe (%d new, %d changed since ingest)",
+             listed.num_rows, listed.num_rows - len(todo), len(todo), count.get("new", 0),
+             count.get("changed", 0))
+    if count.get("missing"):
+        log.warning("ingest: %d listed files ingested ok before are no longer there; their rows are kept "
+                    "and they are not probed again", count["missing"])
+    ok = known.filter(pc.equal(known.column("status"), "ok")) if todo else known.slice(0, 0)
+    seen = dict(zip(ok.column("video_id").to_pylist(), ok.column("path").to_pylist(), strict=True))
     sink = PartSink(table, rows=INGEST.flush_rows(cfg), seconds=cfg.ray.flush_s,
                     transform=DuplicateMarker(seen))
     sink.expected = len(todo)
@@ -57,22 +64,39 @@ def ingest(cfg: CurateConfig, root: Path, input_spec: str | Path, ray_address: s
     return run_chain(INGEST, Context(cfg, root, ray_address), items, sink)
 
 
-def changed_sources(known: list[dict], paths: set[str]) -> list[str]:
-    """Paths among `paths` whose file changed since its newest ok row: ingested again, as a
-    new video (the old video's clips become `source changed since ingest` error rows)."""
-    from filters.video import source_changed
+def ingest_plan(listed: pa.Table, known: pa.Table) -> pa.Table:
+    """{path, action} for each listed file (curation/stages/ingest.py LISTING), by its newest
+    `videos` row that is not retryable: 'new' (no such row: probe it), 'changed' (that row is ok
+    and the file's size differs or it was modified after the row was written: probed again as a
+    new video; the old video's clips become `source changed since ingest` error rows), 'missing'
+    (that row is ok, the file is gone: left as it is) or 'done'. One join, no request per file."""
+    import duckdb
 
-    newest: dict[str, dict] = {}
-    for r in known:
-        if r["path"] in paths and (
-            r["path"] not in newest or r["created_at"] > newest[r["path"]]["created_at"]
-        ):
-            newest[r["path"]] = r
-    return sorted(
-        p
-        for p, r in newest.items()
-        if r["status"] == "ok" and source_changed(p, r["size_bytes"], r["created_at"].timestamp())
-    )
+    retry = pc.equal(known.column("error_kind"), RETRYABLE)
+    by_text = pc.and_(pc.is_null(known.column("error_kind")),
+                      pc.starts_with(known.column("error"), fs.RETRYABLE))  # rows from before error_kind
+    known = known.filter(pc.invert(pc.fill_null(pc.or_(retry, by_text), False)))
+    con = duckdb.connect(":memory:")
+    con.register("listed", listed)
+    con.register("known", known.select(["path", "status", "size_bytes", "created_at"]))
+    return con.sql(
+        """
+        WITH newest AS (
+            SELECT path, arg_max(status, created_at) AS status, arg_max(size_bytes, created_at) AS size_bytes,
+                   max(created_at) AS created_at
+            FROM known GROUP BY path)
+        SELECT l.path, CASE
+            WHEN n.path IS NULL THEN 'new'
+            WHEN n.status <> 'ok' THEN 'done'
+            WHEN l.size_bytes IS NULL THEN 'missing'
+            WHEN NOT l.regular
+                 OR (n.size_bytes >= 0 AND l.size_bytes <> n.size_bytes)
+                 OR l.mtime > epoch_us(n.created_at) / 1e6 THEN 'changed'
+            ELSE 'done' END AS action
+        FROM listed l LEFT JOIN newest n USING (path)
+        ORDER BY l.path
+        """
+    ).to_arrow_table()
 
 
 def split(cfg: CurateConfig, root: Path, ray_address: str | None = None) -> PartSink:

@@ -174,10 +174,18 @@ class S3Path:
 
     def list_files(self, recursive: bool = True) -> list[S3Path]:
         """Every object (not inferred folder) under this prefix."""
+        return [p for p, _, _ in self.list_file_infos(recursive)]
+
+    def list_file_infos(self, recursive: bool = True) -> list[tuple[S3Path, int, float]]:
+        """(object, size in bytes, mtime in s since the epoch) of every object under this
+        prefix, from the listing itself: no request per object."""
         import pyarrow.fs as pafs
 
-        infos = self._list(recursive=recursive)
-        return [S3Path(f"s3://{i.path}") for i in infos if i.type == pafs.FileType.File]
+        return [
+            (S3Path(f"s3://{i.path}"), i.size, i.mtime.timestamp() if i.mtime else 0.0)
+            for i in self._list(recursive=recursive)
+            if i.type == pafs.FileType.File
+        ]
 
     def iterdir(self) -> Iterator[S3Path]:
         for info in self._list(recursive=False):

@@ -135,6 +135,36 @@ def test_a_source_changed_after_ingest_is_never_cut_or_scored_then_reingested_as
     assert fresh and max(r["end_frame"] for r in fresh) > 72  # cut from the new, longer bytes
 
 
+def test_ingest_again_probes_only_changed_files_and_leaves_missing_ones(tmp_path, caplog):
+    """Change detection comes from the listing (one join, no probe): an unchanged folder gives
+    nothing to probe, a changed file is ingested again as a new row, a file gone since its ok
+    row is counted in the log and gets no new row, on this run or the next; a list file of the
+    same paths (stat'ed in a thread pool) finds the same."""
+    src = tmp_path / "in"
+    for i in range(3):
+        make_video(src / f"v{i}.mp4", n_frames=12, seed=i)
+    root = tmp_path / "root"
+    assert pipeline.ingest(CFG, root, src).expected == 3
+    assert pipeline.ingest(CFG, root, src).expected == 0
+    (src / "list.txt").write_text("".join(f"v{i}.mp4\n" for i in range(3)))
+    assert pipeline.ingest(CFG, root, src / "list.txt").expected == 0
+
+    make_video(src / "v0.mp4", n_frames=18, seed=7)  # new bytes, another size
+    (src / "v2.mp4").unlink()
+    # v0 once (its new row is then newer than its bytes); v2 never: the folder no longer lists
+    # it, the list file does and the log counts it, on every run
+    for spec, probed, missing in ((src, 1, 0), (src / "list.txt", 0, 1), (src / "list.txt", 0, 1), (src, 0, 0)):
+        caplog.clear()
+        with caplog.at_level("INFO", logger="reelsift"):
+            assert pipeline.ingest(CFG, root, spec).expected == probed
+        said = "1 listed files ingested ok before are no longer there" in caplog.text
+        assert said == bool(missing)
+    got = rows(root, "SELECT regexp_extract(path, '[^/]+$') AS f, count(*) AS n, "
+                     "count(DISTINCT video_id) AS ids FROM videos GROUP BY 1 ORDER BY 1")
+    assert got == [{"f": "v0.mp4", "n": 2, "ids": 2}, {"f": "v1.mp4", "n": 1, "ids": 1},
+                   {"f": "v2.mp4", "n": 1, "ids": 1}]
+
+
 @pytest.mark.parametrize("size_change", [True, False])
 def test_split_refuses_a_changed_source(tmp_path, size_change):
     src = tmp_path / "in"

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import glob
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from stat import S_ISREG
 
 import numpy as np
 import pyarrow as pa
@@ -27,6 +29,66 @@ from manifests.store import rows_to_table
 _GLOB_CHARS = set("*?[")
 
 
+# What the listing says of each input file; size_bytes and mtime (s since the epoch) are null
+# where the file is not there (missing, dangling link), `regular` is false for a FIFO, device,
+# folder or an object whose stat failed for a reason other than "not found".
+LISTING = pa.schema(
+    [
+        pa.field("path", pa.string()),
+        pa.field("size_bytes", pa.int64()),
+        pa.field("mtime", pa.float64()),
+        pa.field("regular", pa.bool_()),
+    ]
+)
+
+
+def list_sources(spec: str | Path, cfg: IngestConfig, threads: int = 32) -> pa.Table:
+    """`list_inputs` with each file's size and mtime (schema LISTING), for change detection.
+
+    An S3 prefix's listing carries them (no request per object); local files are stat'ed in
+    `threads` threads (the walk does one stat per file anyway); the paths of a list file are
+    stat'ed the same way (on S3 one HEAD each, in parallel).
+    """
+    if fs.is_s3(str(spec)):
+        listed = _list_s3(fs.upath(str(spec)), tuple(e.lower() for e in cfg.extensions), cfg.recursive)
+        if isinstance(listed, pa.Table):
+            return listed
+        return stat_paths(listed, threads)
+    return stat_paths(list_inputs(spec, cfg), threads)
+
+
+def stat_paths(paths: list[str], threads: int = 32, chunk: int = 2048) -> pa.Table:
+    """LISTING rows of `paths`, stat'ed in chunks over a thread pool (a stat drops the GIL)."""
+    if not paths:
+        return LISTING.empty_table()
+    with ThreadPoolExecutor(max(1, min(threads, len(paths) // chunk + 1))) as pool:
+        parts = list(pool.map(_stat_chunk, (paths[i:i + chunk] for i in range(0, len(paths), chunk))))
+    return pa.table(
+        {
+            "path": pa.array(paths, pa.string()),
+            "size_bytes": pa.array([s for p in parts for s in p[0]], pa.int64()),
+            "mtime": pa.array([m for p in parts for m in p[1]], pa.float64()),
+            "regular": pa.array([r for p in parts for r in p[2]], pa.bool_()),
+        },
+        schema=LISTING,
+    )
+
+
+def _stat_chunk(paths: list[str]) -> tuple[list, list, list]:
+    sizes, mtimes, regular = [], [], []
+    for path in paths:
+        try:
+            st = fs.upath(path).stat() if fs.is_s3(path) else os.stat(path)
+        except FileNotFoundError:
+            sizes.append(None), mtimes.append(None), regular.append(False)
+            continue
+        except (OSError, fs.StorageError):  # there but unreadable: ingest writes why
+            sizes.append(-1), mtimes.append(0.0), regular.append(False)
+            continue
+        sizes.append(st.st_size), mtimes.append(st.st_mtime), regular.append(S_ISREG(st.st_mode))
+    return sizes, mtimes, regular
+
+
 def list_inputs(spec: str | Path, cfg: IngestConfig) -> list[str]:
     """Absolute paths of the videos named by `spec`: a folder, a glob, a list file, or a file.
 
@@ -36,7 +98,8 @@ def list_inputs(spec: str | Path, cfg: IngestConfig) -> list[str]:
     spec = str(spec)
     exts = tuple(e.lower() for e in cfg.extensions)
     if fs.is_s3(spec):
-        return _list_s3(fs.upath(spec), exts, cfg.recursive)
+        listed = _list_s3(fs.upath(spec), exts, cfg.recursive)
+        return listed.column("path").to_pylist() if isinstance(listed, pa.Table) else listed
     if any(c in spec for c in _GLOB_CHARS) and not os.path.exists(spec):
         found = [p for p in glob.glob(spec, recursive=True) if not os.path.isdir(p)]
         if not found:
@@ -61,18 +124,22 @@ def list_inputs(spec: str | Path, cfg: IngestConfig) -> list[str]:
     raise InputError(f"--input {spec!r}: no such folder, file or glob")
 
 
-def _list_s3(spec: fs.S3Path, exts: tuple[str, ...], recursive: bool) -> list[str]:
-    """s3:// input: a list file (.txt/.lst) of paths or URLs, one object, or a prefix listed
-    (recursively unless ingest.recursive is false) for objects with a video extension."""
+def _list_s3(spec: fs.S3Path, exts: tuple[str, ...], recursive: bool) -> list[str] | pa.Table:
+    """s3:// input: a list file (.txt/.lst) of paths or URLs, or one object (their paths), or a
+    prefix listed (recursively unless ingest.recursive is false) for objects with a video
+    extension (LISTING rows: the listing gives each object's size and mtime)."""
     if spec.suffix.lower() in (".txt", ".lst") and spec.is_file():
         lines = (ln.split("#", 1)[0].strip() for ln in spec.read_text().splitlines())
         return sorted({str(fs.upath(ln) if fs.is_s3(ln) else spec.parent / ln) for ln in lines if ln})
     if spec.name.lower().endswith(exts) and spec.is_file():
         return [str(spec)]
-    found = [str(p) for p in spec.list_files(recursive) if p.name.lower().endswith(exts)]
+    found = sorted((str(p), size, mtime) for p, size, mtime in spec.list_file_infos(recursive)
+                   if p.name.lower().endswith(exts))
     if not found:
         raise InputError(f"--input {spec}: no object with a video extension {list(exts)} under this prefix")
-    return sorted(found)
+    paths, sizes, mtimes = zip(*found, strict=True)
+    return pa.table({"path": list(paths), "size_bytes": list(sizes), "mtime": list(mtimes),
+                     "regular": [True] * len(paths)}, schema=LISTING)
 
 
 def _walk(top: Path, exts: tuple[str, ...], recursive: bool) -> list[str]:
