@@ -153,7 +153,8 @@ def test_ingest_again_probes_only_changed_files_and_leaves_missing_ones(tmp_path
     (src / "v2.mp4").unlink()
     # v0 once (its new row is then newer than its bytes); v2 never: the folder no longer lists
     # it, the list file does and the log counts it, on every run
-    for spec, probed, missing in ((src, 1, 0), (src / "list.txt", 0, 1), (src / "list.txt", 0, 1), (src, 0, 0)):
+    lst = src / "list.txt"
+    for spec, probed, missing in ((src, 1, 0), (lst, 0, 1), (lst, 0, 1), (src, 0, 0)):
         caplog.clear()
         with caplog.at_level("INFO", logger="reelsift"):
             assert pipeline.ingest(CFG, root, spec).expected == probed

@@ -211,7 +211,7 @@ def test_errors_name_the_url_and_the_variables_never_the_secret(s3_server):
 
 def test_ingest_lists_a_prefix_and_list_files_of_urls(prefix, tmp_path):
     from curation.config import load_config
-    from curation.stages.ingest import list_inputs
+    from curation.stages.ingest import list_inputs, list_sources
     from manifests.configtools import InputError
 
     cfg = load_config(REPO / "configs" / "offline.yaml").ingest
@@ -227,3 +227,11 @@ def test_ingest_lists_a_prefix_and_list_files_of_urls(prefix, tmp_path):
     assert list_inputs(str(local), cfg) == want
     with pytest.raises(InputError, match="no object with a video extension"):
         list_inputs(f"{prefix}/empty/", cfg)
+    # sizes and mtimes for change detection: from the prefix's listing, or one HEAD per listed URL
+    (prefix / "a/one.mp4").write_bytes(b"xyz")
+    (prefix / "gone.txt").write_text(f"{prefix}/a/one.mp4\n{prefix}/a/gone.mp4\n")
+    cases = (("a/", {"a/b/two.MOV": 1, "a/one.mp4": 3}), ("gone.txt", {"a/gone.mp4": None, "a/one.mp4": 3}))
+    for spec, sizes in cases:
+        got = list_sources(f"{prefix}/{spec}", cfg).to_pylist()
+        assert {r["path"][len(str(prefix)) + 1:]: r["size_bytes"] for r in got} == sizes
+        assert all(r["mtime"] > 1e9 for r in got if r["size_bytes"] is not None)
