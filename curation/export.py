@@ -25,6 +25,7 @@ captions changed. Local folders and `s3://` both work for the run root and for D
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import tarfile
 import time
@@ -118,13 +119,25 @@ def _tars(reader):
 
 
 def tar_members(tar: fs.AnyPath, keys: set[str]):
-    """(key, mp4 bytes) of the samples of `tar` whose key is in `keys`, in tar order; one
-    streaming read of the tar (a forward-only GET on S3)."""
-    with fs.open_stream(tar) as fh, tarfile.open(fileobj=fh, mode="r|") as tf:
+    """(key, mp4) of the samples of `tar` whose key is in `keys`, in tar order. A local tar's
+    members come as TarMember (offset and size: the writer copies them in the kernel, headers
+    are read by seeking past the data); on S3, bytes from one streaming read (a forward-only GET)."""
+    from curation.export_writers import TarMember
+
+    local = isinstance(tar, Path)
+    with contextlib.ExitStack() as stack:
+        if local:
+            tf = stack.enter_context(tarfile.open(tar, mode="r:"))
+        else:
+            fh = stack.enter_context(fs.open_stream(tar))
+            tf = stack.enter_context(tarfile.open(fileobj=fh, mode="r|"))
         for member in tf:
             key, _, ext = member.name.rpartition("/")[2].partition(".")
             if ext == "mp4" and key in keys and member.isfile():
-                yield key, tf.extractfile(member).read()
+                if local:
+                    yield key, TarMember(tar, member.offset_data, member.size)
+                else:
+                    yield key, tf.extractfile(member).read()
 
 
 def export(

@@ -9,6 +9,7 @@ metadata at the end (`finish`). Folder formats record exported file names in jou
 from __future__ import annotations
 
 import contextlib
+import errno
 import itertools
 import json
 import os
@@ -18,6 +19,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
@@ -62,18 +64,56 @@ def publishing(final: fs.AnyPath) -> Iterator[str]:
         tmp.unlink(missing_ok=True)
 
 
-def put_file(final: fs.AnyPath, data: bytes) -> None:
+@dataclass(frozen=True)
+class TarMember:
+    """A clip's bytes where they lie in a local tar: copied into a local file by the kernel
+    (copy_file_range), as `cp` does, never through Python; read whole only for S3 or Lance."""
+
+    tar: Path
+    offset: int
+    size: int
+
+    def __len__(self) -> int:
+        return self.size
+
+    def read(self) -> bytes:
+        with open(self.tar, "rb") as fh:
+            fh.seek(self.offset)
+            return fh.read(self.size)
+
+    def copy_to(self, path: Path) -> None:
+        with open(self.tar, "rb") as src, open(path, "wb") as dst:
+            offset, left = self.offset, self.size
+            try:
+                while left:
+                    n = os.copy_file_range(src.fileno(), dst.fileno(), left, offset)
+                    if n == 0:
+                        raise OSError(f"{self.tar}: ends inside a member (truncated tar)")
+                    offset, left = offset + n, left - n
+            except OSError as exc:  # a file system without copy_file_range: copy in user space
+                if left != self.size or getattr(exc, "errno", None) not in _NO_KERNEL_COPY:
+                    raise
+                dst.write(self.read())
+
+
+_NO_KERNEL_COPY = {errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL}
+
+
+def put_file(final: fs.AnyPath, data: bytes | TarMember) -> None:
     """Write a clip file whole or not at all: temp file and rename, or one PUT on S3."""
     if isinstance(final, Path):
         final.parent.mkdir(parents=True, exist_ok=True)
         tmp = final.parent / f".tmp-{uuid.uuid4().hex}.mp4"
         try:
-            tmp.write_bytes(data)
+            if isinstance(data, TarMember):
+                data.copy_to(tmp)
+            else:
+                tmp.write_bytes(data)
             os.replace(tmp, final)
         finally:
             tmp.unlink(missing_ok=True)
     else:
-        final.write_bytes(data)
+        final.write_bytes(data.read() if isinstance(data, TarMember) else data)
 
 
 class _Writer:
@@ -170,7 +210,7 @@ class FolderWriter(_Writer):
                 n += batch.num_rows
         return n
 
-    def add(self, rows: pa.Table, clips: list[bytes | None]) -> None:
+    def add(self, rows: pa.Table, clips: list[bytes | TarMember | None]) -> None:
         names = rows.column("file_name").to_pylist()
         for name, data in zip(names, clips, strict=True):
             if data is None:
@@ -303,7 +343,8 @@ class LanceWriter(_Writer):
         self.con.register(name, names)
         return name
 
-    def add(self, rows: pa.Table, clips: list[bytes | None]) -> None:
+    def add(self, rows: pa.Table, clips: list[bytes | TarMember | None]) -> None:
+        clips = [c.read() if isinstance(c, TarMember) else c for c in clips]
         cols = {f.name: rows.column(f.name).cast(f.type) for f in LANCE if f.name != "video"}
         cols["video"] = pa.array(clips, pa.large_binary())
         self.buffer.append(pa.table(cols, schema=LANCE))
