@@ -24,11 +24,10 @@ import pyarrow.compute as pc
 from curation import pending
 from curation.chain import Chain
 from curation.config import CurateConfig
-from curation.errors import RETRYABLE
 from curation.registry import Context, Stage, register, run_chain
 from curation.registry import stages as registered
 from filters.policy import pre_align_filter
-from manifests import fs
+from manifests.schemas import retryable_sql
 from manifests.store import Table
 
 if TYPE_CHECKING:
@@ -72,19 +71,15 @@ def ingest_plan(listed: pa.Table, known: pa.Table) -> pa.Table:
     (that row is ok, the file is gone: left as it is) or 'done'. One join, no request per file."""
     import duckdb
 
-    retry = pc.equal(known.column("error_kind"), RETRYABLE)
-    by_text = pc.and_(pc.is_null(known.column("error_kind")),
-                      pc.starts_with(known.column("error"), fs.RETRYABLE))  # rows from before error_kind
-    known = known.filter(pc.invert(pc.fill_null(pc.or_(retry, by_text), False)))
     con = duckdb.connect(":memory:")
     con.register("listed", listed)
-    con.register("known", known.select(["path", "status", "size_bytes", "created_at"]))
+    con.register("known", known)
     return con.sql(
-        """
+        f"""
         WITH newest AS (
             SELECT path, arg_max(status, created_at) AS status, arg_max(size_bytes, created_at) AS size_bytes,
                    max(created_at) AS created_at
-            FROM known GROUP BY path)
+            FROM known WHERE NOT {retryable_sql()} GROUP BY path)
         SELECT l.path, CASE
             WHEN n.path IS NULL THEN 'new'
             WHEN n.status <> 'ok' THEN 'done'
