@@ -101,7 +101,7 @@ def _plan(root, filt: FilterConfig, cfg: ShardConfig, memory_limit: str) -> pa.T
         SELECT clip_id, tier, (row_number() OVER (PARTITION BY tier ORDER BY clip_id) - 1)
                // {int(cfg.clips_per_task)} AS chunk
         FROM ({pending.SHARD})""")
-    bound(con, memory_limit)
+    bound(con, memory_limit)  # threads back to what the limit feeds, for the rest of the plan
     tiers = [t for (t,) in con.execute("SELECT DISTINCT tier FROM todo").fetchall()]
     unknown = sorted(set(tiers) - set(filt.tiers))
     if unknown:
