@@ -24,6 +24,7 @@ import sys
 from pathlib import Path
 
 from curation import pipeline, registry
+from curation.nodewatch import ATTEMPTS, ClusterShrank
 from curation.printing import print_summary
 from manifests import fs
 from manifests.configtools import ConfigError, InputError
@@ -402,6 +403,10 @@ def main(argv: list[str] | None = None) -> int:
     except LeaseHeld as exc:
         print(f"error (busy): {exc}", file=sys.stderr)
         return 2
+    except ClusterShrank as exc:
+        print(f"error (cluster): {exc}, {ATTEMPTS} times; what was done is stored: run the "
+              "command again once the cluster is stable", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ import duckdb
 import pyarrow as pa
 
 from curation.chain import Chain
+from curation.nodewatch import ATTEMPTS, ClusterShrank
 from manifests import schemas
 from manifests.db import connect
 from manifests.store import Table
@@ -77,8 +78,18 @@ class Stage:
         return None if self.pending is None else self.pending(con, cfg)
 
     def run(self, ctx: Context) -> Any:
-        """Run the stage: its `step`, or its pending rows through its chain (`run_chain`)."""
-        return self.step(self, ctx) if self.step is not None else run_chain(self, ctx)
+        """Run the stage: its `step`, or its pending rows through its chain (`run_chain`). When
+        the Ray cluster loses a node mid-stage (curation/nodewatch.py), what was stored stays
+        and the stage runs again on the nodes left, from its pending rows."""
+        for attempt in range(1, ATTEMPTS + 1):
+            try:
+                return self.step(self, ctx) if self.step is not None else run_chain(self, ctx)
+            except ClusterShrank as exc:
+                if attempt == ATTEMPTS:
+                    raise
+                log.warning("%s: %s; running the stage again on the nodes left (%d/%d)",
+                            self.name, exc, attempt + 1, ATTEMPTS)
+        raise AssertionError("unreachable")
 
 
 _STAGES: dict[str, Stage] = {}

@@ -21,9 +21,11 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from curation import nodewatch
 from curation.chain import Chain
 from curation.config import RayConfig
 from curation.errors import DiskFull, disk_full_rows, is_disk_full
+from curation.nodewatch import NodeWatch
 from manifests import fs
 from manifests.configtools import InputError, Resources
 from manifests.store import Table, conform
@@ -297,12 +299,27 @@ def run_stage(
     # process for a metadata task (about 0.7 CPU-seconds and 0.7 s per stage).
     size = resources[0].batch_size
     ds = ray.data.from_blocks([items.slice(i, size) for i in range(0, items.num_rows, size)])
-    actors, cpu_factor = plan_concurrency(resources, cluster_cpus(), items.num_rows, cluster_gpus())
+    planned = cluster_cpus()
+    actors, cpu_factor = plan_concurrency(resources, planned, items.num_rows, cluster_gpus())
     for i, (op, n) in enumerate(zip(chain.ops, actors, strict=True)):
         cls = node_tagged(op.cls) if i == len(chain.ops) - 1 else op.cls
         ds = ds.map_batches(cls, **map_kwargs(cls, op.cfg, op.resources, n, cpu_factor))
-    for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
-        sink.add(batch)
+    watch = NodeWatch(planned)
+    try:
+        with watch:
+            for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
+                sink.add(batch)
+    except KeyboardInterrupt:
+        if not watch.fired:
+            raise
+        sink.flush()  # what arrived is kept; the next run of the stage does the rest
+        raise watch.shrank() from None
+    except Exception as exc:  # a task or actor lost with its node: the same, if a node is gone
+        if isinstance(exc, DiskFull) or nodewatch.alive_cpus() >= planned - 1e-9:
+            raise
+        sink.flush()
+        watch.seen = nodewatch.alive_cpus()
+        raise watch.shrank() from exc
     return _finish(name, items, sink, t0, inline=False)
 
 

@@ -1,0 +1,119 @@
+"""A stage whose Ray cluster loses a node mid-stage plans again on the nodes left
+(curation/nodewatch.py) instead of waiting for actors that can never be placed.
+
+The stage runs on real embedded Ray; only the count of alive CPUs is stood in for, as a lost node
+would change it (the real node death is tests/test_cluster_s3.py, a slow test)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+import pyarrow as pa
+import pytest
+
+from curation import nodewatch, registry, runner
+from curation.chain import Chain
+from curation.config import load_config
+from curation.nodewatch import ClusterShrank, NodeWatch
+from curation.registry import Context, Stage
+from manifests.configtools import Resources
+from manifests.schemas import CLIPS
+from manifests.store import Table, rows_to_table
+
+ROWS = pa.schema([
+    pa.field("clip_id", pa.string(), nullable=False),
+    pa.field("status", pa.string(), nullable=False),
+    pa.field("error", pa.string()),
+    pa.field("created_at", pa.timestamp("us", tz="UTC"), nullable=False),
+])
+
+
+class Slow:
+    """0.2 s a batch of 2 clip ids, so the stream lasts a few seconds."""
+
+    BATCH_FORMAT = "pyarrow"
+
+    def __init__(self, cfg):
+        pass
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        time.sleep(0.2)
+        return pa.table({"clip_id": batch.column("clip_id"), "status": ["ok"] * batch.num_rows})
+
+
+@pytest.fixture
+def slow_stage():
+    stage = registry.register(Stage(
+        "slowtoy", "a slow toy -> slowtoy_rows", table="slowtoy_rows", key="clip_id", unit="clips",
+        pending=lambda con, cfg: "SELECT clip_id FROM clips WHERE clip_id NOT IN "
+                                 "(SELECT clip_id FROM slowtoy_rows) ORDER BY clip_id",
+        ops=lambda cfg, root: Chain.of((Slow, None, Resources(num_cpus=1, batch_size=2))),
+        schema=ROWS,
+    ))
+    yield stage
+    registry.unregister("slowtoy")
+
+
+def test_a_node_lost_mid_stage_runs_the_rest_again_on_the_nodes_left(
+        ray_local, slow_stage, tmp_path, monkeypatch, caplog):
+    ids = [f"c{i:02d}" for i in range(40)]
+    clips = [dict(clip_id=c, video_id="v", status="ok") for c in ids]
+    Table(tmp_path, "clips").write(rows_to_table(clips, CLIPS))
+    cluster = {"cpus": 2.0}
+    planned: list[float] = []
+
+    def cluster_cpus() -> float:
+        planned.append(cluster["cpus"])
+        return cluster["cpus"]
+
+    monkeypatch.setattr(runner, "cluster_cpus", cluster_cpus)
+    monkeypatch.setattr(nodewatch, "alive_cpus", lambda: cluster["cpus"])
+    monkeypatch.setattr(nodewatch, "POLL_S", 0.1)
+    rows = Table(tmp_path, "slowtoy_rows")
+
+    def lose_a_node() -> None:  # once some rows are stored, as a node dying mid-stage
+        deadline = time.monotonic() + 60
+        while not rows.parts() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        cluster["cpus"] = 1.0
+
+    killer = threading.Thread(target=lose_a_node)
+    killer.start()
+    cfg = load_config("configs/offline.yaml", ["ray.flush_rows=2", "ray.inline_max_items=0"])
+    with caplog.at_level(logging.WARNING, logger="reelsift"):
+        slow_stage.run(Context(cfg, tmp_path))
+    killer.join()
+
+    assert planned == [2.0, 1.0]  # the second run fits the one CPU left
+    assert "lost a node: 1 CPUs alive, the stage was planned on 2" in caplog.text
+    assert "running the stage again on the nodes left (2/3)" in caplog.text
+    stored = rows.read(["clip_id"]).column("clip_id").to_pylist()
+    assert 0 < len(rows.parts()) and sorted(stored) == ids  # every clip once: none lost, none twice
+
+
+def test_a_cluster_that_keeps_shrinking_is_an_error_after_three_runs(monkeypatch):
+    calls = []
+
+    def step(stage, ctx):
+        calls.append(1)
+        raise ClusterShrank("the Ray cluster lost a node")
+
+    stage = Stage("shrinks", "", table="clips", key="clip_id", unit="clips", pending=None, step=step)
+    with pytest.raises(ClusterShrank):
+        stage.run(Context(None, None))
+    assert len(calls) == nodewatch.ATTEMPTS
+
+
+def test_the_watch_interrupts_the_main_thread_only_when_cpus_drop():
+    quiet = NodeWatch(4.0, cpus=lambda: 4.0, poll_s=0.01)
+    with quiet:
+        time.sleep(0.1)
+    assert not quiet.fired
+
+    drop = NodeWatch(4.0, cpus=lambda: 2.0, poll_s=0.01)
+    with pytest.raises(KeyboardInterrupt):
+        with drop:
+            time.sleep(5)
+    assert drop.fired and str(drop.shrank()).endswith("2 CPUs alive, the stage was planned on 4")
