@@ -88,7 +88,8 @@ def test_two_nodes_one_bucket_survive_a_node_death_mid_score(s3_cluster, tmp_pat
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
-    print(f"run after node death: exit code {proc.returncode}")
+    replans = [line for line in proc.stderr.read().splitlines() if "on the nodes left" in line]
+    print(f"run after node death: exit code {proc.returncode}; stages planned again: {replans}")
     if proc.returncode != 0:  # the stage may give up when its node vanished: re-run finishes it
         again = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
         assert again.returncode == 0, again.stderr[-3000:]
