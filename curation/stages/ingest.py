@@ -146,7 +146,10 @@ def _list_s3(spec: fs.S3Path, exts: tuple[str, ...], recursive: bool) -> list[st
 def _walk(top: Path, exts: tuple[str, ...], recursive: bool) -> list[str]:
     seen: set[str] = set()
     out: list[str] = []
-    for dirpath, dirnames, filenames in os.walk(top, followlinks=True):
+    # os.walk sorts each entry into dirnames (a folder, or a link to one) or filenames by the
+    # entry's own type, so a name in filenames needs no second stat; `top` is made absolute
+    # once, so the joined paths are too.
+    for dirpath, dirnames, filenames in os.walk(os.path.abspath(top), followlinks=True):
         real = os.path.realpath(dirpath)
         if real in seen:
             dirnames[:] = []  # already walked through another link: a loop or a second path
@@ -155,12 +158,9 @@ def _walk(top: Path, exts: tuple[str, ...], recursive: bool) -> list[str]:
         dirnames.sort()
         if not recursive:
             dirnames[:] = []
-        for name in sorted(filenames):
-            full = os.path.join(dirpath, name)
-            # Not only regular files: a dangling link or a FIFO named like a video gets its
-            # error row at ingest instead of vanishing without a word.
-            if name.lower().endswith(exts) and not os.path.isdir(full):
-                out.append(os.path.abspath(full))
+        # Not only regular files: a dangling link or a FIFO named like a video gets its error
+        # row at ingest instead of vanishing without a word.
+        out.extend(os.path.join(dirpath, name) for name in sorted(filenames) if name.lower().endswith(exts))
     return out
 
 
