@@ -50,10 +50,9 @@ def list_sources(spec: str | Path, cfg: IngestConfig, threads: int = 32) -> pa.T
     stat'ed the same way (on S3 one HEAD each, in parallel).
     """
     if fs.is_s3(str(spec)):
-        listed = _list_s3(fs.upath(str(spec)), tuple(e.lower() for e in cfg.extensions), cfg.recursive)
-        if isinstance(listed, pa.Table):
-            return listed
-        return stat_paths(listed, threads)
+        s3, exts = fs.upath(str(spec)), tuple(e.lower() for e in cfg.extensions)
+        named = _s3_named(s3, exts)
+        return _s3_listing(s3, exts, cfg.recursive) if named is None else stat_paths(named, threads)
     return stat_paths(list_inputs(spec, cfg), threads)
 
 
@@ -98,8 +97,9 @@ def list_inputs(spec: str | Path, cfg: IngestConfig) -> list[str]:
     spec = str(spec)
     exts = tuple(e.lower() for e in cfg.extensions)
     if fs.is_s3(spec):
-        listed = _list_s3(fs.upath(spec), exts, cfg.recursive)
-        return listed.column("path").to_pylist() if isinstance(listed, pa.Table) else listed
+        s3 = fs.upath(spec)
+        named = _s3_named(s3, exts)
+        return named if named is not None else _s3_listing(s3, exts, cfg.recursive).column("path").to_pylist()
     if any(c in spec for c in _GLOB_CHARS) and not os.path.exists(spec):
         found = [p for p in glob.glob(spec, recursive=True) if not os.path.isdir(p)]
         if not found:
@@ -125,15 +125,20 @@ def list_inputs(spec: str | Path, cfg: IngestConfig) -> list[str]:
     raise InputError(f"--input {spec!r}: no such folder, file or glob")
 
 
-def _list_s3(spec: fs.S3Path, exts: tuple[str, ...], recursive: bool) -> list[str] | pa.Table:
-    """s3:// input: a list file (.txt/.lst) of paths or URLs, or one object (their paths), or a
-    prefix listed (recursively unless ingest.recursive is false) for objects with a video
-    extension (LISTING rows: the listing gives each object's size and mtime)."""
+def _s3_named(spec: fs.S3Path, exts: tuple[str, ...]) -> list[str] | None:
+    """The paths an s3:// input names one by one: the lines of a list file (.txt/.lst, paths or
+    URLs), or the object itself; None for a prefix (listed by `_s3_listing`)."""
     if spec.suffix.lower() in (".txt", ".lst") and spec.is_file():
         lines = (ln.split("#", 1)[0].strip() for ln in spec.read_text().splitlines())
         return sorted({str(fs.upath(ln) if fs.is_s3(ln) else spec.parent / ln) for ln in lines if ln})
     if spec.name.lower().endswith(exts) and spec.is_file():
         return [str(spec)]
+    return None
+
+
+def _s3_listing(spec: fs.S3Path, exts: tuple[str, ...], recursive: bool) -> pa.Table:
+    """LISTING rows of the objects with a video extension under an s3:// prefix (recursively
+    unless ingest.recursive is false); the listing gives each object's size and mtime."""
     found = sorted((str(p), size, mtime) for p, size, mtime in spec.list_file_infos(recursive)
                    if p.name.lower().endswith(exts))
     if not found:
