@@ -21,10 +21,9 @@ from __future__ import annotations
 import logging
 import multiprocessing as mp
 import os
-import queue
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from concurrent.futures.process import BrokenProcessPool
@@ -87,6 +86,45 @@ class _Job:
         self.ready = threading.Event()
 
 
+class _Queues:
+    """The jobs both lanes may take (`shared`) and those for the CPU lane only (refused by or
+    failed on NVDEC), under one lock with a condition per lane: an idle thread sleeps until a
+    job it may take arrives, with no polling. `take` -> a job, or None once closed."""
+
+    def __init__(self, cpu_steals: bool):
+        self.shared: deque[_Job] = deque()
+        self.cpu_only: deque[_Job] = deque()
+        self.cpu_steals, self.closed = cpu_steals, False
+        lock = threading.Lock()
+        self.nvdec_wait, self.cpu_wait = threading.Condition(lock), threading.Condition(lock)
+
+    def put(self, job: _Job, cpu_only: bool = False) -> None:
+        with self.cpu_wait:
+            (self.cpu_only if cpu_only else self.shared).append(job)
+            if not cpu_only:
+                self.nvdec_wait.notify()
+            if cpu_only or self.cpu_steals:
+                self.cpu_wait.notify()
+
+    def take(self, lane: str) -> _Job | None:
+        wait = self.cpu_wait if lane == "cpu" else self.nvdec_wait
+        with wait:
+            while True:
+                if lane == "cpu" and self.cpu_only:  # refusals and fallbacks first
+                    return self.cpu_only.popleft()
+                if self.shared and (lane != "cpu" or self.cpu_steals):
+                    return self.shared.popleft()
+                if self.closed:
+                    return None
+                wait.wait()
+
+    def close(self) -> None:
+        with self.cpu_wait:
+            self.closed = True
+            self.nvdec_wait.notify_all()
+            self.cpu_wait.notify_all()
+
+
 class LaneDecoder:
     """See the module docstring. `counts()` gives clips per lane and the NVDEC session counters."""
 
@@ -111,8 +149,6 @@ class LaneDecoder:
         self.mode, self.spec = mode, spec
         self.lanes: Counter[str] = Counter()
         self.fallback_reasons: Counter[str] = Counter()
-        self.jobs: queue.Queue[_Job | None] = queue.Queue()
-        self.cpu_jobs: queue.Queue[_Job | None] = queue.Queue()  # jobs NVDEC failed or refused
         self.lock = threading.Lock()
         self.threads: list[threading.Thread] = []
         self.sessions = None
@@ -127,6 +163,7 @@ class LaneDecoder:
             log.info("decode: NVDEC not used (%s); CPU lane only", why)
         self.cpu_on = mode != "nvdec" or not self.nvdec_on
         self.cpu_steals = cpu_takes_nvdec_jobs and self.nvdec_on
+        self.queues = _Queues(self.cpu_steals)
         self.pool: ProcessPoolExecutor | None = None
         self.cpu_workers = max(1, cpu_workers) if self.cpu_on else 0
         if self.cpu_on:
@@ -163,9 +200,9 @@ class LaneDecoder:
             job = _Job(clips)
             jobs.append(job)
             if refused is None:
-                self.jobs.put(job)
+                self.queues.put(job)
             elif self.cpu_on:
-                self.cpu_jobs.put(job)
+                self.queues.put(job, cpu_only=True)
             else:  # nvdec strict: a refused clip is an error row
                 msg = f"decode_lane nvdec refuses this clip ({refused}); use decode_lane: auto"
                 self._done(job, [Decoded(error=msg) for _ in clips])
@@ -197,9 +234,7 @@ class LaneDecoder:
         return out
 
     def close(self) -> None:
-        for _ in self.threads:
-            self.jobs.put(None)
-            self.cpu_jobs.put(None)
+        self.queues.close()
         if self.pool is not None:
             self.pool.shutdown(wait=False, cancel_futures=True)
 
@@ -215,7 +250,7 @@ class LaneDecoder:
     def _nvdec_loop(self, dec) -> None:
         from filters.nvdec import NvdecError
 
-        while (job := self.jobs.get()) is not None:
+        while (job := self.queues.take("nvdec")) is not None:
             try:
                 self._done(job, self._nvdec_run(dec, job.clips))
             except NvdecError as exc:
@@ -225,7 +260,7 @@ class LaneDecoder:
                 job.nvdec_failed = True
                 with self.lock:
                     self.fallback_reasons[str(exc)[:120]] += 1
-                self.cpu_jobs.put(job)
+                self.queues.put(job, cpu_only=True)
             except Exception as exc:  # noqa: BLE001  (a thread must never die with jobs waiting)
                 self._done(job, [_failed(exc, "decode failed") for _ in job.clips])
 
@@ -259,17 +294,7 @@ class LaneDecoder:
         return out
 
     def _cpu_loop(self) -> None:
-        while True:
-            # NVDEC refusals and fallbacks first, then whatever NVDEC has not taken yet
-            try:
-                job = self.cpu_jobs.get_nowait()
-            except queue.Empty:
-                try:
-                    job = self.jobs.get(timeout=0.005) if self.cpu_steals else self.cpu_jobs.get()
-                except queue.Empty:
-                    continue
-            if job is None:
-                return
+        while (job := self.queues.take("cpu")) is not None:
             self._done(job, self._cpu_run(job))
 
     def _cpu_run(self, job: _Job) -> list[Decoded]:
