@@ -7,8 +7,8 @@ node wait for room that never comes, and an operator left with no actor stalls t
 the command hangs with nothing to say.
 
 `NodeWatch` polls the alive nodes' CPUs while the stage streams. When they drop below what the
-plan assumed, it interrupts the driver's loop; `run_stage` stores every row it has received and
-raises `ClusterShrank`, and `Stage.run` runs the stage again: its pending query leaves out what
+plan assumed, it raises `ClusterShrank` in the driver's loop; `run_stage` stores every row it has
+received and passes it on, and `Stage.run` runs the stage again: its pending query leaves out what
 was stored, and the new plan fits the nodes left. Rows that were in flight on the lost node are
 simply done again; none is stored twice, because only rows the driver received are written.
 """
@@ -16,9 +16,12 @@ simply done again; none is stored twice, because only rows the driver received a
 from __future__ import annotations
 
 import _thread
+import contextlib
 import logging
+import signal
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from typing import Any
 
 log = logging.getLogger("reelsift")
 
@@ -38,14 +41,20 @@ def alive_cpus() -> float:
 
 
 class NodeWatch:
-    """Context manager around a stage's streaming loop: interrupts the loop (KeyboardInterrupt
-    in the main thread) once `cpus()` falls below `planned`; `fired` says it did."""
+    """Context manager around a stage's streaming loop, in the main thread: once `cpus()` falls
+    below `planned`, ClusterShrank is raised in the loop wherever it waits (`fired` says so),
+    never while `storing()` rows, so a part is never half-counted. Elsewhere it does nothing.
+
+    The watch thread cannot raise into the main thread by itself: it asks for a SIGINT
+    (`_thread.interrupt_main`), which this watch's handler turns into ClusterShrank. A real
+    Ctrl-C still reaches the handler that was there before."""
 
     def __init__(self, planned: float, cpus: Callable[[], float] | None = None, poll_s: float | None = None):
         self.planned, self.poll_s = planned, poll_s or POLL_S
         self.cpus = cpus or (lambda: alive_cpus())  # looked up per call: tests stand in for Ray
-        self.fired = False
+        self.fired = self.busy = self.deferred = False
         self.seen: float | None = None
+        self._previous: Any = None
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._watch, name="reelsift-nodewatch", daemon=True)
@@ -62,19 +71,43 @@ class NodeWatch:
                     if self._stop.is_set():
                         return
                     self.fired, self.seen = True, now
-                    _thread.interrupt_main()
+                    _thread.interrupt_main(signal.SIGINT)
                 return
 
+    def _on_sigint(self, signum: int, frame: Any) -> None:
+        if not self.fired:  # a real Ctrl-C
+            if callable(self._previous):
+                self._previous(signum, frame)
+                return
+            raise KeyboardInterrupt
+        if self.busy:  # rows are being stored: raised when they are (see `storing`)
+            self.deferred = True
+            return
+        raise self.shrank()
+
+    @contextlib.contextmanager
+    def storing(self) -> Iterator[None]:
+        """Rows being stored: the watch holds back until they are."""
+        self.busy = True
+        try:
+            yield
+        finally:
+            self.busy = False
+        if self.deferred:
+            raise self.shrank()
+
     def __enter__(self) -> NodeWatch:
-        if threading.current_thread() is threading.main_thread():  # only the main thread can be interrupted
+        if threading.current_thread() is threading.main_thread():  # only it can be interrupted
+            self._previous = signal.signal(signal.SIGINT, self._on_sigint)
             self._thread.start()
         return self
 
     def __exit__(self, *exc) -> None:
         with self._lock:
             self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join()
+        if self._thread.is_alive() or self._thread.ident is not None:
+            self._thread.join()  # (a signal asked for before this point is handled in this call)
+            signal.signal(signal.SIGINT, self._previous)
 
     def shrank(self) -> ClusterShrank:
         return ClusterShrank(

@@ -305,15 +305,16 @@ def run_stage(
         cls = node_tagged(op.cls) if i == len(chain.ops) - 1 else op.cls
         ds = ds.map_batches(cls, **map_kwargs(cls, op.cfg, op.resources, n, cpu_factor))
     watch = NodeWatch(planned)
+    batches = iter(ds.iter_batches(batch_format="pyarrow", batch_size=None))  # a generator
     try:
         with watch:
-            for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
-                sink.add(batch)
-    except KeyboardInterrupt:
-        if not watch.fired:
-            raise
+            for batch in batches:
+                with watch.storing():
+                    sink.add(batch)
+    except nodewatch.ClusterShrank:
+        batches.close()  # Ray Data's executor stops: its actors give their CPUs back
         sink.flush()  # what arrived is kept; the next run of the stage does the rest
-        raise watch.shrank() from None
+        raise
     except Exception as exc:  # a task or actor lost with its node: the same, if a node is gone
         if isinstance(exc, DiskFull) or nodewatch.alive_cpus() >= planned - 1e-9:
             raise

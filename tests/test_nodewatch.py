@@ -106,14 +106,40 @@ def test_a_cluster_that_keeps_shrinking_is_an_error_after_three_runs(monkeypatch
     assert len(calls) == nodewatch.ATTEMPTS
 
 
-def test_the_watch_interrupts_the_main_thread_only_when_cpus_drop():
+def test_the_watch_raises_in_the_main_thread_only_when_cpus_drop():
     quiet = NodeWatch(4.0, cpus=lambda: 4.0, poll_s=0.01)
     with quiet:
         time.sleep(0.1)
     assert not quiet.fired
 
     drop = NodeWatch(4.0, cpus=lambda: 2.0, poll_s=0.01)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(ClusterShrank, match="2 CPUs alive, the stage was planned on 4"):
         with drop:
             time.sleep(5)
-    assert drop.fired and str(drop.shrank()).endswith("2 CPUs alive, the stage was planned on 4")
+    assert drop.fired
+
+
+def test_rows_being_stored_are_never_cut_off_by_the_watch():
+    """The watch fires while rows are stored: it waits until they are, then raises."""
+    stored = []
+    drop = NodeWatch(4.0, cpus=lambda: 2.0, poll_s=0.01)
+    with pytest.raises(ClusterShrank):
+        with drop:
+            with drop.storing():
+                time.sleep(0.3)  # the watch fires in here
+                stored.append("part")
+            time.sleep(5)  # never reached
+    assert drop.fired and drop.deferred and stored == ["part"]
+
+
+def test_a_real_ctrl_c_during_a_stage_is_still_a_keyboard_interrupt():
+    import _thread
+    import signal
+
+    before = signal.getsignal(signal.SIGINT)
+    quiet = NodeWatch(4.0, cpus=lambda: 4.0, poll_s=0.01)
+    with pytest.raises(KeyboardInterrupt):
+        with quiet:
+            _thread.interrupt_main(signal.SIGINT)
+            time.sleep(5)
+    assert not quiet.fired and signal.getsignal(signal.SIGINT) is before
