@@ -75,11 +75,12 @@ class NodeWatch:
                 return
 
     def _on_sigint(self, signum: int, frame: Any) -> None:
-        if not self.fired:  # a real Ctrl-C
+        if not self.fired:  # a real Ctrl-C: what the handler before would have done
             if callable(self._previous):
                 self._previous(signum, frame)
-                return
-            raise KeyboardInterrupt
+            elif self._previous != signal.SIG_IGN:
+                raise KeyboardInterrupt
+            return
         if self.busy:  # rows are being stored: raised when they are (see `storing`)
             self.deferred = True
             return
