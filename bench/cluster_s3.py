@@ -44,11 +44,14 @@ def command(inputs: str, root: str, verb: str = "run") -> list[str]:
 
 
 def keys(root) -> dict[str, list]:
+    """As tests/test_cluster_s3.py: every table's keys, decisions those of the newest filter run."""
+    from manifests.db import connect
     from manifests.store import Table
 
     read = lambda name, col: sorted(Table(root, name).read([col]).column(col).to_pylist())  # noqa: E731
+    newest = sorted(r[0] for r in connect(root).sql("SELECT clip_id FROM decisions").fetchall())
     return {"videos": sorted(Path(p).name for p in read("videos", "path")),
-            **{t: read(t, "clip_id") for t in ("clips", "scores", "decisions", "shards")}}
+            **{t: read(t, "clip_id") for t in ("clips", "scores", "shards")}, "decisions": newest}
 
 
 def nodes(root) -> int:
@@ -62,7 +65,8 @@ def nodes(root) -> int:
 
 def cluster_run(inputs: str, root: str, env: dict, cluster: TwoNodes | None) -> dict:
     """One `reelsift run` on the cluster; with `cluster`, its worker raylet is killed once score
-    has written a part, and the run is re-run if it gave up."""
+    has written a part, and the run is re-run if it gave up. `stages_replanned`: the stages that
+    noticed the lost node and ran again on the head (curation/nodewatch.py)."""
     from manifests.store import Table
 
     t0 = time.monotonic()
@@ -80,8 +84,10 @@ def cluster_run(inputs: str, root: str, env: dict, cluster: TwoNodes | None) -> 
         subprocess.run(command(inputs, root), cwd=REPO, env=env, check=True, capture_output=True)
     wall = time.monotonic() - t0
     verify = subprocess.run(command(inputs, root, "verify"), cwd=REPO, env=env, capture_output=True)
+    replanned = [line.split("reelsift: ", 1)[-1].split(":", 1)[0] for line in err.splitlines()
+                 if "on the nodes left" in line]  # stages that ran again after the node loss
     return dict(wall_s=round(wall, 2), first_rc=proc.returncode, reruns=reruns, raylets_killed=killed,
-                nodes_in_metrics=nodes(root), verify_rc=verify.returncode)
+                stages_replanned=replanned, nodes_in_metrics=nodes(root), verify_rc=verify.returncode)
 
 
 def main() -> None:
@@ -133,7 +139,8 @@ def main() -> None:
     res.add("corpus", dict(videos=args.videos, frames=96, size="320x256", clips=len(ref["clips"])))
     res.add("load_avg_1m", os.getloadavg()[0])
     res.add("rows", rows)
-    cols = ["run", "wall_s", "first_rc", "reruns", "nodes_in_metrics", "verify_rc", "same_keys_as_one_node"]
+    cols = ["run", "wall_s", "first_rc", "reruns", "stages_replanned", "nodes_in_metrics", "verify_rc",
+            "same_keys_as_one_node"]
     res.table(cols, ([r.get(c, "") for c in cols] for r in rows), title="multi-node S3 run")
     res.write()
 
