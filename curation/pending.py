@@ -4,6 +4,11 @@ A stage runs on exactly these rows and `reelsift status` counts exactly these ro
 never disagree. Each query takes a key again when its newest row there is a retryable error
 (`manifests.schemas.retryable_sql`). A query that depends on the config returns None when it
 has none (`reelsift status` without `--config`): the figure is not knowable without it.
+
+"Not done yet" is an explicit ANTI JOIN, not NOT IN (subquery): DuckDB plans NOT IN as a mark
+join that keeps NULL semantics, and a correlated NOT EXISTS as a join that copies the outer
+rows first. The keys joined on are never NULL (manifests/schemas.py; an ok video has its id),
+so both forms take the same rows.
 """
 
 from __future__ import annotations
@@ -25,8 +30,8 @@ def split(con: duckdb.DuckDBPyConnection, cfg: Any) -> str:
     return f"""
         SELECT video_id, path, fps, n_frames, display_width, display_height, size_bytes,
                epoch(created_at) AS ingested_at
-        FROM {_VIDEOS}
-        WHERE video_id NOT IN (SELECT video_id FROM clips WHERE NOT {retryable_sql()})
+        FROM {_VIDEOS} v
+        ANTI JOIN clips c ON c.video_id = v.video_id AND NOT {retryable_sql("c")}
         ORDER BY video_id
     """
 
@@ -39,7 +44,8 @@ def score(con: duckdb.DuckDBPyConnection, cfg: Any) -> str:
                c.width AS display_width, c.height AS display_height, v.size_bytes,
                epoch(v.created_at) AS ingested_at, v.codec, v.pix_fmt, v.vfr
         FROM clips c JOIN {_VIDEOS} v ON v.video_id = c.video_id
-        WHERE c.status = 'ok' AND c.clip_id NOT IN (SELECT clip_id FROM scores WHERE NOT {retryable_sql()})
+        ANTI JOIN scores s ON s.clip_id = c.clip_id AND NOT {retryable_sql("s")}
+        WHERE c.status = 'ok'
         ORDER BY c.video_id, c.start_frame
     """
 
@@ -50,8 +56,8 @@ def dedup(con: duckdb.DuckDBPyConnection, cfg: Any) -> str:
     off = "AND false" if cfg is not None and not cfg.dedup.enabled else ""
     return f"""
         SELECT s.clip_id FROM scores s JOIN clips c USING (clip_id)
+        ANTI JOIN duplicates d ON d.clip_id = s.clip_id
         WHERE s.status = 'ok' AND c.status = 'ok' AND s.clip_embedding IS NOT NULL {off}
-          AND s.clip_id NOT IN (SELECT clip_id FROM duplicates)
     """
 
 
@@ -60,7 +66,8 @@ def filter_(con: duckdb.DuckDBPyConnection, cfg: Any) -> str:
     again each run; these are the ones with no decision at all)."""
     return f"""
         SELECT c.clip_id FROM clips c JOIN {_VIDEOS} v ON v.video_id = c.video_id
-        WHERE c.status = 'ok' AND c.clip_id NOT IN (SELECT clip_id FROM decisions)
+        ANTI JOIN decisions d ON d.clip_id = c.clip_id
+        WHERE c.status = 'ok'
     """
 
 
@@ -111,19 +118,19 @@ def align_sql(clip_model: str) -> str:
 
 SHARD = f"""
     SELECT d.clip_id, d.tier FROM decisions d
+    SEMI JOIN (SELECT c.clip_id FROM clips c JOIN videos v ON v.video_id = c.video_id AND v.status = 'ok') c
+        ON c.clip_id = d.clip_id
+    ANTI JOIN shards sh ON sh.clip_id = d.clip_id AND sh.tier = d.tier AND sh.status = 'ok'
+    ANTI JOIN shards er ON er.clip_id = d.clip_id AND er.status = 'error' AND NOT {retryable_sql("er")}
     WHERE d.keep
-    AND d.clip_id IN (
-        SELECT c.clip_id FROM clips c JOIN videos v ON v.video_id = c.video_id AND v.status = 'ok')
-    AND NOT EXISTS (
-        SELECT 1 FROM shards sh WHERE sh.clip_id = d.clip_id AND sh.tier = d.tier AND sh.status = 'ok')
-    AND NOT EXISTS (
-        SELECT 1 FROM shards sh WHERE sh.clip_id = d.clip_id AND sh.status = 'error'
-        AND NOT {retryable_sql("sh")})
 """
 """Kept clips that no tar holds at their tier (never cut, taken out by a re-filter, kept now in
 another tier: reshard takes those out of their tars first) and that have no error row but a
 retryable one. Two plain anti-joins, not one with an OR inside: at 10M clips the OR form ran out of
-DuckDB's 512 MB (`status` failed); this form takes 29 s and 731 MiB there, and is 2.8x faster at 1M."""
+DuckDB's 512 MB (`status` failed); this form takes 29 s and 731 MiB there, and is 2.8x faster at 1M.
+Written as explicit SEMI/ANTI joins: NOT EXISTS over a correlated subquery first copies the
+decision rows into a hash table (DuckDB's delim join); an explicit join streams them past the
+smaller side's table (at 1M clips: 2.6 -> 2.1 CPU s)."""
 
 
 def shard(con: duckdb.DuckDBPyConnection, cfg: Any) -> str:

@@ -28,10 +28,14 @@ from manifests.db import connect
 
 NAMED = 20  # clips named per mismatch message
 
+# Explicit anti-joins, not NOT EXISTS with an OR inside: DuckDB turns a correlated subquery into a
+# join that first copies every kept decision row, whole, into a hash table (at 10M clips, spilled
+# to disk); an anti-join hashes only the shards side and streams the decisions past it.
 _NOT_SHARDED = """
     SELECT d.clip_id, d.tier FROM decisions d
-    WHERE d.keep AND NOT EXISTS (SELECT 1 FROM shards s WHERE s.clip_id = d.clip_id
-                                 AND (s.status = 'error' OR (s.status = 'ok' AND s.tier = d.tier)))
+    ANTI JOIN shards sh ON sh.clip_id = d.clip_id AND sh.status = 'ok' AND sh.tier = d.tier
+    ANTI JOIN shards er ON er.clip_id = d.clip_id AND er.status = 'error'
+    WHERE d.keep
 """
 _NOT_KEPT = """
     SELECT s.clip_id, s.shard, s.tier, d.keep, d.tier AS decided FROM shards s
