@@ -173,3 +173,11 @@ def test_verify_names_the_clips_of_the_plain_kept_set_definition(root):
     assert missing and stale
     assert problems[0].startswith(f"{len(missing)} kept clip(s) in no tar of their tier: {missing[0][0]}")
     assert problems[1].startswith(f"{stale} clip(s) in a tar that the newest decisions do not keep")
+
+
+def test_status_shares_views_read_twice_but_not_one_with_embeddings():
+    from curation.status import _shared
+
+    sql = "SELECT * FROM clips c, clips d, scores s, scores t, decisions x, decisions_history h"
+    assert _shared(sql) == "WITH clips AS MATERIALIZED (SELECT * FROM main.clips) "
+    assert _shared("SELECT * FROM decisions") == ""
