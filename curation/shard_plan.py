@@ -193,25 +193,34 @@ def _newest_piece(con: duckdb.DuckDBPyConnection, table: str) -> str:
     The newest created_at of each planned clip comes first, from the history's two narrow
     columns; the wide rows then stream past that table. (The view would rank every key of the
     table with the wide rows in the join: at 10^7 clips those spill.) A planned clip is visible
-    in `clips`, so no superseded error row is among its newest rows."""
+    in `clips`, so no superseded error row is among its newest rows.
+
+    The wide rows meet the newest table on (hash of the clip id, created_at): a hash table of
+    integers, a third the size of one of string ids. A row of another clip whose id has the
+    same hash and the same created_at may come along; `_joined` joins by clip id, so it is
+    never planned."""
     con.execute(f"""CREATE TEMP TABLE newest_{table} AS
-        SELECT t.clip_id, b.bucket, max(t.created_at) AS created_at
-        FROM {table}_history t JOIN clip_bucket b ON b.clip_id = t.clip_id GROUP BY t.clip_id, b.bucket""")
+        SELECT clip_id, hash(clip_id) AS h, bucket, created_at FROM (
+            SELECT t.clip_id, b.bucket, max(t.created_at) AS created_at
+            FROM {table}_history t JOIN clip_bucket b ON b.clip_id = t.clip_id
+            GROUP BY t.clip_id, b.bucket)""")
     return (f"SELECT n.bucket, t.* FROM {table}_history t JOIN newest_{table} n "
-            "ON n.clip_id = t.clip_id AND n.created_at = t.created_at")
+            "ON n.h = hash(t.clip_id) AND n.created_at = t.created_at")
 
 
-PASS_ROWS = 2_000_000
-"""Planned clips per pass of a wide table: each pass's hash table of keys stays in memory, so
-the wide rows stream past it and are never spilled (at 10^7 clips they would be)."""
+PASS_ROWS = 8_000_000
+"""Planned clips per pass of a wide table: each pass's hash table of keys (integers, 8 bytes a
+key) stays in memory, so the wide rows stream past it and are never spilled. Each pass reads
+the whole table again: at 10^7 clips (5M planned) one pass reads it once."""
 
 
 def _passes(sql: str, n_rows: int) -> list[str]:
-    """`sql` (rows of a piece, `t` the table) cut into passes by a hash of the clip id."""
+    """`sql` (rows of a piece, `t` the table, `n` its newest table) cut into passes by the hash
+    of the clip id: both sides of the join are cut, so each pass builds a part of the keys."""
     n = max(1, -(-n_rows // PASS_ROWS))
     if n == 1:
         return [sql]
-    return [f"{sql} WHERE hash(t.clip_id) % {n} = {i}" for i in range(n)]
+    return [f"{sql} WHERE n.h % {n} = {i} AND hash(t.clip_id) % {n} = {i}" for i in range(n)]
 
 
 _NARROW = """k.group_index, k."group", d.clip_id, d.tier, c.path, c.start_frame, c.end_frame, c.fps,
