@@ -39,6 +39,35 @@ def test_decisions_view_shows_the_newest_row_per_clip(tmp_path):
     assert query(tmp_path, "SELECT count(*) n FROM decisions_history").column("n")[0].as_py() == 2
 
 
+def test_clips_view_hides_exactly_the_split_errors_a_newer_ok_row_of_their_video_supersedes(tmp_path):
+    """An error row stays unless its video has a strictly newer non-error row (edge cases: same
+    time, error after ok, the newest row of a clip being its error)."""
+    from datetime import datetime, timedelta
+
+    from manifests.db import connect
+
+    t0 = datetime(2026, 1, 1)
+    rows = [  # (clip, video, status, minutes)
+        ("v1", "v1", "error", 0), ("a1", "v1", "ok", 1),  # retried: error hidden
+        ("v2", "v2", "error", 2), ("b1", "v2", "ok", 1),  # ok then error: error stays
+        ("v3", "v3", "error", 0),  # never retried
+        ("v4", "v4", "error", 1), ("d1", "v4", "rejected", 1),  # same time: error stays
+        ("v5", "v5", "error", 0), ("v5", "v5", "error", 3), ("e1", "v5", "rejected", 2),  # newest error stays
+        ("f1", "v6", "ok", 0), ("f1", "v6", "error", 1),  # newest of f1 is its error: stays
+    ]
+    Table(tmp_path, "clips").write(rows_to_table(
+        [dict(clip_id=c, video_id=v, status=s, created_at=t0 + timedelta(minutes=m)) for c, v, s, m in rows],
+        CLIPS))
+    con = connect(tmp_path)
+    got = sorted(con.sql("SELECT clip_id, status FROM clips").fetchall())
+    want = sorted(con.sql("""
+        SELECT clip_id, status FROM __clips_newest t WHERE t.status <> 'error' OR NOT EXISTS (
+            SELECT 1 FROM __clips_newest n WHERE n.status <> 'error' AND n.video_id = t.video_id
+            AND n.created_at > t.created_at)""").fetchall())
+    assert got == want
+    assert [c for c, s in got if s == "error"] == ["f1", "v2", "v3", "v4", "v5"]
+
+
 @pytest.mark.parametrize(
     "sql",
     [
