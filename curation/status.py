@@ -39,7 +39,7 @@ def stage_status(root: str | Path, cfg: Any = None) -> pa.Table:
     """One row per registered stage (STATUS_SCHEMA), in run order; an optional stage (dedup,
     caption, align) only once its table has rows. `pending` runs the stage's own `pending`
     query: the rows its next run would take. A query that needs the config (`cfg`, the
-    CurateConfig) is left null without one. Every figure comes from one query (`_shared`)."""
+    CurateConfig) is left null without one. Every figure comes from one query (`shared_views`)."""
     root = fs.upath(root)
     con = connect(root)
     shown = [s for s in all_stages() if not (s.optional and not Table(root, s.table).exists())]
@@ -53,7 +53,7 @@ def stage_status(root: str | Path, cfg: Any = None) -> pa.Table:
         if sql is not None:
             parts.append(f"(SELECT count(*) AS pending_{i} FROM ({sql}))")
     body = f"SELECT * FROM {', '.join(parts)}"
-    got = con.execute(_shared(body) + body).fetchall()[0]
+    got = con.execute(shared_views(body) + body).fetchall()[0]
     got = dict(zip([d[0] for d in con.description], got, strict=True))
     rows = []
     for i, (stage, sql) in enumerate(zip(shown, pending, strict=True)):
@@ -65,7 +65,7 @@ def stage_status(root: str | Path, cfg: Any = None) -> pa.Table:
     return pa.Table.from_pylist(rows, schema=STATUS_SCHEMA)
 
 
-def _shared(sql: str) -> str:
+def shared_views(sql: str) -> str:
     """A WITH clause for `sql`: a materialized CTE of the same name stands in for each newest-row
     view that `sql` reads more than once, so each table's rows are ranked once, not once per
     query that reads it (at 10M clips `clips` was ranked six times, with a spilling aggregate of

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import av
 
+from curation.status import shared_views
 from manifests import fs
 from manifests.commit import committed_glob
 from manifests.db import connect
@@ -78,7 +79,10 @@ def _names(rows: list[tuple], n: int) -> str:
 def check_kept_set(con) -> list[Problem]:
     """Problems where the current shards rows differ from the newest decisions' kept set."""
     problems = []
-    n = con.sql(f"SELECT count(*) FROM ({_NOT_SHARDED})").fetchall()[0][0]
+    # one query, so `decisions` (every filter run's rows) is ranked once for both counts
+    counts = f"SELECT (SELECT count(*) FROM ({_NOT_SHARDED})), (SELECT count(*) FROM ({_NOT_KEPT}))"
+    missing, stale = con.execute(shared_views(counts) + counts).fetchall()[0]
+    n = missing
     if n:
         rows = con.sql(f"{_NOT_SHARDED} ORDER BY clip_id LIMIT {NAMED}").fetchall()
         problems.append(
@@ -87,7 +91,7 @@ def check_kept_set(con) -> list[Problem]:
                 f"{n} kept clip(s) in no tar of their tier: {_names(rows, n)} (run reelsift shard)",
             )
         )
-    n = con.sql(f"SELECT count(*) FROM ({_NOT_KEPT})").fetchall()[0][0]
+    n = stale
     if n:
         rows = con.sql(f"{_NOT_KEPT} ORDER BY clip_id LIMIT {NAMED}").fetchall()
         where = "; ".join(

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from curation.pipeline import all_stages
-from curation.status import stage_status
+from curation.status import shared_views, stage_status
 from curation.verify import _NOT_KEPT, _NOT_SHARDED, check_kept_set
 from manifests import schemas
 from manifests.db import connect
@@ -176,8 +176,6 @@ def test_verify_names_the_clips_of_the_plain_kept_set_definition(root):
 
 
 def test_status_shares_views_read_twice_but_not_one_with_embeddings():
-    from curation.status import _shared
-
     sql = "SELECT * FROM clips c, clips d, scores s, scores t, decisions x, decisions_history h"
-    assert _shared(sql) == "WITH clips AS MATERIALIZED (SELECT * FROM main.clips) "
-    assert _shared("SELECT * FROM decisions") == ""
+    assert shared_views(sql) == "WITH clips AS MATERIALIZED (SELECT * FROM main.clips) "
+    assert shared_views("SELECT * FROM decisions") == ""
