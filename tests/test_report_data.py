@@ -103,3 +103,27 @@ def test_report_on_a_root_whose_parts_lack_a_bounded_score_column(tmp_path):
                          sample_rows=500, max_examples=0, command=["reelsift", "filter"])
     assert wb["exact"]["reasons"] == s.reasons and wb["hist"]["nsfw_max"] is None
     assert wb["hist"]["motion_mean"]["hi"] < float("inf")  # the axis spans finite scores
+
+
+def test_clip_details_from_the_snapshot_equal_those_from_the_histories(tmp_path):
+    """The report reads a few clips' rows from its snapshot of the newest rows; they must be the
+    rows ranked from each table's history (decisions decided twice, so two rows a clip)."""
+    from curation.report import cards, page
+
+    root = synth_root(tmp_path, 400, parts=2)
+    filt = filter_config()
+    run_filter(root, filt)
+    run_filter(root, replace(filt, tiers={k: t for k, t in list(filt.tiers.items())[1:]}))
+    con = connect(root)
+    ids = [r[0] for r in con.sql("SELECT clip_id FROM clips WHERE status = 'ok' ORDER BY clip_id LIMIT 40")
+           .fetchall()]
+    ids += [r[0] for r in con.sql("SELECT clip_id FROM clips WHERE status <> 'ok' LIMIT 5").fetchall()]
+    shown = list(cards.MAIN_SCORES)
+    want = cards.clip_details(con, ids, shown)
+    assert con.sql("SELECT count(*) FROM decisions_history").fetchall()[0][0] > \
+        con.sql("SELECT count(*) FROM decisions").fetchall()[0][0]
+    page._snapshot(con)
+    got = cards.clip_details(con, ids, shown, page.RANKED)
+    assert repr(sorted(got.items())) == repr(sorted(want.items()))  # repr: NaN scores equal
+    assert len(got) == len(set(ids))
+    assert {r["keep"] for r in got.values()} >= {True, False}

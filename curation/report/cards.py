@@ -39,7 +39,7 @@ _GROUPS_SQL = """
 """
 
 
-def _newest_of(table: str, mine: str) -> str:
+def _history_newest(table: str, mine: str) -> str:
     """The view `table`'s rows for the given clips: the newest of each clip's history rows. The
     clip filter comes first, so a handful of rows are ranked, not every key of the table. (A
     shown clip is visible in `clips`, so no superseded split error is among its rows.)"""
@@ -47,13 +47,19 @@ def _newest_of(table: str, mine: str) -> str:
             "QUALIFY created_at = max(created_at) OVER (PARTITION BY clip_id))")
 
 
-def clip_details(con, clip_ids: list[str], shown: list[str]) -> dict[str, dict]:
-    """Media fields, decision, caption and `shown` scores of the given clips, by clip id."""
+def clip_details(con, clip_ids: list[str], shown: list[str], ranked: tuple[str, ...] = ()) -> dict[str, dict]:
+    """Media fields, decision, caption and `shown` scores of the given clips, by clip id.
+    `ranked`: tables whose view the caller has already made a table of its newest rows (the
+    report's snapshot; every column read here kept): their rows are read from it."""
     if not clip_ids:
         return {}
     # Each table is cut down to the given clips first (a literal list: the Parquet scan filters on
     # it), so a few rows are read and ranked, whatever the size of the run.
     mine = f"clip_id IN ({', '.join(literal(i) for i in sorted(set(clip_ids)))})"
+
+    def _newest_of(table: str, mine: str) -> str:
+        return f"(SELECT * FROM {table} WHERE {mine})" if table in ranked else _history_newest(table, mine)
+
     rows = con.sql(f"""
         WITH c AS {_newest_of("clips", mine)},
              videos AS (SELECT * FROM videos WHERE video_id IN (SELECT video_id FROM c))
@@ -75,17 +81,17 @@ def clip_details(con, clip_ids: list[str], shown: list[str]) -> dict[str, dict]:
 
 
 def clip_groups(con, out: Path, filt: FilterConfig, max_thumbs: int, max_previews: int,
-                untrained: bool) -> str:
+                untrained: bool, ranked: tuple[str, ...] = ()) -> str:
     """Cards of the first `max_thumbs` clips (by id) of each group; groups and counts come from SQL.
     Previews (a decode and an encode each, the first time) go to the first `max_previews` cards
-    taken in turn from each group; the others show their still."""
+    taken in turn from each group; the others show their still. `ranked`: see `clip_details`."""
     groups = con.sql(_GROUPS_SQL.format(limit=max(max_thumbs, 1))).to_arrow_table().to_pylist()
     if not groups:
         return "<p>No clips yet.</p>"
     shown = [c for c in MAIN_SCORES if c in SCORES.names]
     for g in groups:
         g["ids"] = sorted(g["ids"])[:max_thumbs]
-    by_id = clip_details(con, [i for g in groups for i in g["ids"]], shown)
+    by_id = clip_details(con, [i for g in groups for i in g["ids"]], shown, ranked)
     tier_rank = {t: i for i, (t, _) in enumerate(filt.ordered())}
     rank = lambda g: (g["kind"], tier_rank.get(g["tier"], len(tier_rank)), -g["n"], g["grp"])  # noqa: E731
     order = sorted(groups, key=rank)

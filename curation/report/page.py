@@ -62,7 +62,8 @@ def _write(root: Path, out: Path, cfg: CurateConfig, con, spill: str, *, max_thu
     for o in overrides:
         command += ["--set", o]
     bench = workbench.build(con, out, cfg.filter, extra_cols=list(MAIN_SCORES), dedup=cfg.dedup.enabled,
-                            sample_rows=sample_rows, max_examples=max_examples, command=command)
+                            sample_rows=sample_rows, max_examples=max_examples, command=command,
+                            ranked=RANKED)
     bench["untrained"] = list(UNTRAINED_SCORES) if untrained else []
 
     body = [
@@ -71,7 +72,7 @@ def _write(root: Path, out: Path, cfg: CurateConfig, con, spill: str, *, max_thu
         section("Thresholds: move a bound, see what filter would decide", _WORKBENCH, sid="workbench"),
         section("Rejection reasons (the stored decisions)", table(results["rejected-by-reason"])),
         section("Kept clips per tier", table(results["tier-summary"], untrained_cols=("aesthetic_mean",))),
-        section("Clips", clip_groups(con, out, cfg.filter, max_thumbs, max_previews, untrained)),
+        section("Clips", clip_groups(con, out, cfg.filter, max_thumbs, max_previews, untrained, RANKED)),
         _errors(con),
     ]
     blob = json.dumps(bench, allow_nan=False, separators=(",", ":")).replace("</", "<\\/")
@@ -89,11 +90,14 @@ SNAPSHOT = {"clips": "", "decisions": "", "scores": "EXCLUDE (clip_embedding)",
             "captions": "EXCLUDE (caption)", "shards": "", "alignment": "", "duplicates": ""}
 """Newest-wins views the report reads many times, and the wide columns it never reads there."""
 
+RANKED = ("clips", "decisions", "scores", "shards")
+"""Snapshots that hold every column `cards.clip_details` reads (captions' text is left out)."""
+
 
 def _snapshot(con) -> None:
     """Rank each newest-wins view's rows once: a temp table (DuckDB spills it past the memory limit)
     replaces the view for the rest of the report, so every section reads the same snapshot and no
-    query ranks 10^7 keys again. (`clip_details` reads the histories of a few clips instead.)"""
+    query ranks 10^7 keys again. (`clip_details` reads the captions' history of a few clips.)"""
     for name, exclude in SNAPSHOT.items():
         columns = set(con.sql(f"SELECT * FROM {name} LIMIT 0").columns)
         exclude = exclude if exclude and exclude.split("(")[1].rstrip(")") in columns else ""

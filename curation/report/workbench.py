@@ -22,10 +22,11 @@ from filters.config import FilterConfig
 
 
 def build(con: duckdb.DuckDBPyConnection, out: Path, filt: FilterConfig, *, extra_cols: list[str],
-          dedup: bool, sample_rows: int, max_examples: int, command: list[str]) -> dict:
+          dedup: bool, sample_rows: int, max_examples: int, command: list[str],
+          ranked: tuple[str, ...] = ()) -> dict:
     """Everything report.js needs, as one JSON-able dict. `extra_cols`: scores drawn as
     histograms though no tier bounds them. `command`: `reelsift filter ...` argv the sliders' `--set`
-    arguments are appended to."""
+    arguments are appended to. `ranked`: see `cards.clip_details`."""
     tiers = data.tier_heads(filt)
     bounded = list(dict.fromkeys(b["col"] for t in tiers for b in t["bounds"]))
     owner = data.score_owner()
@@ -37,7 +38,7 @@ def build(con: duckdb.DuckDBPyConnection, out: Path, filt: FilterConfig, *, extr
     picked = _near_bounds(table, tiers, sliders, max_examples)
     media = {}
     if picked:
-        details = clip_details(con, [sample["ids"][i] for i in picked], [])
+        details = clip_details(con, [sample["ids"][i] for i in picked], [], ranked)
         made = write_all_media(list(details.values()), out)
         media = {i: made[sample["ids"][i]] for i in picked if sample["ids"][i] in made}
     return dict(tiers=tiers, sliders=sliders, exact=data.exact_counts(con, tiers), n_total=n_total,
