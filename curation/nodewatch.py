@@ -15,7 +15,6 @@ simply done again; none is stored twice, because only rows the driver received a
 
 from __future__ import annotations
 
-import _thread
 import contextlib
 import logging
 import signal
@@ -45,8 +44,9 @@ class NodeWatch:
     below `planned`, ClusterShrank is raised in the loop wherever it waits (`fired` says so),
     never while `storing()` rows, so a part is never half-counted. Elsewhere it does nothing.
 
-    The watch thread cannot raise into the main thread by itself: it asks for a SIGINT
-    (`_thread.interrupt_main`), which this watch's handler turns into ClusterShrank. A real
+    The watch thread cannot raise into the main thread by itself: it sends the main thread a
+    SIGINT, which wakes it from any blocking wait and which this watch's handler turns into
+    ClusterShrank. A real
     Ctrl-C still reaches the handler that was there before."""
 
     def __init__(self, planned: float, cpus: Callable[[], float] | None = None, poll_s: float | None = None):
@@ -71,7 +71,9 @@ class NodeWatch:
                     if self._stop.is_set():
                         return
                     self.fired, self.seen = True, now
-                    _thread.interrupt_main(signal.SIGINT)
+                    # A real signal, not _thread.interrupt_main: that only sets Python's flag,
+                    # and a main thread blocked in a lock or a C wait would never look at it.
+                    signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
                 return
 
     def _on_sigint(self, signum: int, frame: Any) -> None:

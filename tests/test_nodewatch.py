@@ -143,3 +143,15 @@ def test_a_real_ctrl_c_during_a_stage_is_still_a_keyboard_interrupt():
             _thread.interrupt_main(signal.SIGINT)
             time.sleep(5)
     assert not quiet.fired and signal.getsignal(signal.SIGINT) is before
+
+
+def test_a_main_thread_blocked_in_a_lock_is_woken():
+    """Ray Data's iterator may wait in a plain lock: the watch must wake it (a real signal), not
+    only set Python's flag, which a blocked thread never reads (the stall this replaces)."""
+    lock = threading.Lock()
+    lock.acquire()
+    t0 = time.monotonic()
+    with pytest.raises(ClusterShrank):
+        with NodeWatch(4.0, cpus=lambda: 2.0, poll_s=0.05):
+            lock.acquire(timeout=30)  # nobody releases it
+    assert time.monotonic() - t0 < 10
