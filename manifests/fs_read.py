@@ -8,7 +8,7 @@ import os
 from typing import BinaryIO
 
 from manifests.fs import S3Path, is_s3, open_stream, upath
-from manifests.s3client import RangeReader, retrying, s3_filesystem
+from manifests.s3client import RangeReader, S3Options, retrying, s3_filesystem
 from manifests.sqltext import literal
 
 
@@ -54,8 +54,19 @@ def retrying_s3():
     return pafs.PyFileSystem(Handler(s3_filesystem()))  # cheap: the client itself is cached
 
 
+SCAN_OPTIONS = S3Options(max_attempts=10, retry_quota=False)
+"""The S3 client of Parquet scans: Arrow's own, with the SDK retrying each request up to 10
+times (no shared quota that a burst of errors could drain)."""
+
+
 def parquet_dataset(parts: list, schema=None):
-    """A pyarrow dataset over Parquet parts, all local or all on S3 (read through this layer)."""
+    """A pyarrow dataset over Parquet parts, all local or all on S3.
+
+    S3 parts are read by Arrow's own S3 client, never through Python (`retrying_s3`): Arrow
+    opens a part from inside its scan while it holds a lock of its own, and a Python callback
+    there needs the GIL. A DuckDB thread that starts a scan holds the GIL while it waits for
+    that lock, so the two waited for each other forever (seen: a `run` on an S3 root hung in
+    caption's pending query, every thread of the driver in a futex wait)."""
     import pyarrow.dataset as pads
 
     s3 = [is_s3(p) for p in parts]
@@ -63,7 +74,7 @@ def parquet_dataset(parts: list, schema=None):
         raise ValueError("parquet parts must be all local or all on S3")
     if any(s3):
         return pads.dataset([upath(p)._path for p in parts], schema=schema, format="parquet",
-                            filesystem=retrying_s3())
+                            filesystem=s3_filesystem(SCAN_OPTIONS))
     return pads.dataset([str(p) for p in parts], schema=schema, format="parquet")
 
 

@@ -31,6 +31,9 @@ class S3Options:
     """seconds to open a connection"""
     request_timeout_s: float = 30.0
     """seconds a request may wait for bytes before it is retried"""
+    retry_quota: bool = True
+    """AWS standard retries, which stop early once a shared retry quota runs dry under many
+    errors; False: the SDK's older strategy, which retries every request `max_attempts` times"""
 
 
 def redact(text: str) -> str:
@@ -61,7 +64,8 @@ def _client(options: S3Options, endpoint: str | None, region: str | None):
         kw = dict(endpoint_override=host.rstrip("/"), scheme=scheme or "https")
     return pafs.S3FileSystem(
         region=region,
-        retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=options.max_attempts),
+        retry_strategy=(pafs.AwsStandardS3RetryStrategy if options.retry_quota
+                        else pafs.AwsDefaultS3RetryStrategy)(max_attempts=options.max_attempts),
         connect_timeout=options.connect_timeout_s,
         request_timeout=options.request_timeout_s,
         allow_delayed_open=True,  # a small object is one PUT, sent when it is closed
