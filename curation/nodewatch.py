@@ -46,8 +46,7 @@ class NodeWatch:
 
     The watch thread cannot raise into the main thread by itself: it sends the main thread a
     SIGINT, which wakes it from any blocking wait and which this watch's handler turns into
-    ClusterShrank. A real
-    Ctrl-C still reaches the handler that was there before."""
+    ClusterShrank. A real Ctrl-C still reaches the handler that was there before."""
 
     def __init__(self, planned: float, cpus: Callable[[], float] | None = None, poll_s: float | None = None):
         self.planned, self.poll_s = planned, poll_s or POLL_S
@@ -108,7 +107,7 @@ class NodeWatch:
     def __exit__(self, *exc) -> None:
         with self._lock:
             self._stop.set()
-        if self._thread.is_alive() or self._thread.ident is not None:
+        if self._thread.ident is not None:  # started (main thread only)
             self._thread.join()  # (a signal asked for before this point is handled in this call)
             signal.signal(signal.SIGINT, self._previous)
 

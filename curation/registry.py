@@ -81,15 +81,14 @@ class Stage:
         """Run the stage: its `step`, or its pending rows through its chain (`run_chain`). When
         the Ray cluster loses a node mid-stage (curation/nodewatch.py), what was stored stays
         and the stage runs again on the nodes left, from its pending rows."""
-        for attempt in range(1, ATTEMPTS + 1):
+        once = lambda: self.step(self, ctx) if self.step is not None else run_chain(self, ctx)  # noqa: E731
+        for attempt in range(2, ATTEMPTS + 1):
             try:
-                return self.step(self, ctx) if self.step is not None else run_chain(self, ctx)
+                return once()
             except ClusterShrank as exc:
-                if attempt == ATTEMPTS:
-                    raise
                 log.warning("%s: %s; running the stage again on the nodes left (%d/%d)",
-                            self.name, exc, attempt + 1, ATTEMPTS)
-        raise AssertionError("unreachable")
+                            self.name, exc, attempt, ATTEMPTS)
+        return once()  # the last run: a cluster still shrinking is the command's error
 
 
 _STAGES: dict[str, Stage] = {}

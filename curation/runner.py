@@ -316,10 +316,12 @@ def run_stage(
         sink.flush()  # what arrived is kept; the next run of the stage does the rest
         raise
     except Exception as exc:  # a task or actor lost with its node: the same, if a node is gone
-        if isinstance(exc, DiskFull) or nodewatch.alive_cpus() >= planned - 1e-9:
+        if isinstance(exc, DiskFull):
+            raise
+        watch.seen = nodewatch.alive_cpus()
+        if watch.seen >= planned - 1e-9:
             raise
         sink.flush()
-        watch.seen = nodewatch.alive_cpus()
         raise watch.shrank() from exc
     return _finish(name, items, sink, t0, inline=False)
 

@@ -9,7 +9,6 @@ CLIP): `status --config C` gives them, without it they are `?`.
 
 from __future__ import annotations
 
-import re
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -18,8 +17,7 @@ import pyarrow as pa
 
 from curation.pipeline import all_stages
 from manifests import fs
-from manifests.db import connect
-from manifests.schemas import TABLES
+from manifests.db import connect, shared_views
 from manifests.store import Table
 
 STATUS_SCHEMA = pa.schema([
@@ -63,22 +61,6 @@ def stage_status(root: str | Path, cfg: Any = None) -> pa.Table:
                          pending=got.get(f"pending_{i}"), pending_unit=stage.unit, pending_needs=needs,
                          last_run=got[f"last_{i}"]))
     return pa.Table.from_pylist(rows, schema=STATUS_SCHEMA)
-
-
-def shared_views(sql: str) -> str:
-    """A WITH clause for `sql`: a materialized CTE of the same name stands in for each newest-row
-    view that `sql` reads more than once, so each table's rows are ranked once, not once per
-    query that reads it (at 10M clips `clips` was ranked six times, with a spilling aggregate of
-    10^7 ids each time). DuckDB keeps only the columns the queries read. Tables with float lists
-    (embeddings) are left to their view: a copy would hold every clip's embedding."""
-    shared = [
-        name for name, (schema, _, newest) in TABLES.items()
-        if newest and len(re.findall(rf"\b{name}\b", sql)) > 1
-        and not any(pa.types.is_list(f.type) and pa.types.is_floating(f.type.value_type) for f in schema)
-    ]
-    if not shared:
-        return ""
-    return "WITH " + ", ".join(f"{v} AS MATERIALIZED (SELECT * FROM main.{v})" for v in shared) + " "
 
 
 def format_status(table: pa.Table, *, root: str | Path = "R", now: datetime | None = None) -> str:

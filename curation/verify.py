@@ -22,10 +22,9 @@ from pathlib import Path
 
 import av
 
-from curation.status import shared_views
 from manifests import fs
 from manifests.commit import committed_glob
-from manifests.db import connect
+from manifests.db import connect, shared_views
 
 NAMED = 20  # clips named per mismatch message
 
@@ -82,17 +81,16 @@ def check_kept_set(con) -> list[Problem]:
     # one query, so `decisions` (every filter run's rows) is ranked once for both counts
     counts = f"SELECT (SELECT count(*) FROM ({_NOT_SHARDED})), (SELECT count(*) FROM ({_NOT_KEPT}))"
     missing, stale = con.execute(shared_views(counts) + counts).fetchall()[0]
-    n = missing
-    if n:
+    if missing:
         rows = con.sql(f"{_NOT_SHARDED} ORDER BY clip_id LIMIT {NAMED}").fetchall()
         problems.append(
             Problem(
                 "decisions",
-                f"{n} kept clip(s) in no tar of their tier: {_names(rows, n)} (run reelsift shard)",
+                f"{missing} kept clip(s) in no tar of their tier: {_names(rows, missing)} "
+                "(run reelsift shard)",
             )
         )
-    n = stale
-    if n:
+    if stale:
         rows = con.sql(f"{_NOT_KEPT} ORDER BY clip_id LIMIT {NAMED}").fetchall()
         where = "; ".join(
             f"{c} in {sh} ({'rejected' if not keep else f'now kept in {dt}'})" for c, sh, _, keep, dt in rows
@@ -100,8 +98,8 @@ def check_kept_set(con) -> list[Problem]:
         problems.append(
             Problem(
                 "decisions",
-                f"{n} clip(s) in a tar that the newest decisions do not keep there: {where}"
-                + (f" and {n - len(rows)} more" if n > len(rows) else "")
+                f"{stale} clip(s) in a tar that the newest decisions do not keep there: {where}"
+                + (f" and {stale - len(rows)} more" if stale > len(rows) else "")
                 + " (run reelsift shard)",
             )
         )

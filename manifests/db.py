@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import tempfile
 from pathlib import Path
 
@@ -169,3 +170,19 @@ def query(root: str | Path, sql: str) -> pa.Table:
     for stmt in statements[:-1]:
         con.execute(stmt.query)
     return con.sql(statements[-1].query).to_arrow_table()
+
+
+def shared_views(sql: str) -> str:
+    """A WITH clause for `sql`: a materialized CTE of the same name stands in for each newest-row
+    view that `sql` reads more than once, so each table's rows are ranked once, not once per
+    query that reads it (at 10M clips `clips` was ranked six times, with a spilling aggregate of
+    10^7 ids each time). DuckDB keeps only the columns the queries read. Tables with float lists
+    (embeddings) are left to their view: a copy would hold every clip's embedding."""
+    shared = [
+        name for name, (schema, _, newest) in TABLES.items()
+        if newest and len(re.findall(rf"\b{name}\b", sql)) > 1
+        and not any(pa.types.is_list(f.type) and pa.types.is_floating(f.type.value_type) for f in schema)
+    ]
+    if not shared:
+        return ""
+    return "WITH " + ", ".join(f"{v} AS MATERIALIZED (SELECT * FROM main.{v})" for v in shared) + " "

@@ -21,26 +21,15 @@ from curation.registry import Context, Stage
 from manifests.configtools import Resources
 from manifests.schemas import CLIPS
 from manifests.store import Table, rows_to_table
-
-ROWS = pa.schema([
-    pa.field("clip_id", pa.string(), nullable=False),
-    pa.field("status", pa.string(), nullable=False),
-    pa.field("error", pa.string()),
-    pa.field("created_at", pa.timestamp("us", tz="UTC"), nullable=False),
-])
+from tests.test_registry import TOY, Shout
 
 
-class Slow:
-    """0.2 s a batch of 2 clip ids, so the stream lasts a few seconds."""
-
-    BATCH_FORMAT = "pyarrow"
-
-    def __init__(self, cfg):
-        pass
+class Slow(Shout):
+    """test_registry's toy operator, 0.2 s a batch of 2 clip ids: the stream lasts a few seconds."""
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         time.sleep(0.2)
-        return pa.table({"clip_id": batch.column("clip_id"), "status": ["ok"] * batch.num_rows})
+        return super().__call__(batch)
 
 
 @pytest.fixture
@@ -50,7 +39,7 @@ def slow_stage():
         pending=lambda con, cfg: "SELECT clip_id FROM clips WHERE clip_id NOT IN "
                                  "(SELECT clip_id FROM slowtoy_rows) ORDER BY clip_id",
         ops=lambda cfg, root: Chain.of((Slow, None, Resources(num_cpus=1, batch_size=2))),
-        schema=ROWS,
+        schema=TOY,
     ))
     yield stage
     registry.unregister("slowtoy")

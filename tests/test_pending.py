@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 
 from curation.pipeline import all_stages
-from curation.status import shared_views, stage_status
+from curation.status import stage_status
 from curation.verify import _NOT_KEPT, _NOT_SHARDED, check_kept_set
 from manifests import schemas
-from manifests.db import connect
+from manifests.db import connect, shared_views
 from manifests.schemas import retryable_sql
 from manifests.store import Table, rows_to_table
 

@@ -46,7 +46,7 @@ def list_sources(spec: str | Path, cfg: IngestConfig, threads: int = 32) -> pa.T
     """`list_inputs` with each file's size and mtime (schema LISTING), for change detection.
 
     An S3 prefix's listing carries them (no request per object); local files are stat'ed in
-    `threads` threads (the walk does one stat per file anyway); the paths of a list file are
+    `threads` threads, once each (the walk itself stats none); the paths of a list file are
     stat'ed the same way (on S3 one HEAD each, in parallel).
     """
     if fs.is_s3(str(spec)):
